@@ -1,0 +1,88 @@
+"""Crash-safe files: atomic writes (temp file, fsync, rename) and a loader that runs no code.
+
+`kill -9` at any moment leaves either the previous complete file or the new complete file,
+never a torn one, because the rename is the only step that touches the real name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+
+FORMAT = "fastdqn-checkpoint/1"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that is missing, damaged, unsafe or from another run (a user error)."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Serialize `state` (tensors, numbers, strings, lists, dicts only) atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a fastdqn checkpoint without executing code from it; one-line errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file; pass the .pt file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (truncated); use another checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} contains code or objects a checkpoint must not hold; "
+                "refusing to load it (only load files you trust)"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted ({first[:120]}); use another checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupted ({first[:120]}); use another checkpoint"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
+    return state

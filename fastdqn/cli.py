@@ -1,0 +1,169 @@
+"""`fastdqn train` and `fastdqn eval`: thin wrappers over the Python API.
+
+User errors (bad flags, values, files) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from dataclasses import fields
+
+from .checkpoint import load_checkpoint
+from .config import (
+    Config,
+    ConfigError,
+    coerce,
+    field_docs,
+    field_names,
+    load_toml,
+    make_config,
+    preset_names,
+)
+
+SHORT = {"env_id": "--env"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and flag suggestions."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            bad = message.split(":", 1)[1].split()
+            known = [s for a in self._actions for s in a.option_strings]
+            hints = []
+            for b in bad:
+                close = difflib.get_close_matches(b.split("=")[0], known, n=1)
+                if close:
+                    hints.append(f"{b} (did you mean {close[0]}?)")
+                else:
+                    hints.append(b)
+            message = f"unknown flags: {', '.join(hints)}"
+        raise SystemExit(_fail(f"{self.prog}: {message}; see {self.prog} --help"))
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 2
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    docs = field_docs()
+    for f in fields(Config):
+        flag = SHORT.get(f.name, "--" + f.name.replace("_", "-"))
+        names = [flag] if f.name not in SHORT else [flag, "--" + f.name.replace("_", "-")]
+        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)})"
+        if isinstance(f.default, bool):
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=helptext)
+        else:
+            p.add_argument(*names, dest=f.name, metavar=f.name.upper(),
+                           default=argparse.SUPPRESS, help=helptext)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastdqn", description="Fast DQN on vectorized gymnasium envs.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    t = sub.add_parser("train", help="train an agent (defaults: LunarLander-v3, 16 envs)",
+                       description="Train a DQN agent. Every setting is a flag; "
+                                   "--config takes a preset name or a TOML file.")
+    t.add_argument("--config", default=None, metavar="PRESET_OR_TOML",
+                   help=f"preset ({', '.join(preset_names()) or 'none'}) or TOML file; "
+                        "flags override it")
+    _add_config_flags(t)
+    e = sub.add_parser("eval", help="evaluate a checkpoint's greedy policy",
+                       description="Greedy evaluation of a checkpoint on fresh seeds.")
+    e.add_argument("checkpoint", help="checkpoint.pt or best.pt of a run")
+    e.add_argument("--episodes", type=int, default=100, help="episodes to play (default: 100)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the first episode (default: the run's eval seeds)")
+    e.add_argument("--num-envs", type=int, default=16, help="envs stepped together")
+    e.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
+    e.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    sub.add_parser("presets", help="list the shipped presets")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    if explicit.get("resume"):
+        from pathlib import Path
+
+        run_dir = explicit.get("run_dir", "")
+        if not run_dir:
+            raise ConfigError("--resume needs --run-dir DIR of the run to continue")
+        ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+        base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
+        base.update({"resume": False, "overwrite": False})
+        if args.config:
+            base.update(load_toml(args.config))
+        cfg = make_config(**{**base, **explicit})
+    else:
+        cfg = make_config(args.config, **explicit)
+    result = train(cfg)
+    s = result.summary
+    solved = (f"solved in {s['time_to_solve_s']:.1f} s, {s['steps_to_solve']:,d} steps"
+              if s["solved"] else "not solved")
+    fe = s["final_eval"]
+    evals = f"; eval {fe['mean']:.1f} ± {fe['std']:.1f} ({fe['episodes']} episodes)" if fe else ""
+    if result.signal is not None:
+        sys.stderr.write(f"interrupted at {s['total_env_steps']:,d} steps; checkpoint saved. "
+                         f"Resume with: fastdqn train --resume --run-dir {result.run_dir}\n")
+        return 128 + int(result.signal)
+    print(f"{s['env_id']}: {s['total_env_steps']:,d} steps in {s['wall_time_s']:.1f} s "
+          f"({s['sps']:.0f} SPS), {solved}{evals}; run dir {result.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import eval_seed, load_policy, run_episodes
+    from .trainer import resolve_device
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    device = resolve_device(args.device)
+    policy, env = load_policy(args.checkpoint, str(device))
+    state = load_checkpoint(args.checkpoint)
+    seed = args.seed if args.seed is not None else eval_seed(int(state["config"]["seed"]))
+    result = run_episodes(policy, env["id"], args.episodes, seed, args.num_envs)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"{env['id']}: mean {result.mean:.2f} ± {result.std:.2f}, min {result.min:.2f}, "
+              f"max {result.max:.2f} over {result.episodes} episodes")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "presets":
+            for name in preset_names():
+                print(name)
+            return 0
+        parser.print_help()
+        return 2
+    except ConfigError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; the last complete checkpoint is kept\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Every training setting in one dataclass; CLI flags and TOML presets are generated from it.
+
+Each field's docstring is its help text: `field_docs()` reads them from the source, so the
+documentation, the CLI and the validator cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import sys
+import textwrap
+from dataclasses import dataclass, fields
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A user error in the settings: the message names the problem and the fix."""
+
+
+@dataclass
+class Config:
+    """Settings of one training run."""
+
+    env_id: str = "LunarLander-v3"
+    """gymnasium environment id (Discrete actions, Box observations)."""
+    num_envs: int = 16
+    """Number of environments stepped in parallel."""
+    vector: str = "async"
+    """Vector env: `async` (one process per env, overlaps with learning) or `sync` (in-process)."""
+    total_timesteps: int = 500_000
+    """Env transitions to train for (summed over all envs)."""
+    seed: int = 1
+    """Seed of envs, network init, sampling and exploration; same seed on CPU gives the same run."""
+    device: str = "auto"
+    """Training device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+    run_dir: str = ""
+    """Run directory (TensorBoard events, checkpoints, summary); empty: runs/<env>__<seed>__<time>."""
+    target_return: float | None = None
+    """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256."""
+    lr: float = 6.3e-4
+    """Adam learning rate."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    gamma: float = 0.99
+    """Discount factor."""
+    loss: str = "huber"
+    """TD loss: huber (smooth L1, delta 1) or mse."""
+    double_dqn: bool = True
+    """Double DQN: the online net picks the next action, the target net values it."""
+    max_grad_norm: float = 10.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    batch_size: int = 128
+    """Transitions per gradient step."""
+    buffer_size: int = 100_000
+    """Replay capacity in transitions (a ring: the oldest are overwritten)."""
+    learning_starts: int = 1_000
+    """Transitions collected before the first gradient step."""
+    train_every: int = 4
+    """Env transitions per round of `gradient_steps` updates (summed over envs)."""
+    gradient_steps: int = 1
+    """Gradient steps per `train_every` env transitions."""
+    tau: float = 0.005
+    """Target update weight: target <- tau*online + (1-tau)*target; 1 is a hard copy."""
+    target_update_interval: int = 1
+    """Learner steps between target updates (use tau=1 and e.g. 250 for hard updates)."""
+
+    exploration: str = "egreedy"
+    """Exploration: egreedy (epsilon-greedy) or boltzmann (softmax over Q / temperature)."""
+    eps_schedule: str = "linear"
+    """Epsilon schedule: linear, exponential (per env step) or per_episode (multiplicative)."""
+    eps_start: float = 1.0
+    """Initial epsilon."""
+    eps_end: float = 0.05
+    """Final epsilon."""
+    eps_decay_steps: int = 50_000
+    """linear: env steps to go from start to end; exponential: steps per e-fold of decay."""
+    eps_episode_decay: float = 0.995
+    """per_episode: epsilon is multiplied by this after every finished episode (down to eps_end)."""
+    temperature: float = 1.0
+    """Boltzmann exploration temperature (higher is more random)."""
+
+    eval_every: int = 10_000
+    """Env steps between greedy evaluations; 0 disables periodic evaluation."""
+    eval_episodes: int = 10
+    """Episodes per periodic evaluation."""
+    solve_episodes: int = 100
+    """Episodes of the confirming evaluation that declares a run solved (and of the final eval)."""
+    eval_envs: int = 16
+    """Environments stepped together during evaluation."""
+    checkpoint_every: int = 50_000
+    """Env steps between periodic checkpoints; 0: only at evaluations and the end."""
+    log_every: int = 2_000
+    """Env steps between TensorBoard scalar writes (the only host syncs of device values)."""
+    num_threads: int = 0
+    """torch CPU threads; 0 picks one per core left over by the env workers."""
+    progress: bool = True
+    """Show the console progress line."""
+    resume: bool = False
+    """Continue the run in run_dir from its checkpoint.pt."""
+    overwrite: bool = False
+    """Start afresh in a run_dir that already holds a run (its files are replaced)."""
+
+    def validate(self) -> Config:
+        """Reject nonsensical settings before any work starts, with a fix in the message."""
+        positive_ints = [
+            "num_envs", "total_timesteps", "batch_size", "buffer_size", "train_every",
+            "gradient_steps", "target_update_interval", "eval_episodes", "solve_episodes",
+            "eval_envs", "log_every",
+        ]
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ["learning_starts", "eval_every", "checkpoint_every", "num_threads",
+                     "eps_decay_steps"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _choice("vector", self.vector, ["async", "sync"])
+        _choice("loss", self.loss, ["huber", "mse"])
+        _choice("exploration", self.exploration, ["egreedy", "boltzmann"])
+        _choice("eps_schedule", self.eps_schedule, ["linear", "exponential", "per_episode"])
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden needs positive layer sizes like 128,128, got {self.hidden}")
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
+                "lower the batch or raise the buffer"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
+        for name in ["eps_start", "eps_end"]:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.eps_end > self.eps_start:
+            raise ConfigError(
+                f"--eps-end {self.eps_end} is above --eps-start {self.eps_start}; swap them"
+            )
+        if not 0 < self.eps_episode_decay <= 1:
+            raise ConfigError(f"--eps-episode-decay must be in (0, 1], got {self.eps_episode_decay}")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if not self.max_grad_norm >= 0:
+            raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "mps", "cuda") or (dev.startswith("cuda:")
+                                                          and dev[5:].isdigit())):
+            raise ConfigError(f"unknown --device {dev!r}; use auto, cpu, cuda, cuda:N or mps")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-friendly values (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _choice(name: str, value: str, options: list[str]) -> None:
+    if value not in options:
+        raise ConfigError(f"--{_flag(name)} must be one of {', '.join(options)}, got {value!r}")
+
+
+@cache
+def field_docs() -> dict[str, str]:
+    """Field name -> docstring, read from this module's source (the help text of each flag)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a TOML or CLI value into the field's type, or raise ConfigError naming the field."""
+    kind = {f.name: f for f in fields(Config)}[name]
+    default = kind.default
+    try:
+        if name == "hidden":
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", ",").split(",") if v]
+            if isinstance(value, int):
+                value = [value]
+            return tuple(int(v) for v in value)
+        if name == "target_return":
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+                return None
+            return float(value)
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"--{_flag(name)}: cannot use {value!r} (expected {_type_word(name)})")
+
+
+def _type_word(name: str) -> str:
+    if name == "hidden":
+        return "layer sizes like 128,128"
+    if name == "target_return":
+        return "a number or none"
+    default = {f.name: f.default for f in fields(Config)}[name]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}[type(default)]
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in fastdqn/presets/."""
+    folder = resources.files("fastdqn") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_toml(name_or_path: str) -> dict[str, Any]:
+    """Settings from a shipped preset name or a TOML file path, validated key by key."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {name_or_path} does not exist; check the path")
+        text = path.read_text(encoding="utf-8")
+        where = str(path)
+    else:
+        names = preset_names()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}; {hint}presets: {', '.join(names)}"
+            )
+        text = (resources.files("fastdqn") / "presets" / f"{name_or_path}.toml").read_text(
+            encoding="utf-8"
+        )
+        where = f"preset {name_or_path}"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where} is not valid TOML ({e}); fix the file") from None
+    unknown = [k for k in raw if k.replace("-", "_") not in field_names()]
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown keys: {', '.join(sorted(unknown))}; "
+            "see `fastdqn train --help` for the settings"
+        )
+    return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in raw.items()}
+
+
+def make_config(config_file: str | None = None, **overrides: Any) -> Config:
+    """Defaults, then a preset or TOML file, then explicit overrides; validated."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_toml(config_file))
+    for k, v in overrides.items():
+        if k not in field_names():
+            close = difflib.get_close_matches(k, field_names(), n=1)
+            hint = f"; did you mean {close[0]!r}" if close else ""
+            raise ConfigError(f"unknown setting {k!r}{hint}")
+        values[k] = coerce(k, v)
+    return Config(**values).validate()

@@ -1,0 +1,102 @@
+"""What the user sees: TensorBoard scalars, the console progress line, returns.png."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class RunLogger:
+    """TensorBoard writer plus a throttled one-line console progress display."""
+
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool = True,
+                 purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        self.total = total_steps
+        self.progress_on = progress
+        self.tty = sys.stderr.isatty()
+        self._last_print = 0.0
+        self._interval = 0.5 if self.tty else 10.0
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def progress(self, step: int, sps: float, mean_return: float | None, eps: float,
+                 force: bool = False) -> None:
+        """Print `steps  SPS  mean return  eps`, at most twice a second (once per 10 s to logs)."""
+        if not self.progress_on:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_print < self._interval:
+            return
+        self._last_print = now
+        frac = min(1.0, step / max(1, self.total))
+        bar = "#" * int(frac * 20)
+        ret = "   n/a" if mean_return is None else f"{mean_return:7.1f}"
+        line = (f"[{bar:<20}] {step:>9,d}/{self.total:,d} steps  {sps:7.0f} SPS  "
+                f"return(100) {ret}  eps {eps:.3f}")
+        if self.tty:
+            sys.stderr.write("\r" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        if self.progress_on and self.tty:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.progress_on and self.tty:
+            sys.stderr.write("\n")
+        self.writer.flush()
+        self.writer.close()
+
+
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last `window` values at each point (shorter at the start)."""
+    if len(x) == 0:
+        return x
+    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_returns(path: Path, returns: list[float], end_steps: list[int], env_id: str,
+                 target: float | None = None):
+    """Episode returns and their 100-episode moving average against env steps, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    r = np.asarray(returns, dtype=np.float64)
+    s = np.asarray(end_steps)
+    if len(r):
+        ax.plot(s, r, ".", ms=2, alpha=0.35, color="tab:blue", label="episode return")
+        ax.plot(s, moving_average(r, 100), color="tab:orange", lw=2, label="mean of last 100")
+    if target is not None:
+        ax.axhline(target, color="tab:green", ls="--", lw=1, label=f"target {target:g}")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(f"{env_id}: {len(r)} episodes")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return fig

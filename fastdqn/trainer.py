@@ -1,0 +1,398 @@
+"""The training loop: act -> step_async -> learn -> step_wait -> add, with evals and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError
+from .envs import EnvFactory, make_vector_env, probe_env, real_next_obs
+from .evaluate import EvalResult, Policy, eval_seed, run_episodes
+from .explore import EpsilonSchedule, boltzmann, epsilon_greedy
+from .learner import Learner
+from .logger import RunLogger, plot_returns
+from .networks import MLP, preprocess
+from .replay import ReplayBuffer, torch_dtype
+from .sampling import UniformSampler
+
+STAGES = ("act", "learn", "env_wait", "add", "log")
+
+
+@dataclass
+class Counters:
+    """Everything a checkpoint must restore for the run to continue where it stopped."""
+
+    step: int = 0
+    iteration: int = 0
+    episodes: int = 0
+    due: int = 0
+    wall_time: float = 0.0
+    best_eval: float = -math.inf
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    next_log: int = 0
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    end_steps: list[int] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What `train` hands back: where the run lives, its summary, and the greedy policy."""
+
+    run_dir: Path
+    summary: dict
+    policy: Policy
+    returns: list[float]
+    end_steps: list[int]
+    signal: int | None = None
+
+    def plot(self):
+        """The returns figure (Jupyter shows it inline when it is a cell's value)."""
+        return plot_returns(self.run_dir / "returns.png", self.returns, self.end_steps,
+                            self.summary["env_id"], self.summary.get("target_return"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} asked for, but this torch sees no CUDA device; "
+                              "use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                              "device(s) here; use cuda:0")
+        return dev
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps asked for, but MPS is not available here; "
+                          "use --device cpu or auto")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.env_id.replace('/', '_')}__{cfg.seed}__{stamp}"
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """The run dir, refusing to mix two runs: an existing run needs --resume or --overwrite."""
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; pick a directory")
+    has_run = run_dir.is_dir() and any(
+        (run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "best.pt")
+    )
+    if cfg.resume:
+        if not (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
+                              "check --run-dir or start without --resume")
+    elif has_run:
+        if not cfg.overwrite:
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                              "--overwrite to replace it, or pick another --run-dir")
+        for p in run_dir.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
+                     path: Path) -> None:
+    """A checkpoint must come from the same env and network shape as the run resuming it."""
+    env = ckpt.get("env", {})
+    if env.get("id") != cfg.env_id:
+        raise CheckpointError(f"{path} is from env {env.get('id')!r}, not {cfg.env_id!r}; "
+                              "pass the matching --env or another checkpoint")
+    if tuple(env.get("obs_shape", ())) != tuple(obs_shape) or env.get("n_actions") != n_actions:
+        raise CheckpointError(f"{path} was trained on other spaces than {cfg.env_id} has now")
+    if tuple(ckpt.get("net", {}).get("hidden", ())) != tuple(cfg.hidden):
+        raise CheckpointError(f"{path} has hidden layers {ckpt['net']['hidden']}, "
+                              f"not {list(cfg.hidden)}; pass --hidden to match")
+
+
+def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
+          **overrides) -> TrainResult:
+    """Train a DQN agent as `cfg` says and return the run's summary and greedy policy.
+
+    `env_factory` replaces `gymnasium.make(cfg.env_id)` for the training envs (tests use it for
+    scripted envs); `overrides` are Config fields, applied on top of `cfg`.
+    """
+    from .config import make_config
+
+    if cfg is None or overrides:
+        base = cfg.to_dict() if cfg is not None else {}
+        cfg = make_config(**{**base, **overrides})
+    cfg.validate()
+    if env_factory is None:
+        obs_space, act_space, threshold = probe_env(cfg.env_id)
+    else:
+        probe = env_factory()
+        obs_space, act_space = probe.observation_space, probe.action_space
+        threshold = probe.spec.reward_threshold if probe.spec is not None else None
+        probe.close()
+    target_return = cfg.target_return if cfg.target_return is not None else threshold
+    device = resolve_device(cfg.device)
+    run_dir = prepare_run_dir(cfg)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
+    if ckpt is not None:
+        check_compatible(ckpt, cfg, obs_space.shape, int(act_space.n), run_dir / "checkpoint.pt")
+
+    prev_threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    threads = cfg.num_threads or (max(1, cores - 1) if cfg.vector == "async" else cores)
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        return _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt
+         ) -> TrainResult:
+    n_envs, n_actions = cfg.num_envs, int(act_space.n)
+    obs_shape = tuple(obs_space.shape)
+    net = MLP(int(np.prod(obs_shape)), n_actions, tuple(cfg.hidden))
+    learner = Learner(
+        net, lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau,
+        target_update_interval=cfg.target_update_interval, loss=cfg.loss,
+        double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm, adam_eps=cfg.adam_eps,
+        device=device, generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    buffer = ReplayBuffer(cfg.buffer_size, obs_shape, torch_dtype(obs_space.dtype), device)
+    sampler = UniformSampler(cfg.seed)
+    act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+    schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
+                               cfg.eps_decay_steps, cfg.eps_episode_decay)
+    c = Counters(next_eval=cfg.eval_every, next_checkpoint=cfg.checkpoint_every,
+                 next_log=cfg.log_every)
+    if ckpt is not None:
+        learner.load_state_dict(ckpt["learner"])
+        c = Counters(**ckpt["counters"])
+        sampler.set_state(ckpt["rng"]["sampler"])
+        act_gen.set_state(ckpt["rng"]["act"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "buffer" in ckpt:
+            buffer.load_state_dict(ckpt["buffer"])
+
+    def save(path: Path) -> None:
+        state = {
+            "version": __version__, "config": cfg.to_dict(),
+            "env": {"id": cfg.env_id, "obs_shape": list(obs_shape),
+                    "obs_dtype": str(obs_space.dtype), "n_actions": n_actions},
+            "net": {"in_dim": net.in_dim, "n_actions": n_actions, "hidden": list(net.hidden)},
+            "learner": learner.state_dict(), "counters": c.__dict__,
+            "rng": {"sampler": sampler.get_state(), "act": act_gen.get_state(),
+                    "torch": torch.get_rng_state()},
+        }
+        save_checkpoint(path, state)
+
+    cuda = device.type == "cuda"
+    pin = cuda
+    stage_obs = torch.empty((n_envs, *obs_shape), dtype=buffer.obs.dtype, pin_memory=pin)
+    stage_next = torch.empty_like(stage_obs, pin_memory=pin)
+    stage_rew = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
+    stage_done = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
+    real_next = np.empty((n_envs, *obs_shape), dtype=obs_space.dtype)
+    eps_dev = torch.empty(n_envs, device=device)
+    ep_return = np.zeros(n_envs)
+    ep_length = np.zeros(n_envs, dtype=np.int64)
+    stage_time = dict.fromkeys(STAGES, 0.0)
+
+    def to_device(stage: torch.Tensor, array: np.ndarray) -> torch.Tensor:
+        stage.numpy()[...] = array
+        return stage.to(device, non_blocking=True) if cuda else stage.to(device)
+
+    def greedy(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = preprocess(torch.as_tensor(o, device=device))
+            return net.forward(learner.online_views, x).argmax(1).cpu().numpy()
+
+    def evaluate(episodes: int, first: int = 0) -> EvalResult:
+        return run_episodes(greedy, cfg.env_id, episodes, eval_seed(cfg.seed) + first,
+                            cfg.eval_envs)
+
+    logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
+                       purge_step=c.step if ckpt is not None else None)
+    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory)
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:  # second Ctrl-C: leave now, checkpoint.pt stays intact
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    handlers = {}
+    if _main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            handlers[s] = signal.signal(s, on_signal)
+    solved_at: tuple[int, float] | None = None
+    final_eval: EvalResult | None = None
+    start = time.perf_counter() - c.wall_time
+    window_t, window_step = time.perf_counter(), c.step
+    sps = 0.0
+    try:
+        obs, _ = envs.reset(seed=cfg.seed + c.step)
+        obs_dev = to_device(stage_obs, obs)
+        while c.step < cfg.total_timesteps and stop["signal"] is None:
+            t0 = time.perf_counter()
+            eps = schedule(c.step, c.episodes)
+            with torch.no_grad():
+                q = net.forward(learner.online_views, preprocess(obs_dev))
+                if cfg.exploration == "egreedy":
+                    actions = epsilon_greedy(q, eps_dev.fill_(eps), act_gen)
+                else:
+                    actions = boltzmann(q, cfg.temperature, act_gen)
+            actions_np = actions.cpu().numpy()
+            envs.step_async(actions_np)
+            t1 = time.perf_counter()
+            if buffer.size >= cfg.learning_starts:
+                c.due += n_envs * cfg.gradient_steps
+                k, c.due = divmod(c.due, cfg.train_every)
+                if k:
+                    idx = torch.from_numpy(sampler.sample(buffer.size, k, cfg.batch_size))
+                    block = buffer.gather(idx.view(-1).to(device, non_blocking=cuda))
+                    for batch in block.split(k):
+                        learner.update(batch)
+            t2 = time.perf_counter()
+            next_obs, rewards, terminated, truncated, infos = envs.step_wait()
+            t3 = time.perf_counter()
+            real_next_obs(next_obs, infos, real_next)
+            buffer.add(obs_dev, actions, to_device(stage_rew, rewards),
+                       to_device(stage_next, real_next), to_device(stage_done, terminated))
+            obs_dev = to_device(stage_obs, next_obs)
+            c.step += n_envs
+            c.iteration += 1
+            ep_return += rewards
+            ep_length += 1
+            t4 = time.perf_counter()
+            for i in np.flatnonzero(terminated | truncated):
+                c.returns.append(float(ep_return[i]))
+                c.lengths.append(int(ep_length[i]))
+                c.end_steps.append(c.step)
+                c.episodes += 1
+                logger.scalar("charts/episodic_return", ep_return[i], c.step)
+                logger.scalar("charts/episodic_length", ep_length[i], c.step)
+                ep_return[i], ep_length[i] = 0.0, 0
+            mean100 = float(np.mean(c.returns[-100:])) if c.returns else None
+            if c.step >= c.next_log:
+                c.next_log += cfg.log_every
+                now = time.perf_counter()
+                sps = (c.step - window_step) / max(now - window_t, 1e-9)
+                window_t, window_step = now, c.step
+                values = {"charts/epsilon": eps, "charts/sps": sps}
+                if mean100 is not None:
+                    values["charts/mean_return_100"] = mean100
+                stats = learner.pop_stats()
+                if stats is not None:
+                    values["losses/td_loss"], values["losses/q_values"] = stats
+                iters = max(1, c.iteration)
+                for name, total in stage_time.items():
+                    values[f"time/{name}_us_per_iter"] = 1e6 * total / iters
+                logger.scalars(values, c.step)
+            logger.progress(c.step, sps, mean100, eps)
+            t5 = time.perf_counter()
+            for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                stage_time[name] += dt
+            if cfg.eval_every and c.step >= c.next_eval:
+                c.next_eval += cfg.eval_every
+                result = evaluate(cfg.eval_episodes)
+                if target_return is not None and result.mean >= target_return:
+                    rest = cfg.solve_episodes - cfg.eval_episodes
+                    if rest > 0:
+                        result = _combine(result, evaluate(rest, cfg.eval_episodes))
+                c.evals.append({"step": c.step, **result.to_dict()})
+                logger.scalar("eval/mean_return", result.mean, c.step)
+                logger.scalar("eval/std_return", result.std, c.step)
+                logger.message(f"eval at {c.step:,d} steps: {result.mean:.1f} ± {result.std:.1f}"
+                               f" over {result.episodes} episodes")
+                plot_returns(run_dir / "returns.png", c.returns, c.end_steps, cfg.env_id,
+                             target_return)
+                if result.mean > c.best_eval:
+                    c.best_eval = result.mean
+                    c.wall_time = time.perf_counter() - start
+                    save(run_dir / "best.pt")
+                solved = (target_return is not None and result.episodes >= cfg.solve_episodes
+                          and result.mean >= target_return)
+                if solved:
+                    solved_at = (c.step, time.perf_counter() - start)
+                    final_eval = result
+                    break
+            if cfg.checkpoint_every and c.step >= c.next_checkpoint:
+                c.next_checkpoint += cfg.checkpoint_every
+                c.wall_time = time.perf_counter() - start
+                save(run_dir / "checkpoint.pt")
+    finally:
+        envs.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    interrupted = stop["signal"] is not None
+    c.wall_time = time.perf_counter() - start
+    save(run_dir / "checkpoint.pt")
+    if final_eval is None and not interrupted:
+        final_eval = evaluate(cfg.solve_episodes)
+        c.evals.append({"step": c.step, **final_eval.to_dict(), "final": True})
+        logger.scalar("eval/mean_return", final_eval.mean, c.step)
+        if final_eval.mean > c.best_eval:
+            c.best_eval = final_eval.mean
+            save(run_dir / "best.pt")
+    if not (run_dir / "best.pt").exists():
+        save(run_dir / "best.pt")
+    wall = time.perf_counter() - start
+    logger.progress(c.step, sps, float(np.mean(c.returns[-100:])) if c.returns else None,
+                    schedule(c.step, c.episodes), force=True)
+    summary = {
+        "env_id": cfg.env_id, "total_env_steps": c.step, "wall_time_s": round(wall, 3),
+        "sps": round(c.step / wall, 1) if wall > 0 else 0.0,
+        "solved": solved_at is not None,
+        "time_to_solve_s": round(solved_at[1], 3) if solved_at else None,
+        "steps_to_solve": solved_at[0] if solved_at else None,
+        "final_eval": final_eval.to_dict() if final_eval else None,
+        "best_eval": c.best_eval if c.best_eval > -math.inf else None,
+        "target_return": target_return, "episodes": c.episodes,
+        "interrupted": interrupted, "device": str(device),
+        "learner_steps": learner.steps, "adam": learner.adam_kind,
+        "stage_us_per_iter": {k: round(1e6 * v / max(1, c.iteration), 1)
+                              for k, v in stage_time.items()},
+        "evals": c.evals, "config": cfg.to_dict(), "version": __version__,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    plot_returns(run_dir / "returns.png", c.returns, c.end_steps, cfg.env_id, target_return)
+    logger.close()
+    return TrainResult(run_dir, summary, Policy(net, learner.params, device), c.returns,
+                       c.end_steps, stop["signal"])
+
+
+def _combine(a: EvalResult, b: EvalResult) -> EvalResult:
+    r = np.array(a.returns + b.returns)
+    return EvalResult(float(r.mean()), float(r.std()), float(r.min()), float(r.max()), len(r),
+                      r.tolist(), a.lengths + b.lengths)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
