@@ -234,9 +234,10 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         return run_episodes(greedy, cfg.env_id, episodes, eval_seed(cfg.seed) + first,
                             cfg.eval_envs)
 
+    # Envs first: async workers are forked, which must happen before any thread is started.
+    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory)
     logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                        purge_step=c.step if ckpt is not None else None)
-    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory)
     stop = {"signal": None}
 
     def on_signal(signum, frame):
