@@ -31,8 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         if "unrecognized arguments" in message:
-            bad = message.split(":", 1)[1].split()
+            bad = [b for b in message.split(":", 1)[1].split() if b.startswith("-")]
             known = [s for a in self._actions for s in a.option_strings]
+            for a in self._actions:  # the top parser reports its subcommands' flags too
+                if isinstance(a, argparse._SubParsersAction):
+                    for sp in a.choices.values():
+                        known += [s for b in sp._actions for s in b.option_strings]
             hints = []
             for b in bad:
                 close = difflib.get_close_matches(b.split("=")[0], known, n=1)
@@ -146,7 +150,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) and one-line usage errors (2)
+        return int(e.code or 0)
     try:
         if args.command == "train":
             return _train(args)

@@ -1,0 +1,134 @@
+"""Shared helpers: scripted envs with known transitions, tiny networks and batches."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.wrappers import TimeLimit
+
+from fastdqn.networks import MLP
+from fastdqn.replay import Batch
+
+# ---------------------------------------------------------------------------------------------
+# CountingEnv: every observation says which episode and which step it is, so any transition
+# stored in the buffer can be checked against the truth.
+# ---------------------------------------------------------------------------------------------
+
+EPISODE_LENGTHS = (3, 5, 2, 4, 6, 1)
+"""Termination lengths, cycled over the episodes of one env (5 and 6 exceed the time limit)."""
+TIME_LIMIT = 4
+"""max_episode_steps of the TimeLimit wrapper: episodes longer than this are truncated."""
+EPISODES_PER_SEED = 1000
+"""Episode ids are seed * EPISODES_PER_SEED + k, so envs reset with distinct seeds never share."""
+
+
+def episode_length(episode_id: int) -> int:
+    """Steps until CountingEnv terminates episode `episode_id` (ignoring the time limit)."""
+    return EPISODE_LENGTHS[(episode_id % EPISODES_PER_SEED) % len(EPISODE_LENGTHS)]
+
+
+def counting_reward(t: int, action: int) -> float:
+    return 10.0 * t + action
+
+
+class CountingEnv(gym.Env):
+    """obs = [episode_id, t]; reward = 10*t + action; terminates after episode_length(id) steps."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(3)
+        self.base = 0
+        self.count = -1
+        self.episode_id = -1
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.episode_id, self.t], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.base = int(seed) * EPISODES_PER_SEED
+            self.count = -1
+        self.count += 1
+        self.episode_id = self.base + self.count
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        a = int(action)
+        assert self.action_space.contains(a)
+        reward = counting_reward(self.t, a)
+        self.t += 1
+        terminated = self.t >= episode_length(self.episode_id)
+        return self._obs(), reward, terminated, False, {}
+
+
+def make_counting_env() -> gym.Env:
+    """The factory handed to make_vector_env (module level: picklable for async workers)."""
+    return TimeLimit(CountingEnv(), max_episode_steps=TIME_LIMIT)
+
+
+class DictObsEnv(gym.Env):
+    """Discrete actions but a Dict observation space: fastdqn must refuse it."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict(
+            {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)}
+        )
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"pos": np.zeros(2, dtype=np.float32)}, {}
+
+    def step(self, action):
+        return {"pos": np.zeros(2, dtype=np.float32)}, 0.0, True, False, {}
+
+
+DICT_OBS_ENV_ID = "FastdqnTest/DictObs-v0"
+if DICT_OBS_ENV_ID not in gym.registry:
+    gym.register(id=DICT_OBS_ENV_ID, entry_point=DictObsEnv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks and batches
+# ---------------------------------------------------------------------------------------------
+
+
+def set_layers(net: MLP, flat: torch.Tensor, layers: list[tuple[list, list]]) -> torch.Tensor:
+    """Write hand-chosen (weight rows, bias) pairs into `flat` through the net's views."""
+    for (w, b), (w_val, b_val) in zip(net.views(flat), layers):
+        w.copy_(torch.tensor(w_val, dtype=torch.float32))
+        b.copy_(torch.tensor(b_val, dtype=torch.float32))
+    return flat
+
+
+def module_grad(module: torch.nn.Sequential) -> torch.Tensor:
+    """The gradients of an exported MLP module in fastdqn's flat layout (w0, b0, w1, b1, ...)."""
+    parts = []
+    for m in module:
+        if isinstance(m, torch.nn.Linear):
+            parts += [m.weight.grad.reshape(-1), m.bias.grad.reshape(-1)]
+    return torch.cat(parts)
+
+
+def random_batch(generator: torch.Generator, n: int, obs_dim: int, n_actions: int,
+                 reward_scale: float = 1.0) -> Batch:
+    """A random float32 transition batch (about a third of the rows terminated)."""
+    return Batch(
+        obs=torch.randn(n, obs_dim, generator=generator),
+        actions=torch.randint(n_actions, (n,), generator=generator),
+        rewards=torch.randn(n, generator=generator) * reward_scale,
+        next_obs=torch.randn(n, obs_dim, generator=generator),
+        dones=(torch.rand(n, generator=generator) < 0.35).float(),
+    )
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,232 @@
+"""The autoreset contract: every stored transition is a true one; space and id checks."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from fastdqn.config import ConfigError
+from fastdqn.envs import (
+    SyncVectorEnv,
+    check_env_id,
+    check_spaces,
+    make_vector_env,
+    probe_env,
+    real_next_obs,
+)
+from fastdqn.replay import ReplayBuffer, torch_dtype
+
+from conftest import (
+    DICT_OBS_ENV_ID,
+    EPISODES_PER_SEED,
+    TIME_LIMIT,
+    CountingEnv,
+    counting_reward,
+    episode_length,
+    make_counting_env,
+)
+
+N_ENVS, N_STEPS, SEED = 3, 30, 5
+
+
+def scripted_action(step: int, env: int) -> int:
+    return (step + 2 * env) % 3
+
+
+def collect(mode: str, use_real_next_obs: bool = True):
+    """Run the trainer's act/step/add sequence; return the buffer and the per-step flags."""
+    envs = make_vector_env("x", N_ENVS, mode, factory=make_counting_env)
+    try:
+        obs_space = envs.single_observation_space
+        buffer = ReplayBuffer(N_ENVS * N_STEPS, obs_space.shape, torch_dtype(obs_space.dtype))
+        real_next = np.empty((N_ENVS, *obs_space.shape), dtype=obs_space.dtype)
+        obs, _ = envs.reset(seed=SEED)
+        first_obs = obs.copy()
+        flags = []
+        for step in range(N_STEPS):
+            actions = np.array([scripted_action(step, i) for i in range(N_ENVS)])
+            envs.step_async(actions)
+            next_obs, rewards, terminated, truncated, infos = envs.step_wait()
+            stored_next = real_next_obs(next_obs, infos, real_next) if use_real_next_obs \
+                else next_obs
+            buffer.add(torch.as_tensor(obs), torch.as_tensor(actions),
+                       torch.as_tensor(rewards, dtype=torch.float32),
+                       torch.as_tensor(stored_next), torch.as_tensor(terminated).float())
+            flags.append((terminated.copy(), truncated.copy(), next_obs.copy()))
+            obs = next_obs
+    finally:
+        envs.close()
+    return buffer, flags, first_obs
+
+
+def transition_errors(buffer: ReplayBuffer) -> list[str]:
+    """Every way a stored transition differs from what CountingEnv really did."""
+    errors = []
+    for row in range(buffer.size):
+        (ep, t), a = buffer.obs[row].tolist(), int(buffer.actions[row])
+        nxt, r, d = buffer.next_obs[row].tolist(), buffer.rewards[row].item(), buffer.dones[row]
+        length = episode_length(int(ep))
+        assert t < min(length, TIME_LIMIT), (row, ep, t)  # an obs can't be past its episode's end
+        if nxt != [ep, t + 1]:
+            errors.append(f"row {row}: next_obs {nxt} after {[ep, t]}")
+        if r != counting_reward(int(t), a):
+            errors.append(f"row {row}: reward {r} for t={t} a={a}")
+        if d.item() != float(t + 1 == length):
+            errors.append(f"row {row}: done {d.item()} at t+1={t + 1}, length {length}")
+    return errors
+
+
+@pytest.fixture(scope="module", params=["sync", "async"])
+def collected(request):
+    return request.param, *collect(request.param)
+
+
+def test_vector_env_type(collected):
+    mode = collected[0]
+    envs = make_vector_env("x", 2, mode, factory=make_counting_env)
+    try:
+        expected = SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+        assert isinstance(envs, expected)
+        assert envs.num_envs == 2
+    finally:
+        envs.close()
+
+
+def test_every_stored_transition_is_true(collected):
+    _, buffer, _, _ = collected
+    assert buffer.size == N_ENVS * N_STEPS
+    assert transition_errors(buffer) == []
+
+
+def test_episodes_are_unique_per_env_and_complete(collected):
+    _, buffer, _, first_obs = collected
+    # reset(seed=S) seeds env i with S + i: ids S*1000.., (S+1)*1000.., distinct across envs
+    assert first_obs.tolist() == [[(SEED + i) * EPISODES_PER_SEED, 0] for i in range(N_ENVS)]
+    rows = buffer.obs.view(N_STEPS, N_ENVS, 2)
+    for i in range(N_ENVS):
+        seq = rows[:, i].tolist()
+        # env i's stored obs follow its episodes step by step: t counts up, then a new id at t=0
+        ep, t = seq[0]
+        assert (ep, t) == ((SEED + i) * EPISODES_PER_SEED, 0)
+        for prev, cur in zip(seq, seq[1:]):
+            ended = prev[1] + 1 >= min(episode_length(int(prev[0])), TIME_LIMIT)
+            assert cur == ([prev[0] + 1, 0] if ended else [prev[0], prev[1] + 1]), (i, prev, cur)
+
+
+def test_done_flags_match_terminations_not_truncations(collected):
+    _, buffer, flags, _ = collected
+    dones = buffer.dones.view(N_STEPS, N_ENVS)
+    n_term = n_trunc_only = n_both = 0
+    for step, (terminated, truncated, _) in enumerate(flags):
+        assert dones[step].tolist() == terminated.astype(np.float32).tolist()
+        n_term += int(terminated.sum())
+        n_trunc_only += int((truncated & ~terminated).sum())
+        n_both += int((truncated & terminated).sum())
+    # the script really exercises all three endings
+    assert n_term >= 5 and n_trunc_only >= 3 and n_both >= 1, (n_term, n_trunc_only, n_both)
+
+
+def test_truncated_steps_store_the_true_final_obs(collected):
+    _, buffer, flags, _ = collected
+    next_rows = buffer.next_obs.view(N_STEPS, N_ENVS, 2)
+    obs_rows = buffer.obs.view(N_STEPS, N_ENVS, 2)
+    seen = 0
+    for step, (terminated, truncated, returned_obs) in enumerate(flags):
+        for i in np.flatnonzero(truncated & ~terminated):
+            ep, t = obs_rows[step, i].tolist()
+            assert t + 1 == TIME_LIMIT
+            assert episode_length(int(ep)) > TIME_LIMIT
+            assert next_rows[step, i].tolist() == [ep, TIME_LIMIT]  # the real last obs
+            assert buffer.dones.view(N_STEPS, N_ENVS)[step, i].item() == 0.0  # bootstraps
+            # while the env already handed back the reset obs of the next episode
+            assert returned_obs[i].tolist() == [ep + 1, 0]
+            seen += 1
+    assert seen >= 3
+
+
+def test_checker_catches_reset_obs_stored_as_next_obs():
+    """Guard: without real_next_obs the same loop stores boundary-crossing transitions."""
+    buffer, _, _ = collect("sync", use_real_next_obs=False)
+    errors = transition_errors(buffer)
+    assert errors
+    assert all("next_obs" in e for e in errors)
+
+
+def test_real_next_obs_replaces_only_finished_rows():
+    next_obs = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]], dtype=np.float32)
+    final = np.array([None, np.array([9.0, 4.0], dtype=np.float32), None], dtype=object)
+    infos = {"final_obs": final, "_final_obs": np.array([False, True, False])}
+    out = np.full_like(next_obs, -1)
+    res = real_next_obs(next_obs, infos, out)
+    assert res is out
+    assert out.tolist() == [[1.0, 0.0], [9.0, 4.0], [3.0, 0.0]]
+    assert next_obs.tolist() == [[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]  # input untouched
+    assert real_next_obs(next_obs, {}, out).tolist() == next_obs.tolist()
+
+
+def test_make_vector_env_unknown_mode():
+    with pytest.raises(ConfigError, match="--vector must be async or sync, got 'threads'"):
+        make_vector_env("x", 2, "threads", factory=make_counting_env)
+
+
+def test_counting_env_itself():
+    env = make_counting_env()
+    obs, _ = env.reset(seed=2)
+    assert obs.tolist() == [2000, 0]
+    _, r, term, trunc, _ = env.step(1)
+    assert (r, term, trunc) == (1.0, False, False)
+    env.close()
+    assert isinstance(env.unwrapped, CountingEnv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Space and id checks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "MountainCarContinuous-v0"])
+def test_probe_env_refuses_continuous_actions(env_id):
+    with pytest.raises(ConfigError) as info:
+        probe_env(env_id)
+    msg = str(info.value)
+    assert f"{env_id} has Box actions; DQN needs Discrete actions" in msg
+
+
+def test_probe_env_refuses_dict_observations():
+    with pytest.raises(ConfigError) as info:
+        probe_env(DICT_OBS_ENV_ID)
+    assert f"{DICT_OBS_ENV_ID} has Dict observations; fastdqn needs a Box" in str(info.value)
+
+
+def test_check_spaces_directly():
+    box = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    check_spaces("ok", box, gym.spaces.Discrete(4))
+    with pytest.raises(ConfigError, match="MultiDiscrete actions; DQN needs Discrete"):
+        check_spaces("e", box, gym.spaces.MultiDiscrete([2, 2]))
+    with pytest.raises(ConfigError, match="Discrete observations; fastdqn needs a Box"):
+        check_spaces("e", gym.spaces.Discrete(5), gym.spaces.Discrete(2))
+    with pytest.raises(ConfigError, match="Tuple observations; fastdqn needs a Box"):
+        check_spaces("e", gym.spaces.Tuple([box]), gym.spaces.Discrete(2))
+
+
+def test_probe_env_accepts_cartpole():
+    obs_space, act_space, threshold = probe_env("CartPole-v1")
+    assert isinstance(obs_space, gym.spaces.Box) and obs_space.shape == (4,)
+    assert isinstance(act_space, gym.spaces.Discrete) and act_space.n == 2
+    assert threshold == 475.0
+
+
+def test_check_env_id_suggests_close_match():
+    check_env_id("CartPole-v1")
+    with pytest.raises(ConfigError) as info:
+        check_env_id("CartPol-v1")
+    assert "unknown env id 'CartPol-v1'; did you mean 'CartPole-v1'?" in str(info.value)
+
+
+def test_check_env_id_without_close_match():
+    with pytest.raises(ConfigError, match="see gymnasium.pprint_registry"):
+        check_env_id("Zzzzzzzzzzzzzzzzzzzz-v9")
+    with pytest.raises(ConfigError, match="unknown env id"):
+        probe_env("Zzzzzzzzzzzzzzzzzzzz-v9")
