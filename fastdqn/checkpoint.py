@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 from pathlib import Path
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if _imports_foreign_code(path):
             raise CheckpointError(
                 f"checkpoint {path} contains code or objects a checkpoint must not hold; "
                 "refusing to load it (only load files you trust)"
@@ -86,3 +87,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
     return state
+
+
+_SAFE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+
+
+def _imports_foreign_code(path: Path) -> bool:
+    """Does the file's pickle stream name a callable outside torch's own (without running it)?"""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            module = None
+            if op.name in ("GLOBAL", "INST"):
+                module = str(arg).split(" ")[0]
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                module = strings[-2]
+            if module is not None and module.split(".")[0] not in _SAFE_MODULES:
+                return True
+    except Exception:  # an unreadable stream is corruption, not code
+        return False
+    return False

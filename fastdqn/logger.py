@@ -100,3 +100,52 @@ def plot_returns(path: Path, returns: list[float], end_steps: list[int], env_id:
     fig.savefig(tmp)
     tmp.replace(path)
     return fig
+
+
+class StageTimer:
+    """Wall time per stage of the training loop, accumulated lap by lap.
+
+    `sync` (e.g. torch.cuda.synchronize) makes each lap wait for the device, so a stage's time
+    is its real cost rather than its launch cost; the trainer's own timer never syncs. Laps
+    before `warmup_steps` env steps are discarded, so JIT and warm-up stay out of the figures.
+    """
+
+    def __init__(self, stages: tuple[str, ...], sync=None, warmup_steps: int = 0) -> None:
+        self.totals = dict.fromkeys(stages, 0.0)
+        self.sync = sync
+        self.warmup_steps = warmup_steps
+        self.iterations = 0
+        self.start_step = 0
+        self.start_time = time.perf_counter()
+        self.end_step = 0
+        self.end_time = self.start_time
+        self._t = self.start_time
+        self._warm = warmup_steps == 0
+
+    def lap(self, stage: str) -> None:
+        if self.sync is not None:
+            self.sync()
+        now = time.perf_counter()
+        self.totals[stage] += now - self._t
+        self._t = now
+
+    def iteration_done(self, step: int) -> None:
+        """Count an iteration; the first one past the warm-up restarts the clocks."""
+        if not self._warm and step >= self.warmup_steps:
+            self._warm = True
+            self.totals = dict.fromkeys(self.totals, 0.0)
+            self.iterations = 0
+            self.start_step, self.start_time = step, time.perf_counter()
+            self._t = self.start_time
+            return
+        self.iterations += 1
+        self.end_step, self.end_time = step, time.perf_counter()
+
+    def sps(self) -> float:
+        """Env steps per second over the timed (post-warm-up) iterations."""
+        dt = self.end_time - self.start_time
+        return (self.end_step - self.start_step) / dt if dt > 0 else 0.0
+
+    def us_per_iteration(self) -> dict[str, float]:
+        n = max(1, self.iterations)
+        return {k: 1e6 * v / n for k, v in self.totals.items()}

@@ -91,8 +91,8 @@ class MLP:
             torch.mm(d.t(), acts[i], out=gw)
             torch.sum(d, 0, out=gb)
             if i > 0:
-                # ReLU'(z) = 1 where the stored post-ReLU activation is positive.
-                d = torch.mm(d, w).mul_(acts[i] > 0)
+                # ReLU'(z) = 1 where the stored post-ReLU activation is positive: one fused op.
+                d = torch.ops.aten.threshold_backward(torch.mm(d, w), acts[i], 0)
 
     def to_module(self, flat: torch.Tensor) -> torch.nn.Sequential:
         """The same network as a standard torch module (a copy of the weights)."""

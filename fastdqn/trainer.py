@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import time
@@ -20,12 +19,12 @@ from .envs import EnvFactory, make_vector_env, probe_env, real_next_obs
 from .evaluate import EvalResult, Policy, eval_seed, run_episodes
 from .explore import EpsilonSchedule, boltzmann, epsilon_greedy
 from .learner import Learner
-from .logger import RunLogger, plot_returns
+from .logger import RunLogger, StageTimer, plot_returns
 from .networks import MLP, preprocess
 from .replay import ReplayBuffer, torch_dtype
 from .sampling import UniformSampler
 
-STAGES = ("act", "learn", "env_wait", "add", "log")
+STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "add", "log")
 
 
 @dataclass
@@ -133,11 +132,12 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
 
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
-          **overrides) -> TrainResult:
+          timer: StageTimer | None = None, **overrides) -> TrainResult:
     """Train a DQN agent as `cfg` says and return the run's summary and greedy policy.
 
     `env_factory` replaces `gymnasium.make(cfg.env_id)` for the training envs (tests use it for
-    scripted envs); `overrides` are Config fields, applied on top of `cfg`.
+    scripted envs); `timer` receives the per-stage timings (the benchmark passes a syncing one);
+    `overrides` are Config fields, applied on top of `cfg`.
     """
     from .config import make_config
 
@@ -160,17 +160,16 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         check_compatible(ckpt, cfg, obs_space.shape, int(act_space.n), run_dir / "checkpoint.pt")
 
     prev_threads = torch.get_num_threads()
-    cores = os.cpu_count() or 1
-    threads = cfg.num_threads or (max(1, cores - 1) if cfg.vector == "async" else cores)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     try:
-        return _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt)
+        return _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt,
+                    timer or StageTimer(STAGES))
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt
+def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt, timer
          ) -> TrainResult:
     n_envs, n_actions = cfg.num_envs, int(act_space.n)
     obs_shape = tuple(obs_space.shape)
@@ -219,7 +218,6 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
     eps_dev = torch.empty(n_envs, device=device)
     ep_return = np.zeros(n_envs)
     ep_length = np.zeros(n_envs, dtype=np.int64)
-    stage_time = dict.fromkeys(STAGES, 0.0)
 
     def to_device(stage: torch.Tensor, array: np.ndarray) -> torch.Tensor:
         stage.numpy()[...] = array
@@ -235,7 +233,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                             cfg.eval_envs)
 
     # Envs first: async workers are forked, which must happen before any thread is started.
-    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory)
+    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory, cfg.num_workers)
     logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                        purge_step=c.step if ckpt is not None else None)
     stop = {"signal": None}
@@ -259,7 +257,6 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         obs, _ = envs.reset(seed=cfg.seed + c.step)
         obs_dev = to_device(stage_obs, obs)
         while c.step < cfg.total_timesteps and stop["signal"] is None:
-            t0 = time.perf_counter()
             eps = schedule(c.step, c.episodes)
             with torch.no_grad():
                 q = net.forward(learner.online_views, preprocess(obs_dev))
@@ -268,28 +265,33 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                 else:
                     actions = boltzmann(q, cfg.temperature, act_gen)
             actions_np = actions.cpu().numpy()
+            timer.lap("act")
             envs.step_async(actions_np)
-            t1 = time.perf_counter()
+            timer.lap("env_send")
             if buffer.size >= cfg.learning_starts:
                 c.due += n_envs * cfg.gradient_steps
                 k, c.due = divmod(c.due, cfg.train_every)
                 if k:
                     idx = torch.from_numpy(sampler.sample(buffer.size, k, cfg.batch_size))
                     block = buffer.gather(idx.view(-1).to(device, non_blocking=cuda))
+                    timer.lap("sample")
                     for batch in block.split(k):
-                        learner.update(batch)
-            t2 = time.perf_counter()
+                        learner.step(batch)
+                        timer.lap("learn")
+                        learner.maybe_update_target()
+                        timer.lap("target")
             next_obs, rewards, terminated, truncated, infos = envs.step_wait()
-            t3 = time.perf_counter()
+            timer.lap("env_wait")
             real_next_obs(next_obs, infos, real_next)
             buffer.add(obs_dev, actions, to_device(stage_rew, rewards),
                        to_device(stage_next, real_next), to_device(stage_done, terminated))
+            timer.lap("add")
             obs_dev = to_device(stage_obs, next_obs)
+            timer.lap("h2d")
             c.step += n_envs
             c.iteration += 1
             ep_return += rewards
             ep_length += 1
-            t4 = time.perf_counter()
             for i in np.flatnonzero(terminated | truncated):
                 c.returns.append(float(ep_return[i]))
                 c.lengths.append(int(ep_length[i]))
@@ -310,14 +312,12 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                 stats = learner.pop_stats()
                 if stats is not None:
                     values["losses/td_loss"], values["losses/q_values"] = stats
-                iters = max(1, c.iteration)
-                for name, total in stage_time.items():
-                    values[f"time/{name}_us_per_iter"] = 1e6 * total / iters
+                for name, us in timer.us_per_iteration().items():
+                    values[f"time/{name}_us_per_iter"] = us
                 logger.scalars(values, c.step)
             logger.progress(c.step, sps, mean100, eps)
-            t5 = time.perf_counter()
-            for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                stage_time[name] += dt
+            timer.lap("log")
+            timer.iteration_done(c.step)
             if cfg.eval_every and c.step >= c.next_eval:
                 c.next_eval += cfg.eval_every
                 result = evaluate(cfg.eval_episodes)
@@ -376,8 +376,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         "target_return": target_return, "episodes": c.episodes,
         "interrupted": interrupted, "device": str(device),
         "learner_steps": learner.steps, "adam": learner.adam_kind,
-        "stage_us_per_iter": {k: round(1e6 * v / max(1, c.iteration), 1)
-                              for k, v in stage_time.items()},
+        "stage_us_per_iter": {k: round(v, 1) for k, v in timer.us_per_iteration().items()},
         "evals": c.evals, "config": cfg.to_dict(), "version": __version__,
     }
     atomic_write_json(run_dir / "summary.json", summary)

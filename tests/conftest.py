@@ -73,6 +73,19 @@ def make_counting_env() -> gym.Env:
     return TimeLimit(CountingEnv(), max_episode_steps=TIME_LIMIT)
 
 
+class ExplodingEnv(CountingEnv):
+    """A CountingEnv whose env 0 (reset with seed 0) raises on its third step."""
+
+    def step(self, action):
+        if self.base == 0 and self.t == 2:
+            raise ValueError(f"exploded at t={self.t}")
+        return super().step(action)
+
+
+def make_exploding_env() -> gym.Env:
+    return ExplodingEnv()
+
+
 class DictObsEnv(gym.Env):
     """Discrete actions but a Dict observation space: fastdqn must refuse it."""
 

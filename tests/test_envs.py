@@ -6,18 +6,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from fastdqn.config import ConfigError
-from fastdqn.envs import (
-    SyncVectorEnv,
-    check_env_id,
-    check_spaces,
-    make_vector_env,
-    probe_env,
-    real_next_obs,
-)
-from fastdqn.replay import ReplayBuffer, torch_dtype
-
 from conftest import (
     DICT_OBS_ENV_ID,
     EPISODES_PER_SEED,
@@ -26,7 +14,21 @@ from conftest import (
     counting_reward,
     episode_length,
     make_counting_env,
+    make_exploding_env,
 )
+
+from fastdqn.config import ConfigError
+from fastdqn.envs import (
+    ShardedVectorEnv,
+    SyncVectorEnv,
+    check_env_id,
+    check_spaces,
+    default_workers,
+    make_vector_env,
+    probe_env,
+    real_next_obs,
+)
+from fastdqn.replay import ReplayBuffer, torch_dtype
 
 N_ENVS, N_STEPS, SEED = 3, 30, 5
 
@@ -35,9 +37,19 @@ def scripted_action(step: int, env: int) -> int:
     return (step + 2 * env) % 3
 
 
-def collect(mode: str, use_real_next_obs: bool = True):
+MODES = {"sync": ("sync", 0), "async": ("async", 0), "sharded-1": ("sharded", 1),
+         "sharded-2": ("sharded", 2)}
+"""Vector modes under test; sharded-2 splits the 3 envs unevenly (1 + 2)."""
+
+
+def make_envs(mode_id: str, num_envs: int, factory=make_counting_env):
+    mode, workers = MODES[mode_id]
+    return make_vector_env("x", num_envs, mode, factory=factory, num_workers=workers)
+
+
+def collect(mode_id: str, use_real_next_obs: bool = True):
     """Run the trainer's act/step/add sequence; return the buffer and the per-step flags."""
-    envs = make_vector_env("x", N_ENVS, mode, factory=make_counting_env)
+    envs = make_envs(mode_id, N_ENVS)
     try:
         obs_space = envs.single_observation_space
         buffer = ReplayBuffer(N_ENVS * N_STEPS, obs_space.shape, torch_dtype(obs_space.dtype))
@@ -78,18 +90,22 @@ def transition_errors(buffer: ReplayBuffer) -> list[str]:
     return errors
 
 
-@pytest.fixture(scope="module", params=["sync", "async"])
+@pytest.fixture(scope="module", params=list(MODES))
 def collected(request):
     return request.param, *collect(request.param)
 
 
-def test_vector_env_type(collected):
-    mode = collected[0]
-    envs = make_vector_env("x", 2, mode, factory=make_counting_env)
+@pytest.mark.parametrize(("mode_id", "expected"), [
+    ("sync", SyncVectorEnv), ("async", gym.vector.AsyncVectorEnv),
+    ("sharded-1", ShardedVectorEnv), ("sharded-2", ShardedVectorEnv),
+])
+def test_vector_env_type(mode_id, expected):
+    envs = make_envs(mode_id, 2)
     try:
-        expected = SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
         assert isinstance(envs, expected)
         assert envs.num_envs == 2
+        assert envs.single_observation_space.shape == (2,)
+        assert envs.single_action_space.n == 3
     finally:
         envs.close()
 
@@ -167,8 +183,41 @@ def test_real_next_obs_replaces_only_finished_rows():
 
 
 def test_make_vector_env_unknown_mode():
-    with pytest.raises(ConfigError, match="--vector must be async or sync, got 'threads'"):
+    with pytest.raises(ConfigError, match="--vector must be sharded, async or sync, got 'threads'"):
         make_vector_env("x", 2, "threads", factory=make_counting_env)
+
+
+def test_sharded_worker_error_is_reported():
+    envs = make_vector_env("x", 3, "sharded", factory=make_exploding_env, num_workers=2)
+    try:
+        envs.reset(seed=0)
+        for _ in range(2):  # t = 0 -> 1 -> 2
+            envs.step(np.zeros(3, dtype=np.int64))
+        with pytest.raises(RuntimeError, match=r"env worker for envs 0\.\.0 failed: "
+                                               r"ValueError: exploded at t=2"):
+            envs.step(np.zeros(3, dtype=np.int64))
+    finally:
+        envs.close()
+    assert envs.closed
+
+
+def test_sharded_reset_without_seed_and_repeated_close():
+    envs = make_envs("sharded-2", 3)
+    obs, infos = envs.reset()
+    assert obs.shape == (3, 2) and obs[:, 1].tolist() == [0, 0, 0]
+    assert infos == {}
+    envs.close()
+    envs.close()  # idempotent
+
+
+@pytest.mark.parametrize(("cores", "num_envs", "expected"), [
+    (8, 16, 7), (8, 3, 3), (2, 16, 1), (1, 16, 1), (None, 16, 1),
+])
+def test_default_workers(monkeypatch, cores, num_envs, expected):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers(num_envs) == expected
 
 
 def test_counting_env_itself():

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import set_layers
 
 from fastdqn.evaluate import EVAL_SEED_OFFSET, EvalResult, Policy, eval_seed, run_episodes
 from fastdqn.networks import MLP
@@ -67,7 +68,7 @@ def test_episode_j_uses_seed_plus_j(results):
 
 
 def test_counts_and_statistics(results):
-    for n, (res, policy) in results.items():
+    for res, policy in results.values():
         assert isinstance(res, EvalResult)
         assert res.episodes == 6
         assert len(res.returns) == len(res.lengths) == 6
@@ -105,15 +106,33 @@ def policy(gen):
     return Policy(net, torch.randn(net.num_params, generator=gen))
 
 
-def test_policy_call_is_argmax_of_q_values(policy, gen):
-    obs = torch.randn(50, 4, generator=gen).numpy()
-    q = policy.q_values(obs)
-    assert q.shape == (50, 3)
-    actions = policy(obs)
+def identity_q_policy() -> Policy:
+    """Q(obs) = obs[:3] exactly: h = [relu(x), relu(-x)], Q_k = h_k - h_{k+4}."""
+    net = MLP(4, 3, (8,))
+    eye = torch.eye(4)
+    w1 = torch.cat([torch.eye(4), -torch.eye(4)], 1)[:3]
+    params = set_layers(net, torch.zeros(net.num_params),
+                        [(torch.cat([eye, -eye]).tolist(), [0.0] * 8), (w1.tolist(), [0.0] * 3)])
+    return Policy(net, params)
+
+
+def test_policy_q_values_hand_set():
+    pol = identity_q_policy()
+    obs = np.array([[1.0, -2.0, 0.5, 9.0], [-1.0, 3.0, -4.0, 0.0]], dtype=np.float32)
+    assert pol.q_values(obs).tolist() == [[1.0, -2.0, 0.5], [-1.0, 3.0, -4.0]]
+
+
+def test_policy_call_is_argmax_of_q_values(gen):
+    pol = identity_q_policy()
+    obs = torch.randn(60, 4, generator=gen).numpy()
+    q = pol.q_values(obs)
+    assert q.shape == (60, 3)
+    actions = pol(obs)
     assert isinstance(actions, np.ndarray)
-    assert actions.tolist() == q.argmax(1).tolist()
-    assert len(set(actions.tolist())) > 1  # the check is not vacuous
-    assert policy.act(obs[7]) == int(q[7].argmax())
+    assert actions.tolist() == q.argmax(1).tolist() == obs[:, :3].argmax(1).tolist()
+    assert set(actions.tolist()) == {0, 1, 2}  # the check is not vacuous
+    assert pol.act(obs[7]) == int(obs[7, :3].argmax())
+    assert isinstance(pol.act(obs[7]), int)
 
 
 def test_policy_to_module_same_q_values(policy, gen):

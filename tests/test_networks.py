@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import module_grad
 
 from fastdqn.networks import MLP, preprocess
-
-from conftest import module_grad
 
 SHAPES = [(4, 2, (16,)), (8, 3, (32, 16)), (3, 5, (7, 9, 4))]
 

@@ -1,0 +1,215 @@
+"""Throughput of fastdqn's training loop against the ceiling set by the env itself.
+
+Measures, in one run and at the same settings: (1) env-only SPS of the same vector env with
+random actions, (2) training-loop SPS after warm-up, (3) their ratio, (4) where each iteration's
+time goes, stage by stage; optionally (5) Stable-Baselines3's DQN at the same settings.
+Defaults are the canonical configuration of shared/DESIGN.md.
+
+    python bench/throughput.py                    # canonical config on the best device
+    python bench/throughput.py --vs-sb3 --json out.json
+    python bench/throughput.py --smoke            # seconds; what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdqn import __version__, train
+from fastdqn.config import make_config
+from fastdqn.envs import make_vector_env
+from fastdqn.logger import StageTimer
+from fastdqn.trainer import STAGES, resolve_device
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--env", default="LunarLander-v3")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--vector", default="sharded", choices=["sharded", "async", "sync"])
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", default="128,128")
+    p.add_argument("--train-every", type=int, default=4, help="env transitions per update round")
+    p.add_argument("--gradient-steps", type=int, default=1)
+    p.add_argument("--buffer-size", type=int, default=100_000)
+    p.add_argument("--learning-starts", type=int, default=1_000)
+    p.add_argument("--steps", type=int, default=50_000, help="timed env steps after warm-up")
+    p.add_argument("--warmup", type=int, default=5_000, help="untimed env steps first")
+    p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="write a torch.profiler Chrome trace and top-ops table of the loop")
+    p.add_argument("--vs-sb3", action="store_true",
+                   help="also time Stable-Baselines3 DQN at the same settings (pip install .[bench])")
+    p.add_argument("--smoke", action="store_true", help="tiny step counts (CI)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup, args.learning_starts = 2_000, 1_000, 500
+    return args
+
+
+def env_only_sps(args: argparse.Namespace) -> float:
+    """SPS of the same vector env driven with random actions: the ceiling for training."""
+    envs = make_vector_env(args.env, args.num_envs, args.vector, num_workers=args.num_workers)
+    rng = np.random.default_rng(args.seed)
+    n_actions = int(envs.single_action_space.n)
+    try:
+        envs.reset(seed=args.seed)
+        iters_warm = max(1, args.warmup // args.num_envs)
+        iters = max(1, args.steps // args.num_envs)
+        for i in range(iters_warm + iters):
+            if i == iters_warm:
+                t = time.perf_counter()
+            envs.step_async(rng.integers(0, n_actions, args.num_envs))
+            envs.step_wait()
+        return iters * args.num_envs / (time.perf_counter() - t)
+    finally:
+        envs.close()
+
+
+def bench_config(args: argparse.Namespace, device: torch.device, run_dir: str):
+    return make_config(
+        env_id=args.env, num_envs=args.num_envs, vector=args.vector, num_workers=args.num_workers,
+        device=str(device), batch_size=args.batch_size, hidden=args.hidden,
+        train_every=args.train_every, gradient_steps=args.gradient_steps,
+        buffer_size=args.buffer_size, learning_starts=args.learning_starts,
+        total_timesteps=args.warmup + args.steps, seed=args.seed, run_dir=run_dir,
+        eval_every=0, checkpoint_every=0, solve_episodes=1, eval_episodes=1, progress=False,
+        num_threads=args.num_threads, log_every=5_000, target_return="none",
+    )
+
+
+def training_sps(args: argparse.Namespace, device: torch.device, run_dir: str, sync: bool = True
+                 ) -> tuple[float, dict[str, float], dict]:
+    """Training SPS after warm-up and the per-stage times.
+
+    With `sync`, each stage lap waits for the device so the breakdown shows real costs (on the
+    CPU that changes nothing); without it the loop runs exactly as users run it.
+    """
+    syncer = torch.cuda.synchronize if (sync and device.type == "cuda") else None
+    timer = StageTimer(STAGES, sync=syncer, warmup_steps=max(args.warmup, args.learning_starts))
+    result = train(bench_config(args, device, run_dir), timer=timer)
+    return timer.sps(), timer.us_per_iteration(), result.summary
+
+
+SB3_SCRIPT = r"""
+import json, sys, time
+import torch
+from stable_baselines3 import DQN
+from stable_baselines3.common.env_util import make_vec_env
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+env = make_vec_env(a["env"], n_envs=a["num_envs"], seed=a["seed"])
+hidden = [int(h) for h in a["hidden"].split(",")]
+# One gradient step per train_every transitions: every vec step brings num_envs transitions.
+grad_steps = max(1, a["num_envs"] * a["gradient_steps"] // a["train_every"])
+model = DQN("MlpPolicy", env, learning_rate=6.3e-4, buffer_size=a["buffer_size"],
+            learning_starts=a["learning_starts"], batch_size=a["batch_size"], train_freq=1,
+            gradient_steps=grad_steps, target_update_interval=250,
+            policy_kwargs={"net_arch": hidden}, device=a["device"], seed=a["seed"], verbose=0)
+model.learn(total_timesteps=a["warmup"])
+t = time.perf_counter()
+model.learn(total_timesteps=a["steps"], reset_num_timesteps=False)
+print(json.dumps({"sps": a["steps"] / (time.perf_counter() - t)}))
+"""
+
+
+def sb3_sps(args: argparse.Namespace, device: torch.device) -> float:
+    """Stable-Baselines3 DQN (DummyVecEnv, its default) at the same settings, in a subprocess."""
+    payload = json.dumps({
+        "env": args.env, "num_envs": args.num_envs, "seed": args.seed, "hidden": args.hidden,
+        "buffer_size": args.buffer_size, "learning_starts": args.learning_starts,
+        "batch_size": args.batch_size, "train_every": args.train_every,
+        "gradient_steps": args.gradient_steps, "device": str(device),
+        "warmup": max(args.warmup, args.learning_starts), "steps": args.steps,
+        "threads": args.num_threads,
+    })
+    out = subprocess.run([sys.executable, "-c", SB3_SCRIPT, payload], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"SB3 run failed (pip install -e .[bench]?): {out.stderr.strip()[-500:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["sps"])
+
+
+def profile_loop(args: argparse.Namespace, device: torch.device, out_dir: Path) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    small = argparse.Namespace(**{**vars(args), "steps": min(args.steps, 5_000)})
+    with tempfile.TemporaryDirectory() as d, profile(activities=activities) as prof:
+        training_sps(small, device, d)
+    prof.export_chrome_trace(str(out_dir / "trace.json"))
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    (out_dir / "top_ops.txt").write_text(table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.num_threads)
+    figures: dict = {
+        "date": time.strftime("%Y-%m-%d"), "version": __version__, "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
+    }
+    env_sps = env_only_sps(args)
+    with tempfile.TemporaryDirectory() as d:
+        train_sps, stages, summary = training_sps(args, device, d)
+    plain_sps = train_sps
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as d:
+            plain_sps = training_sps(args, device, d, sync=False)[0]
+    total = sum(stages.values()) or 1.0
+    figures.update({
+        "env_only_sps": round(env_sps, 1),
+        "train_sps": round(plain_sps, 1),
+        "train_sps_synced_timing": round(train_sps, 1),
+        "train_to_env_ratio": round(plain_sps / env_sps, 3),
+        "adam": summary["adam"],
+        "stages_us_per_iter": {k: round(v, 1) for k, v in stages.items()},
+        "stages_share": {k: round(v / total, 3) for k, v in stages.items()},
+    })
+    print(f"{args.env}, {args.num_envs} envs ({args.vector}), device {device}, "
+          f"batch {args.batch_size}, MLP {args.hidden}, {args.gradient_steps} update(s) per "
+          f"{args.train_every} transitions, {args.steps:,d} timed steps")
+    print(f"  env only (random actions): {env_sps:10,.0f} SPS")
+    print(f"  training loop            : {plain_sps:10,.0f} SPS  "
+          f"({100 * plain_sps / env_sps:.0f}% of env-only)")
+    print(f"  per-iteration breakdown (device-synced laps, {train_sps:,.0f} SPS while measured):")
+    for k, v in stages.items():
+        print(f"    {k:<9} {v:9.1f} us  {100 * v / total:5.1f}%")
+    if args.vs_sb3:
+        sb3 = sb3_sps(args, device)
+        figures["sb3_sps"] = round(sb3, 1)
+        figures["speedup_vs_sb3"] = round(plain_sps / sb3, 2)
+        print(f"  Stable-Baselines3 DQN    : {sb3:10,.0f} SPS  -> fastdqn is "
+              f"{plain_sps / sb3:.1f}x faster")
+    if args.profile:
+        print(profile_loop(args, device, Path(args.profile)))
+        figures["profile_dir"] = args.profile
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
