@@ -260,6 +260,8 @@ def _type_word(name: str) -> str:
 def preset_names() -> list[str]:
     """Names of the presets shipped in fastdqn/presets/."""
     folder = resources.files("fastdqn") / "presets"
+    if not folder.is_dir():
+        return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 

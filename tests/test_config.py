@@ -341,3 +341,16 @@ def test_validate_raises_only_config_error(values):
         cfg.validate()
     except ConfigError as e:
         assert str(e).strip()
+
+
+@pytest.mark.parametrize("name", ["pytorch-tutorial", "udacity-lunarlander",
+                                  "hard-target-fixed-eps"])
+def test_shipped_presets_load_and_apply(name):
+    from fastdqn.config import make_config, preset_names
+
+    assert name in preset_names()
+    cfg = make_config(name, seed=5)
+    raw = load_toml(name)
+    for key, value in raw.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.seed == 5  # explicit settings win over the preset

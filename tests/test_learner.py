@@ -108,14 +108,19 @@ def autograd_loss_and_grad(learner: Learner, batch, loss_kind: str, double: bool
     return loss.detach(), q_a.detach().mean(), module_grad(online)
 
 
+def grad_setup(gen: torch.Generator, **kw):
+    """A learner whose online argmax varies with the input and whose target disagrees with it."""
+    net = MLP(OBS_DIM, N_ACTIONS, HIDDEN)
+    learner = make_learner(init=torch.randn(net.num_params, generator=gen) * 0.5, **kw)
+    learner.target.add_(torch.randn(learner.target.shape, generator=gen) * 0.5)
+    # reward scale 2: some |TD errors| above 1 (Huber's linear part), some below
+    return learner, random_batch(gen, 64, OBS_DIM, N_ACTIONS, reward_scale=2.0)
+
+
 @pytest.mark.parametrize("loss_kind", ["huber", "mse"])
 @pytest.mark.parametrize("double", [False, True])
 def test_compute_grad_matches_autograd(loss_kind, double, gen):
-    learner = make_learner(loss=loss_kind, double_dqn=double)
-    # make target differ from online so the double/plain choice matters
-    learner.target.add_(torch.randn(learner.target.shape, generator=gen) * 0.3)
-    # reward scale 2: some |TD errors| above 1 (Huber's linear part), some below
-    batch = random_batch(gen, 64, OBS_DIM, N_ACTIONS, reward_scale=2.0)
+    learner, batch = grad_setup(gen, loss=loss_kind, double_dqn=double)
     learner.compute_grad(batch)
     loss, q_mean, ref = autograd_loss_and_grad(learner, batch, loss_kind, double)
     assert torch.allclose(learner.grad, ref, atol=1e-5, rtol=1e-4)
@@ -123,16 +128,21 @@ def test_compute_grad_matches_autograd(loss_kind, double, gen):
     assert learner.pop_stats() == pytest.approx((loss.item(), q_mean.item()), rel=1e-5)
 
 
-def test_huber_batch_covers_both_regimes(gen):
-    """Guard for the test above: its batches really have TD errors on both sides of 1."""
-    learner = make_learner()
-    learner.target.add_(torch.randn(learner.target.shape, generator=gen) * 0.3)
-    batch = random_batch(gen, 64, OBS_DIM, N_ACTIONS, reward_scale=2.0)
-    y = td_target(learner.net, learner.online_views, learner.target_views, batch.rewards,
-                  batch.next_obs, batch.dones, learner.gamma, True)
-    q = learner.net.forward(learner.online_views, batch.obs)
+def test_grad_setup_exercises_every_branch(gen):
+    """Guard for the test above: its data can tell every wrong variant from the right one."""
+    learner, batch = grad_setup(gen)
+    net, online, target = learner.net, learner.online_views, learner.target_views
+    a_next_online = net.forward(online, batch.next_obs).argmax(1)
+    a_next_target = net.forward(target, batch.next_obs).argmax(1)
+    a_online_s = net.forward(online, batch.obs).argmax(1)
+    assert (a_next_online != a_next_target).sum() >= 5  # double DQN differs from plain max
+    assert (a_next_online != a_online_s).sum() >= 10  # Q(s') and Q(s) pick different actions
+    y = td_target(net, online, target, batch.rewards, batch.next_obs, batch.dones,
+                  learner.gamma, True)
+    q = net.forward(online, batch.obs)
     err = (q.gather(1, batch.actions[:, None]).squeeze(1) - y).abs()
-    assert (err > 1).sum() >= 5 and (err < 1).sum() >= 5
+    assert (err > 1).sum() >= 5 and (err < 1).sum() >= 5  # both Huber regimes
+    assert 5 <= batch.dones.sum() <= 59
 
 
 def test_compute_grad_overwrites_previous_gradient(gen):
