@@ -89,11 +89,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-_SAFE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+def _is_torch_data(module: str, name: str) -> bool:
+    """The globals a torch.save of tensors and plain containers refers to, and nothing else."""
+    if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
+        return True
+    if not module.split(".")[0] == "torch":
+        return False
+    import torch
+
+    return (name.startswith("_rebuild") or name.endswith("Storage") or name == "Size"
+            or isinstance(getattr(torch, name, None), torch.dtype))
 
 
 def _imports_foreign_code(path: Path) -> bool:
-    """Does the file's pickle stream name a callable outside torch's own (without running it)?"""
+    """Does the file's pickle stream name a callable beyond tensor data (without running it)?"""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
@@ -105,12 +114,12 @@ def _imports_foreign_code(path: Path) -> bool:
         for op, arg, _ in pickletools.genops(data):
             if isinstance(arg, str):
                 strings.append(arg)
-            module = None
+            ref = None
             if op.name in ("GLOBAL", "INST"):
-                module = str(arg).split(" ")[0]
+                ref = tuple(str(arg).split(" ", 1))
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                module = strings[-2]
-            if module is not None and module.split(".")[0] not in _SAFE_MODULES:
+                ref = (strings[-2], strings[-1])
+            if ref is not None and not _is_torch_data(*ref):
                 return True
     except Exception:  # an unreadable stream is corruption, not code
         return False

@@ -237,20 +237,8 @@ def test_code_executing_pickle_never_runs(tmp_path, kind, how):
     assert not marker.exists()
 
 
-MISLABELLED = pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint._imports_foreign_code allowlists the whole 'builtins' module, so a "
-           "protocol>=3 pickle calling builtins.exec/eval is reported as 'corrupted' instead of "
-           "'contains code ... refusing' (the load is still refused by weights_only)",
-)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize(("kind", "how"), [
-    pytest.param(kind, how, marks=MISLABELLED)
-    if (kind.startswith("builtins.") and how == "pickle") else (kind, how)
-    for kind, how in CASES
-])
+@pytest.mark.parametrize(("kind", "how"), CASES)
 def test_code_executing_pickle_is_called_unsafe(tmp_path, kind, how):
     path = tmp_path / "evil.pt"
     write_evil(path, tmp_path / "pwned", kind, how)
