@@ -111,6 +111,9 @@ class Config:
     """Env steps between TensorBoard scalar writes (the only host syncs of device values)."""
     num_threads: int = 1
     """torch CPU threads for the learner (1 is fastest for DQN-sized nets: measured)."""
+    cuda_graphs: bool = True
+    """On a CUDA device, replay the act step and the K learner steps as CUDA graphs (no effect
+    elsewhere: the CPU uses its numba-fused step, MPS plain torch ops)."""
     progress: bool = True
     """Show the console progress line."""
     resume: bool = False

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .networks import MLP, preprocess
+
 
 def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> float:
     """Straight line from start to end over decay_steps env steps, then flat."""
@@ -55,3 +57,36 @@ def boltzmann(q: torch.Tensor, temperature: float, generator: torch.Generator) -
     """Sample actions from softmax(q / temperature), row by row."""
     probs = torch.softmax(q / temperature, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class ActingQ:
+    """Q-values of the acting batch (one row per env) under the online parameters.
+
+    On CUDA with `graph`, the forward pass is captured once as a CUDA graph over a static
+    observation tensor: each act step is then one copy and one replay instead of a kernel
+    launch per layer. The graph reads the live parameter storage, so it always sees the
+    latest update. Elsewhere it is the plain forward pass.
+    """
+
+    def __init__(self, net: MLP, views: list, example_obs: torch.Tensor, graph: bool) -> None:
+        self.net, self.views = net, views
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph and example_obs.device.type == "cuda":
+            self.static_obs = example_obs.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(3):
+                    net.forward(views, preprocess(self.static_obs))
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.static_q = net.forward(views, preprocess(self.static_obs))
+
+    @torch.no_grad()
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return self.net.forward(self.views, preprocess(obs))
+        self.static_obs.copy_(obs)
+        self.graph.replay()
+        return self.static_q

@@ -30,6 +30,10 @@ class RunLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def progress_due(self) -> bool:
+        """Whether `progress` would print now (lets the caller skip preparing its figures)."""
+        return self.progress_on and time.monotonic() - self._last_print >= self._interval
+
     def progress(self, step: int, sps: float, mean_return: float | None, eps: float,
                  force: bool = False) -> None:
         """Print `steps  SPS  mean return  eps`, at most twice a second (once per 10 s to logs)."""

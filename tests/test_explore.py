@@ -1,4 +1,5 @@
-"""Epsilon schedules against their formulas; epsilon-greedy and Boltzmann action selection."""
+"""Epsilon schedules against their formulas; epsilon-greedy and Boltzmann action selection;
+the acting forward pass (graphed on CUDA)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from fastdqn.explore import (
+    ActingQ,
     EpsilonSchedule,
     boltzmann,
     epsilon_greedy,
@@ -15,6 +17,8 @@ from fastdqn.explore import (
     linear_epsilon,
     per_episode_epsilon,
 )
+from fastdqn.learner import Learner
+from fastdqn.networks import MLP
 
 
 @pytest.mark.parametrize(("step", "expected"), [
@@ -148,3 +152,29 @@ def test_boltzmann_same_seed_same_actions():
     c = boltzmann(q, 1.0, torch.Generator().manual_seed(4))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def _acting_net(device: str):
+    net = MLP(4, 3, (16,))
+    return net, Learner(net, lr=1e-3, gamma=0.99, tau=0.01, target_update_interval=1,
+                        device=device, init=net.init(torch.Generator().manual_seed(2)))
+
+
+def test_acting_q_is_the_forward_pass_off_cuda():
+    net, learner = _acting_net("cpu")
+    obs = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    acting = ActingQ(net, learner.online_views, obs, graph=True)
+    assert acting.graph is None
+    assert torch.equal(acting(obs), net.forward(learner.online_views, obs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_acting_q_graph_follows_parameter_updates():
+    net, learner = _acting_net("cuda")
+    obs = torch.randn(5, 4, device="cuda")
+    acting = ActingQ(net, learner.online_views, obs, graph=True)
+    assert acting.graph is not None
+    for _ in range(2):
+        other = torch.randn(5, 4, device="cuda")
+        torch.testing.assert_close(acting(other).clone(), net.forward(learner.online_views, other))
+        learner.params.add_(0.1)  # the graph must read the live parameters

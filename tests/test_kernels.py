@@ -1,0 +1,175 @@
+"""The numba kernels of the CPU step against hand-computed values, and the three learner routes
+(numba-fused CPU, CUDA graphs, plain torch ops) against each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastdqn import kernels
+from fastdqn.learner import Learner
+from fastdqn.networks import MLP
+from fastdqn.replay import ReplayBuffer
+
+# The tiny-net numbers of test_learner.py: online Q(s) = [s, 2], target Q(s') = [2s', 10].
+# Batch rows i read buffer rows IDX[i], so the kernel must go through the index.
+IDX = np.array([3, 0, 2, 1])
+S = [1.0, 3.0, 6.0, 0.0]
+S_NEXT = [3.0, 1.0, 3.0, 6.0]
+ACTIONS = [0, 1, 0, 1]  # Q(s, a) = [1, 2, 6, 2]
+REWARDS = [1.0, -2.0, 0.5, 0.25]
+DONES = [0.0, 0.0, 1.0, 0.0]
+GAMMA = np.float32(0.5)
+
+
+def td_inputs(double: bool):
+    q = [[s, 2.0] for s in S] + ([[s, 2.0] for s in S_NEXT] if double else [])
+    q_target = [[2 * s, 10.0] for s in S_NEXT]
+    actions, rewards, dones = np.zeros(4, np.int64), np.zeros(4, np.float32), np.zeros(4, np.float32)
+    actions[IDX], rewards[IDX], dones[IDX] = ACTIONS, REWARDS, DONES
+    return (np.array(q, np.float32), np.array(q_target, np.float32), IDX, actions, rewards, dones)
+
+
+@pytest.mark.parametrize("double, y", [
+    # double: target value at the online argmax of Q(s') (row 0: online says 0, target 1).
+    (True, [1.0 + 0.5 * 6, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.5 * 12]),
+    (False, [1.0 + 0.5 * 10, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.5 * 12]),
+])
+@pytest.mark.parametrize("huber", [True, False])
+def test_td_grad_hand_computed(double, y, huber):
+    dq, grad_bias, stats = np.full((4, 2), 7.0, np.float32), np.full(2, 7.0, np.float32), np.zeros(3)
+    kernels.td_grad(*td_inputs(double), GAMMA, huber, double, dq, grad_bias, stats)
+    diff = np.array([1.0, 2.0, 6.0, 2.0]) - np.array(y)
+    g = np.clip(diff, -1, 1) / 4 if huber else 2 * diff / 4
+    expected = np.zeros((4, 2))
+    expected[np.arange(4), ACTIONS] = g
+    assert dq.tolist() == expected.tolist()
+    assert grad_bias.tolist() == [g[0] + g[2], g[1] + g[3]]
+    loss = np.where(np.abs(diff) < 1, 0.5 * diff**2, np.abs(diff) - 0.5) if huber else diff**2
+    assert stats.tolist() == pytest.approx([loss.mean(), 2.75, 1.0])
+
+
+def test_relu_backward_masks_and_sums_columns():
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((5, 3)).astype(np.float32)
+    h = np.maximum(rng.standard_normal((5, 3)), 0).astype(np.float32)
+    expected = d * (h > 0)
+    gb = np.full(3, 9.0, np.float32)
+    kernels.relu_backward(d, h, gb)
+    assert d.tolist() == expected.tolist()
+    assert gb == pytest.approx(expected.sum(0), abs=1e-6)
+
+
+def test_gather_rows_stacks_obs_and_next_obs_and_scales_uint8():
+    obs = np.arange(12, dtype=np.uint8).reshape(6, 2) * 20
+    nxt = obs + 1
+    out = np.zeros((4, 2), np.float32)
+    kernels.gather_rows(np.array([5, 1]), obs, nxt, np.float32(255.0), out)
+    expected = np.concatenate([obs[[5, 1]], nxt[[5, 1]]]).astype(np.float32) / np.float32(255)
+    assert out.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.05, 100.0])
+def test_clip_adam_matches_torch_adam(max_norm):
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(300, generator=g)
+    ref = p.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=1e-2, eps=1e-8)
+    m, v, step = torch.zeros(300), torch.zeros(300), np.zeros(1, np.float32)
+    for _ in range(20):
+        grad = torch.randn(300, generator=g)
+        ref.grad = grad.clone()
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_([ref], max_norm)
+        opt.step()
+        kernels.clip_adam(p.numpy(), grad.numpy(), m.numpy(), v.numpy(), step, 1e-2, 0.9, 0.999,
+                          1e-8, max_norm)
+    assert step[0] == 20
+    torch.testing.assert_close(p, ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v, opt.state[ref]["exp_avg_sq"], rtol=1e-5, atol=1e-8)
+
+
+def filled_buffer(obs_dtype=torch.float32, size=500) -> ReplayBuffer:
+    g = torch.Generator().manual_seed(7)
+    buf = ReplayBuffer(1000, (6,), obs_dtype, "cpu")
+    for _ in range(size // 10):
+        if obs_dtype == torch.uint8:
+            o, o2 = (torch.randint(256, (2, 10, 6), generator=g, dtype=torch.uint8))
+        else:
+            o, o2 = torch.randn(2, 10, 6, generator=g)
+        buf.add(o, torch.randint(3, (10,), generator=g), torch.randn(10, generator=g) * 3, o2,
+                (torch.rand(10, generator=g) < 0.2).float())
+    return buf
+
+
+def learner_pair(device="cpu", **kw) -> tuple[Learner, Learner]:
+    """Two learners with the same init: the default route for the device, and plain torch."""
+    net = MLP(6, 3, (32, 16))
+    init = net.init(torch.Generator().manual_seed(1))
+    args = dict(lr=3e-3, gamma=0.97, tau=0.05, target_update_interval=1, device=device,
+                init=init) | kw
+    return Learner(net, **args), Learner(net, fused=False, cuda_graphs=False, **args)
+
+
+@pytest.mark.parametrize("obs_dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("kw", [
+    {}, {"loss": "mse"}, {"double_dqn": False}, {"max_grad_norm": 0.0}, {"max_grad_norm": 0.01},
+    {"tau": 1.0, "target_update_interval": 3},
+])
+def test_cpu_fused_route_matches_torch_route(obs_dtype, kw):
+    buf = filled_buffer(obs_dtype)
+    fused, plain = learner_pair(**kw)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        idx = rng.integers(0, buf.size, (4, 32))
+        fused.learn(buf, idx)
+        plain.learn(buf, idx)
+    assert fused._cpu is not None and plain._cpu is None
+    assert fused.steps == plain.steps == 48
+    assert fused.optimizer.step_count.item() == 48
+    for a, b in [(fused.params, plain.params), (fused.target, plain.target),
+                 (fused.optimizer.exp_avg, plain.optimizer.exp_avg)]:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(fused.params, learner_pair()[0].params)  # it did learn
+
+
+def test_cpu_fused_stats_are_the_mean_over_every_step():
+    buf = filled_buffer()
+    fused, plain = learner_pair()
+    idx = np.random.default_rng(1).integers(0, buf.size, (5, 32))
+    fused.learn(buf, idx)
+    for row in idx:
+        plain.step(buf.gather(torch.from_numpy(row)), stats=True)
+        plain.maybe_update_target()
+    assert fused.pop_stats() == pytest.approx(plain.pop_stats(), rel=1e-4)
+    assert fused.pop_stats() is None
+
+
+def test_learn_marks_every_stage():
+    buf = filled_buffer()
+    for learner in learner_pair():
+        laps: list[str] = []
+        learner.learn(buf, np.zeros((2, 8), np.int64), laps.append)
+        assert laps == ["sample", "learn", "target", "learn", "target"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kw", [{}, {"tau": 1.0, "target_update_interval": 3}])
+def test_cuda_graph_route_matches_eager(kw):
+    cpu_buf = filled_buffer()
+    buf = ReplayBuffer(cpu_buf.capacity, (6,), torch.float32, "cuda")
+    buf.load_state_dict(cpu_buf.state_dict())
+    graphed, eager = learner_pair("cuda", **kw)
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # past the eager warm-up blocks, so most steps replay graphs
+        idx = rng.integers(0, buf.size, (4, 32))
+        graphed.learn(buf, idx)
+        eager.learn(buf, idx)
+    torch.cuda.synchronize()
+    assert graphed._graphs is not None and graphed._graphs.graphs
+    assert graphed.steps == eager.steps == 40
+    for a, b in [(graphed.params, eager.params), (graphed.target, eager.target),
+                 (graphed.optimizer.exp_avg_sq, eager.optimizer.exp_avg_sq)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert graphed.pop_stats() is not None
