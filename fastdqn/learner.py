@@ -22,12 +22,19 @@ def td_target(net: MLP, online: list, target: list, rewards: torch.Tensor, next_
               dones: torch.Tensor, gamma: float, double: bool) -> torch.Tensor:
     """y = r + gamma * (1 - terminated) * Q_target(s', a*), a* from the online net if double."""
     x = preprocess(next_obs)
-    q_next_target = net.forward(target, x)
-    if double:
-        a_star = net.forward(online, x).argmax(1, keepdim=True)
-        q_next = q_next_target.gather(1, a_star).squeeze(1)
+    q_online_next = net.forward(online, x) if double else None
+    return bootstrap(rewards, dones, net.forward(target, x), q_online_next, gamma)
+
+
+def bootstrap(rewards: torch.Tensor, dones: torch.Tensor, q_target_next: torch.Tensor,
+              q_online_next: torch.Tensor | None, gamma: float) -> torch.Tensor:
+    """The TD target from next-state Q-values: the target net's value at the online argmax
+    (double DQN) or its own max; the learner passes the online Q(s') it already computed."""
+    if q_online_next is not None:
+        a_star = q_online_next.argmax(1, keepdim=True)
+        q_next = q_target_next.gather(1, a_star).squeeze(1)
     else:
-        q_next = q_next_target.amax(1)
+        q_next = q_target_next.amax(1)
     return rewards + gamma * (1.0 - dones) * q_next
 
 
@@ -194,18 +201,15 @@ class Learner:
         """
         n = batch.obs.shape[0]
         x, x_next = preprocess(batch.obs), preprocess(batch.next_obs)
+        q_online_next = None
         if self.double:
             # One online pass over [s; s'] instead of two: Q(s) for the loss, Q(s') for a*.
             q_both, acts = self.net.forward_train(self.online_views, torch.cat([x, x_next]))
-            q, acts = q_both[:n], [h[:n] for h in acts]
-            a_star = q_both[n:].argmax(1, keepdim=True)
-            q_next = self.net.forward(self.target_views, x_next).gather(1, a_star).squeeze(1)
+            q, acts, q_online_next = q_both[:n], [h[:n] for h in acts], q_both[n:]
         else:
             q, acts = self.net.forward_train(self.online_views, x)
-            q_next = self.net.forward(self.target_views, x_next).amax(1)
-        # y = r + gamma * (1 - done) * q_next, in two fused ops.
-        y = torch.addcmul(batch.rewards, batch.dones, q_next, value=-self.gamma)
-        y.add_(q_next, alpha=self.gamma)
+        y = bootstrap(batch.rewards, batch.dones, self.net.forward(self.target_views, x_next),
+                      q_online_next, self.gamma)
         a = batch.actions.unsqueeze(1)
         q_a = q.gather(1, a).squeeze(1)
         diff = q_a - y
