@@ -173,3 +173,22 @@ def test_cuda_graph_route_matches_eager(kw):
                  (graphed.optimizer.exp_avg_sq, eager.optimizer.exp_avg_sq)]:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert graphed.pop_stats() is not None
+
+
+def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
+    """MPS takes the plain torch route: on the CPU, with the fused step off, no torch.cuda
+    function may be reached (each one here raises), CUDA graphs asked for or not."""
+    from fastdqn.explore import ActingQ
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a CUDA-only call was reached")
+
+    for name in ("CUDAGraph", "Stream", "graph", "synchronize", "current_stream", "stream"):
+        monkeypatch.setattr(torch.cuda, name, forbidden)
+    buf = filled_buffer()
+    net = MLP(6, 3, (32, 16))
+    learner = Learner(net, lr=3e-3, gamma=0.97, tau=0.05, target_update_interval=1, fused=False,
+                      cuda_graphs=True)
+    learner.learn(buf, np.zeros((3, 8), np.int64))
+    assert learner.steps == 3
+    ActingQ(learner.net, learner.online_views, buf.obs[:4], graph=True)(buf.obs[:4])
