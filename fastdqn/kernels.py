@@ -94,8 +94,9 @@ def relu_backward(d: np.ndarray, h: np.ndarray, grad_bias: np.ndarray) -> None:
 @numba.njit(cache=True, fastmath=_FAST)
 def clip_adam(params: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
               step: np.ndarray, lr: float, beta1: float, beta2: float, eps: float,
-              max_norm: float) -> None:
-    """Clip the gradient to norm <= max_norm (if > 0), then one Adam step, in one pass each.
+              max_norm: float, target: np.ndarray, tau: float) -> None:
+    """Clip the gradient to norm <= max_norm (if > 0), then one Adam step, in one pass each;
+    with tau > 0 the soft target update target <- target + tau (params - target) rides along.
 
     The update is torch's Adam (no weight decay): m <- lerp(m, g, 1-b1), v <- b2 v + (1-b2) g^2,
     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). The hyperparameters come
@@ -115,7 +116,8 @@ def clip_adam(params: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
     step_size = np.float32(lr / (1.0 - beta1 ** t))
     bc2_sqrt = np.float32(math.sqrt(1.0 - beta2 ** t))
     w1, w2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
-    b2, eps32 = np.float32(beta2), np.float32(eps)
+    b2, eps32, tau32 = np.float32(beta2), np.float32(eps), np.float32(tau)
+    soft = tau > 0
     for i in range(n):
         g = grad[i] * scale
         grad[i] = g
@@ -123,4 +125,7 @@ def clip_adam(params: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
         v = b2 * exp_avg_sq[i] + w2 * g * g
         exp_avg[i] = m
         exp_avg_sq[i] = v
-        params[i] -= step_size * m / (np.float32(math.sqrt(v)) / bc2_sqrt + eps32)
+        p = params[i] - step_size * m / (np.float32(math.sqrt(v)) / bc2_sqrt + eps32)
+        params[i] = p
+        if soft:
+            target[i] += tau32 * (p - target[i])

@@ -158,10 +158,11 @@ class Learner:
                 self._cpu = CpuStep(self, buffer, idx.shape[1])
             lap("sample")
             for row in idx:
-                self._cpu(row)
+                self._cpu(row)  # with the soft target update every step fused in
                 self.steps += 1
                 lap("learn")
-                self.maybe_update_target()
+                if not self._cpu.soft_target:
+                    self.maybe_update_target()
                 lap("target")
             return
         if self.cuda_graphs and buffer.device.type == "cuda":
@@ -303,8 +304,10 @@ class CpuStep:
         opt = learner.optimizer
         self.adam = (learner.params.numpy(), learner.grad.numpy(), opt.exp_avg.numpy(),
                      opt.exp_avg_sq.numpy(), opt.step_count.view(1).numpy())
+        self.soft_target = learner.interval == 1 and learner.tau < 1.0
         self.adam_args = (float(opt.lr), float(opt.betas[0]), float(opt.betas[1]), float(opt.eps),
-                          float(learner.max_grad_norm))
+                          float(learner.max_grad_norm), learner.target.numpy(),
+                          float(learner.tau) if self.soft_target else 0.0)
         self.gamma, self.huber = np.float32(learner.gamma), learner.loss_kind == "huber"
         self.b = b
 

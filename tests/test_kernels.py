@@ -71,23 +71,26 @@ def test_gather_rows_stacks_obs_and_next_obs_and_scales_uint8():
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 100.0])
-def test_clip_adam_matches_torch_adam(max_norm):
+def test_clip_adam_matches_torch_adam_and_lerp(max_norm):
     g = torch.Generator().manual_seed(3)
     p = torch.randn(300, generator=g)
     ref = p.clone().requires_grad_(True)
     opt = torch.optim.Adam([ref], lr=1e-2, eps=1e-8)
     m, v, step = torch.zeros(300), torch.zeros(300), np.zeros(1, np.float32)
+    target, ref_target = torch.zeros(300), torch.zeros(300)
     for _ in range(20):
         grad = torch.randn(300, generator=g)
         ref.grad = grad.clone()
         if max_norm > 0:
             torch.nn.utils.clip_grad_norm_([ref], max_norm)
         opt.step()
+        ref_target.lerp_(ref.detach(), 0.1)
         kernels.clip_adam(p.numpy(), grad.numpy(), m.numpy(), v.numpy(), step, 1e-2, 0.9, 0.999,
-                          1e-8, max_norm)
+                          1e-8, max_norm, target.numpy(), 0.1)
     assert step[0] == 20
     torch.testing.assert_close(p, ref.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(v, opt.state[ref]["exp_avg_sq"], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(target, ref_target, rtol=1e-5, atol=1e-6)
 
 
 def filled_buffer(obs_dtype=torch.float32, size=500) -> ReplayBuffer:
