@@ -136,9 +136,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     device = resolve_device(args.device)
-    policy, env = load_policy(args.checkpoint, str(device))
-    state = load_checkpoint(args.checkpoint)
-    seed = args.seed if args.seed is not None else eval_seed(int(state["config"]["seed"]))
+    policy, ckpt = load_policy(args.checkpoint, str(device))
+    env = ckpt["env"]
+    seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     result = run_episodes(policy, env["id"], args.episodes, seed, args.num_envs)
     if args.json:
         print(json.dumps(result.to_dict()))

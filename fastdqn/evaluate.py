@@ -114,10 +114,16 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
 
 
 def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
-    """The greedy policy stored in a checkpoint, and the checkpoint's env description."""
+    """The greedy policy stored in a checkpoint, and the whole checkpoint it came from.
+
+    The checkpoint comes back too (env description under "env", settings under "config") so a
+    caller that needs more than the network reads the file once, not twice.
+    """
     from .checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(path)
+    damaged = CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
+                              "it is damaged or from another program")
     try:
         spec = state["net"]
         net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]))
@@ -125,7 +131,8 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                                   "the file is damaged")
-        return Policy(net, params, device), state["env"]
+        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
+            raise damaged
+        return Policy(net, params, device), state
     except (KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
-                              "it is damaged or from another program") from None
+        raise damaged from None

@@ -79,6 +79,15 @@ def test_eval_is_deterministic_per_seed(run_dir: Path) -> None:
     assert json.loads(a.stdout) == json.loads(b.stdout)
 
 
+def test_eval_reads_the_checkpoint_once(run_dir: Path, monkeypatch, capsys) -> None:
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert main(["eval", str(run_dir / "best.pt"), "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert len(loads) == 1
+
+
 def test_resume_continues_the_step_count(run_dir: Path, tmp_path: Path) -> None:
     import shutil
 
