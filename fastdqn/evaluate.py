@@ -311,18 +311,24 @@ class Recording(NamedTuple):
 
 
 def _render_env(env_id: str, mode: str, env_kwargs: dict | None) -> gym.Env:
-    """The env in render mode `mode`, or a one-line error saying why it cannot render."""
+    """The env in render mode `mode`, or a one-line error saying why it cannot render.
+
+    The modes are read from the env class before it is built, as gymnasium itself does, so an
+    env without them is refused without a construction error or a warning.
+    """
+    from gymnasium.envs.registration import load_env_creator
+
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # keeps stdout clean for --json
-    try:
-        env = gym.make(env_id, render_mode=mode, **(env_kwargs or {}))
-    except gym.error.DependencyNotInstalled as e:
-        raise ConfigError(f"{env_id} cannot render: {e}") from None
-    modes = env.metadata.get("render_modes", [])
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    modes = list(getattr(creator, "metadata", {}).get("render_modes", []))
     if mode not in modes:
-        env.close()
         raise ConfigError(f"{env_id} has no {mode} render mode (it has: {', '.join(modes) or 'none'})"
                           ", so it cannot be recorded or shown; evaluate it without --gif/--render")
-    return env
+    try:
+        return gym.make(env_id, render_mode=mode, **(env_kwargs or {}))
+    except gym.error.DependencyNotInstalled as e:
+        raise ConfigError(f"{env_id} cannot render: {e}") from None
 
 
 def save_gif(policy: Callable[[np.ndarray], np.ndarray], env_id: str, path: str | Path,

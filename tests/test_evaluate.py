@@ -302,3 +302,17 @@ def test_render_episodes_scores_like_run_episodes(monkeypatch):
     res = render_episodes(push_left, "CartPole-v1", 2, seed=100)
     assert res.returns == run_episodes(push_left, "CartPole-v1", 2, seed=100).returns
     assert res.episodes == 2
+
+
+def test_env_that_cannot_render_is_refused_before_it_is_built(tmp_path, monkeypatch, recwarn):
+    from conftest import DICT_OBS_ENV_ID
+
+    with pytest.raises(ConfigError) as info:
+        save_gif(push_left, DICT_OBS_ENV_ID, tmp_path / "ep.gif")
+    assert str(info.value) == (f"{DICT_OBS_ENV_ID} has no rgb_array render mode (it has: none), so "
+                               "it cannot be recorded or shown; evaluate it without --gif/--render")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    with pytest.raises(ConfigError, match="has no human render mode"):
+        render_episodes(push_left, DICT_OBS_ENV_ID, 1, seed=0)
+    assert list(tmp_path.iterdir()) == []
+    assert not [w for w in recwarn if "render_mode" in str(w.message)]
