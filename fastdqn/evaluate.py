@@ -405,7 +405,7 @@ def open_display() -> None:
         try:
             pygame.display.init()
         except pygame.error as e:
-            errors.append(f"{driver}: {e}")
+            errors.append(f"{driver}: {e}" if driver else str(e))
             continue
         got = pygame.display.get_driver()
         if got not in ("offscreen", "dummy"):
