@@ -8,8 +8,19 @@
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError, make_config  # noqa: E402
-from .evaluate import Policy, run_episodes  # noqa: E402
+from .evaluate import (  # noqa: E402
+    Comparison,
+    HeuristicPolicy,
+    Policy,
+    RandomPolicy,
+    compare_policies,
+    load_policy,
+    render_episodes,
+    run_episodes,
+    save_gif,
+)
 from .trainer import TrainResult, train  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "Policy", "TrainResult", "make_config", "run_episodes",
-           "train", "__version__"]
+__all__ = ["Comparison", "Config", "ConfigError", "HeuristicPolicy", "Policy", "RandomPolicy",
+           "TrainResult", "compare_policies", "load_policy", "make_config", "render_episodes",
+           "run_episodes", "save_gif", "train", "__version__"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import (
@@ -92,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-envs", type=int, default=16, help="envs stepped together")
     e.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    e.add_argument("--compare", action="store_true",
+                   help="also run a random policy and gymnasium's heuristic controller (LunarLander) "
+                        "on the same seeds; prints a table and writes a histogram (--plot)")
+    e.add_argument("--plot", default=None, metavar="FILE",
+                   help="where --compare writes its histogram (default: compare.png next to the "
+                        "checkpoint)")
+    e.add_argument("--gif", default=None, metavar="FILE",
+                   help="record one greedy episode as an animated GIF (no display needed)")
+    e.add_argument("--render", action="store_true",
+                   help="play the episodes in a live window (needs a display; else use --gif)")
     sub.add_parser("presets", help="list the shipped presets")
     return p
 
@@ -101,8 +113,6 @@ def _train(args: argparse.Namespace) -> int:
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
-        from pathlib import Path
-
         run_dir = explicit.get("run_dir", "")
         if not run_dir:
             raise ConfigError("--resume needs --run-dir DIR of the run to continue")
@@ -129,22 +139,89 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output(value: str, flag: str, suffixes: list[str]) -> Path:
+    """A file we may write: known format, existing writable folder; checked before any work."""
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value} is a folder; give a file name")
+    if path.suffix.lower().lstrip(".") not in suffixes:
+        kind = f"{path.suffix} files" if path.suffix else "files without a suffix"
+        ends = [f".{x}" for x in suffixes[:3]]
+        ends_in = ends[0] if len(ends) == 1 else f"{', '.join(ends[:-1])} or {ends[-1]}"
+        raise ConfigError(f"{flag} {value}: {flag} does not write {kind}; end the name in {ends_in}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {value}: folder {path.parent} does not exist; "
+                          "create it or pick another path")
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{flag} {value}: folder {path.parent} is not writable; "
+                          "pick another path")
+    return path
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import eval_seed, load_policy, run_episodes
+    from .evaluate import (
+        DisplayError,
+        compare_policies,
+        eval_seed,
+        load_policy,
+        render_episodes,
+        run_episodes,
+        save_gif,
+    )
     from .trainer import resolve_device
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.plot and not args.compare:
+        raise ConfigError("--plot names the --compare histogram; add --compare or drop --plot")
+    gif = _output(args.gif, "--gif", ["gif"]) if args.gif else None
     device = resolve_device(args.device)
-    policy, env = load_policy(args.checkpoint, str(device))
-    state = load_checkpoint(args.checkpoint)
-    seed = args.seed if args.seed is not None else eval_seed(int(state["config"]["seed"]))
-    result = run_episodes(policy, env["id"], args.episodes, seed, args.num_envs)
+    policy, ckpt = load_policy(args.checkpoint, str(device))
+    env_id = ckpt["env"]["id"]
+    seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
+    plot = None
+    if args.compare:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = ["png", "svg", "pdf", *FigureCanvasBase.get_supported_filetypes()]
+        plot = _output(args.plot or str(Path(args.checkpoint).parent / "compare.png"), "--plot",
+                       list(dict.fromkeys(formats)))
+    try:
+        if args.render:
+            result = render_episodes(policy, env_id, args.episodes, seed)
+        else:
+            result = run_episodes(policy, env_id, args.episodes, seed, args.num_envs)
+    except DisplayError as e:
+        raise ConfigError(f"--render: {e.problem}; use --gif FILE to record an episode instead"
+                          ) from None
+    out = result.to_dict()
+    lines = [f"{env_id}: mean {result.mean:.2f} ± {result.std:.2f}, min {result.min:.2f}, "
+             f"max {result.max:.2f} over {result.episodes} episodes"]
+    notes = []  # what was written, what is missing: stderr under --json, so stdout stays JSON
+    comparison = None
+    if args.compare:
+        comparison = compare_policies(policy, env_id, args.episodes, seed, args.num_envs,
+                                      ckpt["config"].get("target_return"))
+        out.update(comparison.to_dict())
+        out["success_threshold"] = comparison.threshold
+        lines = [comparison.table()]
+        if comparison.note:
+            (notes if args.json else lines).insert(0, comparison.note)
+    if gif is not None:
+        rec = save_gif(policy, env_id, gif, seed)
+        out["gif"] = str(rec.path)
+        notes.append(f"wrote {rec.path}: one greedy episode (seed {seed}), {rec.steps} steps, "
+                     f"return {rec.episode_return:.2f}, {rec.frames} frames")
+    if comparison is not None:
+        comparison.plot(plot)
+        out["plot"] = str(plot)
+        notes.append(f"wrote {plot}: histogram of the returns")
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(out))
+        for note in notes:
+            print(note, file=sys.stderr)
     else:
-        print(f"{env['id']}: mean {result.mean:.2f} ± {result.std:.2f}, min {result.min:.2f}, "
-              f"max {result.max:.2f} over {result.episodes} episodes")
+        print("\n".join(lines + notes))
     return 0
 
 
@@ -168,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; the last complete checkpoint is kept\n")
+        kept = "; the last complete checkpoint is kept" if args.command == "train" else ""
+        sys.stderr.write(f"interrupted{kept}\n")
         return 130
 
 

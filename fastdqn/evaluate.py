@@ -1,14 +1,24 @@
-"""Greedy evaluation on seeds disjoint from training, and the trained policy object."""
+"""Greedy evaluation on seeds disjoint from training, the trained policy object, and what puts
+a score in context: random and heuristic baselines on the same seeds, a returns histogram, a GIF
+of one episode and a live window.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+from .config import ConfigError
 from .networks import MLP, preprocess
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -35,6 +45,10 @@ class EvalResult:
             d.pop("returns")
             d.pop("lengths")
         return d
+
+    def success_rate(self, threshold: float) -> float:
+        """Fraction of episodes whose return reached `threshold` (the env's bar for solved)."""
+        return float(np.mean(np.asarray(self.returns) >= threshold)) if self.returns else 0.0
 
 
 class Policy:
@@ -114,10 +128,14 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
 
 
 def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
-    """The greedy policy stored in a checkpoint, and the checkpoint's env description."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    """The greedy policy stored in a checkpoint, and the whole checkpoint it came from.
 
+    The checkpoint comes back too (env description under "env", settings under "config") so a
+    caller that needs more than the network reads the file once, not twice.
+    """
     state = load_checkpoint(path)
+    damaged = CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
+                              "it is damaged or from another program")
     try:
         spec = state["net"]
         net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]))
@@ -125,7 +143,294 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                                   "the file is damaged")
-        return Policy(net, params, device), state["env"]
+        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
+            raise damaged
+        return Policy(net, params, device), state
     except (KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
-                              "it is damaged or from another program") from None
+        raise damaged from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines: a score means little until it is set against doing nothing clever on the same seeds.
+# ---------------------------------------------------------------------------------------------
+
+
+class RandomPolicy:
+    """Uniformly random actions for a batch of observations; seeded, so a comparison repeats.
+
+    The draws follow the order run_episodes asks for actions in, so the same seed gives the same
+    episodes for the same `num_envs`.
+    """
+
+    def __init__(self, n_actions: int, seed: int = 0) -> None:
+        self.n_actions = n_actions
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, self.n_actions, size=len(obs))
+
+
+def _heuristic_controller(env_id: str) -> Callable | None:
+    """gymnasium's hand-written controller for `env_id`, if it ships one (LunarLander only)."""
+    if gym.spec(env_id).name == "LunarLander":
+        from gymnasium.envs.box2d.lunar_lander import heuristic
+
+        return heuristic
+    return None
+
+
+def has_heuristic(env_id: str) -> bool:
+    """Does gymnasium ship a heuristic controller for this env?"""
+    return _heuristic_controller(env_id) is not None
+
+
+class HeuristicPolicy:
+    """gymnasium's LunarLander heuristic controller, applied row by row to a batch of observations.
+
+    The controller reads one observation at a time and only asks the env whether its actions are
+    continuous, so one env built here serves every row.
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict | None = None) -> None:
+        controller = _heuristic_controller(env_id)
+        if controller is None:
+            raise ConfigError(f"gymnasium has no heuristic controller for {env_id}; "
+                              "compare against RandomPolicy instead")
+        self.controller = controller
+        self.env = gym.make(env_id, **(env_kwargs or {}))
+        self.env.close()
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.controller(self.env, row) for row in obs), dtype=np.int64,
+                           count=len(obs))
+
+
+def success_threshold(env_id: str, target: float | None = None) -> float | None:
+    """The return an episode must reach to count as a success: `target`, else the env spec's."""
+    return target if target is not None else gym.spec(env_id).reward_threshold
+
+
+@dataclass
+class Comparison:
+    """Several policies evaluated on the same episode seeds."""
+
+    env_id: str
+    seed: int
+    threshold: float | None
+    results: dict[str, EvalResult]
+    note: str | None = None
+    """Why a baseline is missing (e.g. no heuristic exists for the env), or None."""
+
+    def success_rate(self, name: str) -> float | None:
+        if self.threshold is None:
+            return None
+        return self.results[name].success_rate(self.threshold)
+
+    def to_dict(self) -> dict[str, dict]:
+        """Policy name -> mean, std, min, max, episodes, success_rate."""
+        return {name: {**r.to_dict(), "success_rate": self.success_rate(name)}
+                for name, r in self.results.items()}
+
+    def table(self) -> str:
+        """A plain-text table, one row per policy; the header says what counts as a success."""
+        episodes = next(iter(self.results.values())).episodes
+        bar = f"return >= {self.threshold:g}" if self.threshold is not None else "no threshold"
+        lines = [f"{self.env_id}: {episodes} episodes per policy, the same seeds "
+                 f"{self.seed}..{self.seed + episodes - 1} for each",
+                 f"{'policy':<10} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}  success ({bar})"]
+        for name, r in self.results.items():
+            rate = self.success_rate(name)
+            shown = "n/a" if rate is None else f"{100 * rate:.0f}%"
+            lines.append(f"{name:<10} {r.mean:9.2f} {r.std:9.2f} {r.min:9.2f} {r.max:9.2f}  {shown}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path | None = None):
+        """Overlaid histograms of each policy's returns with the success line; saved if `path`.
+
+        The file is written atomically in the format its suffix names (png, svg, pdf, ...).
+        """
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 4.5), dpi=100)
+        ax = fig.add_subplot()
+        everything = np.concatenate([r.returns for r in self.results.values()])
+        bins = np.histogram_bin_edges(everything, bins=min(40, max(10, len(everything) // 10)))
+        for name, r in self.results.items():
+            ax.hist(r.returns, bins=bins, alpha=0.5, label=f"{name} (mean {r.mean:.1f})")
+        if self.threshold is not None:
+            ax.axvline(self.threshold, color="black", ls="--", lw=1.5,
+                       label=f"success: return >= {self.threshold:g}")
+        episodes = next(iter(self.results.values())).episodes
+        ax.set_title(f"{self.env_id}: returns of {episodes} episodes per policy, same seeds")
+        ax.set_xlabel("episode return")
+        ax.set_ylabel("episodes")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            path = Path(path)
+            buf = io.BytesIO()
+            fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png")
+            atomic_write_bytes(path, buf.getvalue())
+        return fig
+
+
+def compare_policies(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 100,
+                     seed: int = 0, num_envs: int = 16, threshold: float | None = None,
+                     env_kwargs: dict | None = None) -> Comparison:
+    """`policy` (as "greedy"), uniformly random actions and, where gymnasium ships one, the env's
+    heuristic controller, each on the same episode seeds: what did training buy?
+
+    `threshold` is the return that counts as a success (default: the env's reward threshold).
+    """
+    env = gym.make(env_id, **(env_kwargs or {}))
+    n_actions = int(env.action_space.n)
+    env.close()
+    policies: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "greedy": policy, "random": RandomPolicy(n_actions, seed)}
+    note = None
+    if has_heuristic(env_id):
+        policies["heuristic"] = HeuristicPolicy(env_id, env_kwargs)
+    else:
+        note = f"gymnasium has no heuristic controller for {env_id}; comparing greedy and random only"
+    results = {name: run_episodes(p, env_id, episodes, seed, num_envs, env_kwargs)
+               for name, p in policies.items()}
+    return Comparison(env_id, seed, success_threshold(env_id, threshold), results, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching: a GIF works anywhere; a live window needs a display.
+# ---------------------------------------------------------------------------------------------
+
+
+class Recording(NamedTuple):
+    path: Path
+    episode_return: float
+    steps: int
+    frames: int
+
+
+def _render_env(env_id: str, mode: str, env_kwargs: dict | None) -> gym.Env:
+    """The env in render mode `mode`, or a one-line error saying why it cannot render.
+
+    The modes are read from the env class before it is built, as gymnasium itself does, so an
+    env without them is refused without a construction error or a warning.
+    """
+    from gymnasium.envs.registration import load_env_creator
+
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # keeps stdout clean for --json
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    modes = list(getattr(creator, "metadata", {}).get("render_modes", []))
+    if mode not in modes:
+        raise ConfigError(f"{env_id} has no {mode} render mode (it has: {', '.join(modes) or 'none'})"
+                          ", so it cannot be recorded or shown; evaluate it without --gif/--render")
+    try:
+        return gym.make(env_id, render_mode=mode, **(env_kwargs or {}))
+    except gym.error.DependencyNotInstalled as e:
+        raise ConfigError(f"{env_id} cannot render: {e}") from None
+
+
+def save_gif(policy: Callable[[np.ndarray], np.ndarray], env_id: str, path: str | Path,
+             seed: int = 0, every: int = 2, fps: float | None = None, scale: float = 0.5,
+             env_kwargs: dict | None = None) -> Recording:
+    """Record one episode of `policy` (reset with `seed`) as an animated GIF; needs no display.
+
+    Only every `every`-th frame is kept, shrunk by `scale`, and played at the env's own speed by
+    default (fps = render_fps / every), which keeps the file small. Written atomically.
+    """
+    from PIL import Image
+
+    if every < 1 or not 0 < scale <= 1:
+        raise ConfigError(f"save_gif needs every >= 1 and 0 < scale <= 1, got {every} and {scale}")
+    env = _render_env(env_id, "rgb_array", env_kwargs)
+    frames, total, steps = [], 0.0, 0
+    try:
+        obs, _ = env.reset(seed=seed)
+        frames.append(env.render())
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(policy(np.asarray(obs)[None])[0]))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+            if steps % every == 0 or done:
+                frames.append(env.render())
+        fps = fps or env.metadata.get("render_fps", 50) / every
+    finally:
+        env.close()
+    h, w = frames[0].shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)).resize(size, Image.Resampling.BILINEAR)
+              for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return Recording(path, total, steps, len(images))
+
+
+class DisplayError(ConfigError):
+    """No window can be opened here; `problem` says why (the caller adds the way out)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}; record a GIF with save_gif instead")
+        self.problem = problem
+
+
+def open_display() -> None:
+    """Initialise a pygame display that can show a real window, or raise DisplayError.
+
+    On Linux pygame silently falls back to an invisible offscreen driver when no display answers,
+    so the drivers that show windows are tried by name. Setting SDL_VIDEODRIVER yourself (e.g.
+    to dummy, for headless tests) skips the checks.
+    """
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    if os.environ.get("SDL_VIDEODRIVER"):
+        return
+    linux = sys.platform.startswith("linux")
+    drivers = [d for d, var in (("wayland", "WAYLAND_DISPLAY"), ("x11", "DISPLAY"))
+               if os.environ.get(var)]
+    if linux and not drivers:
+        raise DisplayError("no display to open a window on (DISPLAY and WAYLAND_DISPLAY are unset)")
+    try:
+        import pygame
+    except ImportError:
+        raise DisplayError("pygame is not installed (pip install pygame)") from None
+    errors = []
+    for driver in drivers if linux else [None]:
+        if driver is not None:
+            os.environ["SDL_VIDEODRIVER"] = driver
+        try:
+            pygame.display.init()
+        except pygame.error as e:
+            errors.append(f"{driver}: {e}" if driver else str(e))
+            continue
+        got = pygame.display.get_driver()
+        if got not in ("offscreen", "dummy"):
+            return
+        pygame.display.quit()
+        errors.append(f"only its invisible {got} driver works")
+    os.environ.pop("SDL_VIDEODRIVER", None)
+    where = ", ".join(f"{v}={os.environ[v]}" for v in ("DISPLAY", "WAYLAND_DISPLAY") if os.environ.get(v))
+    raise DisplayError(f"pygame could not open a window on {where or 'this machine'} "
+                       f"({'; '.join(errors)})")
+
+
+def render_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
+                    seed: int, env_kwargs: dict | None = None) -> EvalResult:
+    """Play `episodes` episodes one at a time in a live window, on the seeds run_episodes uses.
+
+    Episode j is reset with seed + j as in run_episodes, so a deterministic policy scores the
+    same as in the batched evaluation: what you watch is what was measured.
+    """
+    open_display()
+    _render_env(env_id, "human", env_kwargs).close()
+    import pygame
+
+    try:
+        return run_episodes(policy, env_id, episodes, seed, num_envs=1,
+                            env_kwargs={**(env_kwargs or {}), "render_mode": "human"})
+    except pygame.error as e:
+        raise DisplayError(f"pygame could not open a window ({e})") from None

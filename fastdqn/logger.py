@@ -22,6 +22,7 @@ class RunLogger:
         self.tty = sys.stderr.isatty()
         self._last_print = 0.0
         self._interval = 0.5 if self.tty else 10.0
+        self.inline = InlineImage()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -60,11 +61,48 @@ class RunLogger:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
+    def show_plot(self, path: Path) -> None:
+        """Show (then refresh in place) the returns plot in the notebook cell that is training."""
+        self.inline.show(path)
+
     def close(self) -> None:
         if self.progress_on and self.tty:
             sys.stderr.write("\n")
         self.writer.flush()
         self.writer.close()
+
+
+class InlineImage:
+    """An image in a Jupyter cell's output that each `show` replaces; a no-op outside a kernel.
+
+    IPython is only looked up in sys.modules, never imported: a kernel has it loaded already,
+    and plain Python and the CLI must not pay for (or depend on) it. The PNG bytes are shown
+    rather than the Figure, so it works whatever matplotlib backend the notebook uses.
+    """
+
+    def __init__(self) -> None:
+        self.handle = None
+        self.failed = False
+
+    def show(self, path: Path) -> None:
+        ipython = sys.modules.get("IPython")
+        shell = ipython.get_ipython() if ipython is not None else None
+        if getattr(shell, "kernel", None) is None:  # not in Jupyter (a terminal can't show PNGs)
+            return
+        if self.failed:
+            return
+        try:
+            from IPython.display import Image, display
+
+            image = Image(data=Path(path).read_bytes(), format="png")
+            if self.handle is None:
+                self.handle = display(image, display_id=True)
+            else:
+                self.handle.update(image)
+        except Exception as e:  # a plot that cannot be shown must never stop a training run
+            self.failed = True
+            sys.stderr.write(f"cannot show the returns plot inline ({type(e).__name__}: {e}); "
+                             f"it is saved in {path}\n")
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:
@@ -79,10 +117,10 @@ def moving_average(x: np.ndarray, window: int) -> np.ndarray:
 
 def plot_returns(path: Path, returns: list[float], end_steps: list[int], env_id: str,
                  target: float | None = None):
-    """Episode returns and their 100-episode moving average against env steps, saved as PNG."""
-    import matplotlib
+    """Episode returns and their 100-episode moving average against env steps, saved as PNG.
 
-    matplotlib.use("Agg", force=False)
+    A bare Figure needs no backend, so a notebook's own matplotlib backend is left alone.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), dpi=100)

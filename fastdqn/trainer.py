@@ -341,6 +341,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                                f" over {result.episodes} episodes")
                 plot_returns(run_dir / "returns.png", c.returns, c.end_steps, cfg.env_id,
                              target_return)
+                logger.show_plot(run_dir / "returns.png")
                 if result.mean > c.best_eval:
                     c.best_eval = result.mean
                     c.wall_time = time.perf_counter() - start
@@ -390,6 +391,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     plot_returns(run_dir / "returns.png", c.returns, c.end_steps, cfg.env_id, target_return)
+    logger.show_plot(run_dir / "returns.png")
     logger.close()
     return TrainResult(run_dir, summary, Policy(net, learner.params, device), c.returns,
                        c.end_steps, stop["signal"])

@@ -1,4 +1,4 @@
-"""bench/throughput.py in smoke mode: it runs and reports every figure (speed is not asserted)."""
+"""bench/ scripts in smoke mode: they run and report every figure (speed is not asserted)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,39 @@ def test_throughput_smoke_writes_positive_figures(tmp_path) -> None:
     for stage in ["env_wait", "h2d", "act", "add", "sample", "learn", "target", "log"]:
         assert stages[stage] > 0, stage
     assert abs(sum(fig["stages_share"].values()) - 1.0) < 0.01
+
+
+def test_time_to_solve_smoke_reports_every_field(tmp_path) -> None:
+    out = tmp_path / "tts.json"
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "time_to_solve.py"), "--smoke",
+                        "--json", str(out), "--runs-dir", str(runs), "--", "--vector", "sync"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    for key in ["solve_rate", "median_time_to_solve_s", "median_steps_to_solve",
+                "max_steps_to_solve", "failed_seeds", "train_args"]:
+        assert key in res, key
+    assert res["failed_seeds"] == []
+    assert res["train_args"][-2:] == ["--vector", "sync"]  # args after -- reach fastdqn train
+    assert [s["seed"] for s in res["seeds"]] == [1, 2]
+    for s in res["seeds"]:
+        assert s["env_id"] == "CartPole-v1" and s["total_env_steps"] <= 3000
+        assert s["wall_time_s"] > 0 and isinstance(s["final_eval_mean"], float)
+        assert s["solved"] == (s["steps_to_solve"] is not None) == (s["time_to_solve_s"] is not None)
+        summary = json.loads((runs / f"seed_{s['seed']}" / "summary.json").read_text())
+        assert summary["config"]["seed"] == s["seed"] and summary["config"]["vector"] == "sync"
+    solved = sorted(s["steps_to_solve"] for s in res["seeds"] if s["solved"])
+    assert res["solve_rate"] == len(solved) / 2
+    assert res["max_steps_to_solve"] == (solved[-1] if len(solved) == 2 else None)
+    table = r.stdout.splitlines()
+    assert table[0].split() == ["seed", "solved", "steps_to_solve", "time_to_solve_s", "wall_time_s",
+                                "final", "eval", "mean"]
+    assert table[-4].startswith("solve rate")
+
+
+def test_time_to_solve_refuses_flags_it_sets_itself() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "time_to_solve.py"), "--", "--seed", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--seed after -- would override" in r.stderr and "--seed-base" in r.stderr

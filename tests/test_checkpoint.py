@@ -28,7 +28,7 @@ def sample_state() -> dict:
     params = net.init(torch.Generator().manual_seed(0))
     return {
         "version": "0.1.0",
-        "config": {"env_id": "CartPole-v1", "hidden": [8]},
+        "config": {"env_id": "CartPole-v1", "hidden": [8], "seed": 5},
         "env": {"id": "CartPole-v1", "obs_shape": [4], "obs_dtype": "float32", "n_actions": 2},
         "net": {"in_dim": 4, "n_actions": 2, "hidden": [8]},
         "learner": {"params": params, "target": params.clone(), "steps": 3},
@@ -93,8 +93,9 @@ def test_load_policy_from_checkpoint(tmp_path):
     state = sample_state()
     path = tmp_path / "best.pt"
     save_checkpoint(path, state)
-    policy, env = load_policy(str(path))
-    assert env == state["env"]
+    policy, ckpt = load_policy(str(path))
+    assert ckpt["env"] == state["env"]
+    assert ckpt["config"] == state["config"]  # callers need nothing else from the file
     assert torch.equal(policy.params, state["learner"]["params"])
     obs = np.ones((3, 4), dtype=np.float32)
     net = MLP(4, 2, (8,))
@@ -112,6 +113,14 @@ def test_load_policy_wrong_param_count(tmp_path):
 
 def test_load_policy_missing_fields(tmp_path):
     save_checkpoint(tmp_path / "c.pt", {"env": {}})
+    with pytest.raises(CheckpointError, match="lacks fields a fastdqn checkpoint has"):
+        load_policy(str(tmp_path / "c.pt"))
+
+
+def test_load_policy_needs_the_seed_eval_uses(tmp_path):
+    state = sample_state()
+    del state["config"]["seed"]
+    save_checkpoint(tmp_path / "c.pt", state)
     with pytest.raises(CheckpointError, match="lacks fields a fastdqn checkpoint has"):
         load_policy(str(tmp_path / "c.pt"))
 

@@ -79,6 +79,15 @@ def test_eval_is_deterministic_per_seed(run_dir: Path) -> None:
     assert json.loads(a.stdout) == json.loads(b.stdout)
 
 
+def test_eval_reads_the_checkpoint_once(run_dir: Path, monkeypatch, capsys) -> None:
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert main(["eval", str(run_dir / "best.pt"), "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert len(loads) == 1
+
+
 def test_resume_continues_the_step_count(run_dir: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -125,3 +134,152 @@ def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path) -> None:
     for w in words:
         assert w in err, (w, err)
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# eval --compare / --plot / --gif / --render
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_checkpoint(root: Path, env_id: str) -> Path:
+    """best.pt of an untrained learner, written by the real training path in a fraction of a second."""
+    from fastdqn import train
+
+    run = root / env_id
+    train(env_id=env_id, num_envs=2, total_timesteps=2, vector="sync", eval_every=0,
+          checkpoint_every=0, solve_episodes=1, eval_envs=1, learning_starts=1000,
+          buffer_size=1000, batch_size=32, progress=False, run_dir=str(run))
+    return run / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def lunar_ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "LunarLander-v3")
+
+
+@pytest.fixture(scope="module")
+def cartpole_ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "CartPole-v1")
+
+
+STATS = {"mean", "std", "min", "max", "episodes", "success_rate"}
+
+
+def test_eval_compare_json_has_every_policy(lunar_ckpt: Path, capsys) -> None:
+    from PIL import Image
+
+    assert main(["eval", str(lunar_ckpt), "--episodes", "3", "--compare", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    for policy in ("greedy", "random", "heuristic"):
+        assert set(out[policy]) == STATS, policy
+        assert out[policy]["episodes"] == 3
+        assert 0.0 <= out[policy]["success_rate"] <= 1.0
+    assert {k: out[k] for k in ("mean", "std", "min", "max", "episodes")} == {
+        k: out["greedy"][k] for k in ("mean", "std", "min", "max", "episodes")}
+    assert out["heuristic"]["mean"] > out["greedy"]["mean"]  # an untrained net crashes
+    assert out["success_threshold"] == 200
+    plot = lunar_ckpt.parent / "compare.png"
+    assert out["plot"] == str(plot)
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.size == (800, 450)
+    assert "wrote" in captured.err
+
+
+def test_eval_compare_prints_a_table(lunar_ckpt: Path, tmp_path: Path, capsys) -> None:
+    plot = tmp_path / "cmp.svg"
+    assert main(["eval", str(lunar_ckpt), "--episodes", "2", "--compare", "--plot", str(plot)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("LunarLander-v3: 2 episodes per policy, the same seeds")
+    assert lines[1].split()[:5] == ["policy", "mean", "std", "min", "max"]
+    assert lines[1].endswith("success (return >= 200)")
+    assert [ln.split()[0] for ln in lines[2:5]] == ["greedy", "random", "heuristic"]
+    assert lines[5] == f"wrote {plot}: histogram of the returns"
+    assert plot.read_text().lstrip().startswith("<?xml")
+
+
+def test_eval_compare_without_heuristic(cartpole_ckpt: Path, tmp_path: Path, capsys) -> None:
+    plot = tmp_path / "c.png"
+    assert main(["eval", str(cartpole_ckpt), "--episodes", "3", "--compare", "--json",
+                 "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "heuristic" not in out and set(out["random"]) == STATS
+    assert out["success_threshold"] == 475
+    assert captured.err.splitlines()[0] == ("gymnasium has no heuristic controller for CartPole-v1; "
+                                            "comparing greedy and random only")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_gif(lunar_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    gif = tmp_path / "episode.gif"
+    assert main(["eval", str(lunar_ckpt), "--episodes", "1", "--gif", str(gif), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gif"] == str(gif) and out["episodes"] == 1
+    with Image.open(gif) as im:
+        assert im.format == "GIF"
+        assert im.n_frames > 1
+        assert im.size == (300, 200)
+
+
+def eval_without(checkpoint: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`fastdqn eval --render` in a subprocess whose display variables are exactly `env`."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    return subprocess.run([sys.executable, "-m", "fastdqn", "eval", str(checkpoint), "--render",
+                           "--episodes", "1", *args], capture_output=True, text=True,
+                          timeout=120, env={**clean, **env})
+
+
+def test_eval_render_without_display_is_one_line_exit_2(cartpole_ckpt: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("DISPLAY decides only on Linux")
+    r = eval_without(cartpole_ckpt, {})
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == ("error: --render: no display to open a window on (DISPLAY and "
+                        "WAYLAND_DISPLAY are unset); use --gif FILE to record an episode instead\n")
+
+
+def test_eval_render_unreachable_display_is_one_line_exit_2(cartpole_ckpt: Path) -> None:
+    if not sys.platform.startswith("linux") or Path("/tmp/.X11-unix/X97").exists():
+        pytest.skip("needs Linux and no X server on :97")
+    r = eval_without(cartpole_ckpt, {"DISPLAY": ":97"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: --render: pygame could not open a window on DISPLAY=:97")
+    assert lines[0].endswith("use --gif FILE to record an episode instead")
+
+
+def test_eval_render_plays_in_a_window(cartpole_ckpt: Path) -> None:
+    r = eval_without(cartpole_ckpt, {"SDL_VIDEODRIVER": "dummy"}, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["episodes"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gif", "{tmp}/ep.png"], "--gif {tmp}/ep.png: --gif does not write .png files; "
+                                "end the name in .gif"),
+    (["--gif", "{tmp}/missing/ep.gif"], "--gif {tmp}/missing/ep.gif: folder {tmp}/missing does "
+                                        "not exist; create it or pick another path"),
+    (["--plot", "{tmp}/c.png"], "--plot names the --compare histogram; add --compare or drop --plot"),
+    (["--compare", "--plot", "{tmp}"], "--plot {tmp} is a folder; give a file name"),
+    (["--compare", "--plot", "{tmp}/c.txt"], "--plot {tmp}/c.txt: --plot does not write .txt "
+                                             "files; end the name in .png, .svg or .pdf"),
+    (["--compare", "--gif", "{tmp}/ep.jpg"], "--gif {tmp}/ep.jpg: --gif does not write .jpg files; "
+                                             "end the name in .gif"),
+])
+def test_eval_bad_outputs_are_one_line_and_write_nothing(cartpole_ckpt: Path, tmp_path: Path,
+                                                         capsys, args, message) -> None:
+    before = sorted(cartpole_ckpt.parent.iterdir())
+    code = main(["eval", str(cartpole_ckpt), *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert sorted(cartpole_ckpt.parent.iterdir()) == before
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,9 @@
-"""Greedy evaluation: per-episode seeds independent of num_envs; the Policy object."""
+"""Greedy evaluation: per-episode seeds independent of num_envs; the Policy object; baselines,
+comparison, GIF and live window."""
 
 from __future__ import annotations
+
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -8,7 +11,22 @@ import pytest
 import torch
 from conftest import set_layers
 
-from fastdqn.evaluate import EVAL_SEED_OFFSET, EvalResult, Policy, eval_seed, run_episodes
+from fastdqn.config import ConfigError
+from fastdqn.evaluate import (
+    EVAL_SEED_OFFSET,
+    Comparison,
+    DisplayError,
+    EvalResult,
+    HeuristicPolicy,
+    Policy,
+    RandomPolicy,
+    compare_policies,
+    eval_seed,
+    has_heuristic,
+    render_episodes,
+    run_episodes,
+    save_gif,
+)
 from fastdqn.networks import MLP
 
 
@@ -159,3 +177,142 @@ def test_policy_scales_uint8_observations(gen):
     obs_u8 = np.array([[0, 128, 255]], dtype=np.uint8)
     obs_f = obs_u8.astype(np.float32) / 255.0
     assert torch.allclose(pol.q_values(obs_u8), pol.q_values(obs_f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines, comparison, GIF, live window
+# ---------------------------------------------------------------------------------------------
+
+
+def test_random_policy_is_uniform_and_seeded():
+    obs = np.zeros((4000, 8), dtype=np.float32)
+    a = RandomPolicy(4, seed=3)(obs)
+    assert a.shape == (4000,) and set(a.tolist()) == {0, 1, 2, 3}
+    assert np.all(np.abs(np.bincount(a) / 4000 - 0.25) < 0.03)
+    assert np.array_equal(a, RandomPolicy(4, seed=3)(obs))
+    assert not np.array_equal(a, RandomPolicy(4, seed=4)(obs))
+
+
+def test_heuristic_policy_matches_gymnasium_row_by_row():
+    from gymnasium.envs.box2d.lunar_lander import heuristic
+
+    env = gym.make("LunarLander-v3")
+    rows = [env.reset(seed=s)[0] for s in range(3)]
+    for _ in range(30):
+        rows.append(env.step(int(env.action_space.sample()))[0])
+    env.close()
+    obs = np.stack(rows)
+    got = HeuristicPolicy("LunarLander-v3")(obs)
+    assert got.dtype == np.int64
+    assert got.tolist() == [int(heuristic(env, o)) for o in obs]
+    assert len(set(got.tolist())) > 1
+
+
+def test_heuristic_only_for_lunar_lander():
+    assert has_heuristic("LunarLander-v3")
+    assert not has_heuristic("CartPole-v1")
+    with pytest.raises(ConfigError, match="no heuristic controller for CartPole-v1"):
+        HeuristicPolicy("CartPole-v1")
+
+
+@pytest.fixture(scope="module")
+def lunar_comparison() -> Comparison:
+    always_noop = lambda obs: np.zeros(len(obs), dtype=np.int64)  # noqa: E731
+    return compare_policies(always_noop, "LunarLander-v3", episodes=6, seed=11, num_envs=3)
+
+
+def test_compare_policies_runs_three_policies_on_the_same_seeds(lunar_comparison):
+    c = lunar_comparison
+    assert list(c.results) == ["greedy", "random", "heuristic"]
+    assert c.note is None and c.threshold == 200 and c.seed == 11
+    # the same seeds: each policy's result is what run_episodes gives it on seeds 11..16
+    ref = run_episodes(HeuristicPolicy("LunarLander-v3"), "LunarLander-v3", 6, seed=11, num_envs=1)
+    assert c.results["heuristic"].returns == ref.returns
+    assert c.results["heuristic"].mean > c.results["random"].mean
+    d = c.to_dict()
+    for name in ("greedy", "random", "heuristic"):
+        assert set(d[name]) == {"mean", "std", "min", "max", "episodes", "success_rate"}
+        assert d[name]["episodes"] == 6
+        r = np.array(c.results[name].returns)
+        assert d[name]["success_rate"] == pytest.approx(np.mean(r >= 200))
+    assert d["greedy"]["success_rate"] == 0.0  # doing nothing never lands
+
+
+def test_comparison_table_names_the_threshold(lunar_comparison):
+    lines = lunar_comparison.table().splitlines()
+    assert "seeds 11..16" in lines[0]
+    assert "success (return >= 200)" in lines[1]
+    assert [ln.split()[0] for ln in lines[2:]] == ["greedy", "random", "heuristic"]
+    assert lines[2].endswith(" 0%")
+
+
+def test_comparison_plot_writes_an_image(lunar_comparison, tmp_path):
+    from PIL import Image
+
+    fig = lunar_comparison.plot(tmp_path / "cmp.png")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert [lb.split()[0] for lb in labels] == ["greedy", "random", "heuristic", "success:"]
+    with Image.open(tmp_path / "cmp.png") as im:
+        assert im.format == "PNG" and im.size == (800, 450)
+    assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temp file left
+
+
+def test_compare_without_heuristic_says_so():
+    c = compare_policies(CountingPolicy(), "CartPole-v1", episodes=3, seed=5, threshold=100)
+    assert list(c.results) == ["greedy", "random"]
+    assert c.note == ("gymnasium has no heuristic controller for CartPole-v1; "
+                      "comparing greedy and random only")
+    assert c.threshold == 100
+    assert c.results["greedy"].success_rate(100) == c.to_dict()["greedy"]["success_rate"]
+
+
+def test_save_gif_records_one_episode(tmp_path):
+    from PIL import Image
+
+    rec = save_gif(CountingPolicy(), "CartPole-v1", tmp_path / "ep.gif", seed=100)
+    ref_return, ref_steps = play_one(CountingPolicy(), 100)
+    assert (rec.episode_return, rec.steps) == (ref_return, ref_steps)
+    assert rec.frames == 1 + ref_steps // 2 + (ref_steps % 2)  # reset, every 2nd step, the last
+    with Image.open(rec.path) as im:
+        assert im.format == "GIF" and im.is_animated
+        assert im.n_frames > 1
+        assert im.size == (300, 200)  # CartPole renders 600x400; halved
+        assert im.info["duration"] == 40  # 50 fps env, every 2nd frame: real time at 25 fps
+    assert [p.name for p in tmp_path.iterdir()] == ["ep.gif"]
+
+
+def test_open_display_without_one_names_the_problem(monkeypatch):
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(DisplayError) as info:
+        render_episodes(CountingPolicy(), "CartPole-v1", 1, seed=0)
+    assert info.value.problem == ("no display to open a window on "
+                                  "(DISPLAY and WAYLAND_DISPLAY are unset)")
+    assert "save_gif" in str(info.value)
+
+
+def push_left(obs: np.ndarray) -> np.ndarray:
+    """Falls over in about ten steps: a window at 50 fps shows it in a fraction of a second."""
+    return np.zeros(len(obs), dtype=np.int64)
+
+
+def test_render_episodes_scores_like_run_episodes(monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a headless "window"
+    res = render_episodes(push_left, "CartPole-v1", 2, seed=100)
+    assert res.returns == run_episodes(push_left, "CartPole-v1", 2, seed=100).returns
+    assert res.episodes == 2
+
+
+def test_env_that_cannot_render_is_refused_before_it_is_built(tmp_path, monkeypatch, recwarn):
+    from conftest import DICT_OBS_ENV_ID
+
+    with pytest.raises(ConfigError) as info:
+        save_gif(push_left, DICT_OBS_ENV_ID, tmp_path / "ep.gif")
+    assert str(info.value) == (f"{DICT_OBS_ENV_ID} has no rgb_array render mode (it has: none), so "
+                               "it cannot be recorded or shown; evaluate it without --gif/--render")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    with pytest.raises(ConfigError, match="has no human render mode"):
+        render_episodes(push_left, DICT_OBS_ENV_ID, 1, seed=0)
+    assert list(tmp_path.iterdir()) == []
+    assert not [w for w in recwarn if "render_mode" in str(w.message)]
