@@ -54,11 +54,19 @@ def tiny_train(run_dir: Path):
 
 def test_train_in_a_kernel_shows_the_plot_and_refreshes_it(monkeypatch, tmp_path) -> None:
     shown = fake_ipython(monkeypatch, kernel=True)
+    monkeypatch.setattr("fastdqn.trainer.PLOT_EVERY_S", 0.0)  # redraw at every eval
     result = tiny_train(tmp_path / "run")
     # one display at the first eval, then in place: the second eval and the end of the run
     assert [kind for kind, _ in shown] == ["display", "update", "update"]
     assert all(img.format == "png" and img.data[:8] == b"\x89PNG\r\n\x1a\n" for _, img in shown)
     assert shown[-1][1].data == (result.run_dir / "returns.png").read_bytes()
+
+
+def test_plot_is_redrawn_at_most_every_plot_every_s(monkeypatch, tmp_path) -> None:
+    shown = fake_ipython(monkeypatch, kernel=True)
+    result = tiny_train(tmp_path / "run")  # two evals within a few seconds: only the end draws
+    assert [kind for kind, _ in shown] == ["display"]
+    assert shown[0][1].data == (result.run_dir / "returns.png").read_bytes()
 
 
 def test_terminal_ipython_shows_nothing(monkeypatch, tmp_path) -> None:
