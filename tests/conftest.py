@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -145,3 +151,54 @@ def random_batch(generator: torch.Generator, n: int, obs_dim: int, n_actions: in
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: `python -m fastdqn` of this checkout, and the process table
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ with PYTHONPATH on this checkout (and tests/, for `scripted_envs:` ids)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+    env.update(extra)
+    return env
+
+
+def fastdqn_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastdqn", *args]
+
+
+def run_fastdqn(*args: str, timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(fastdqn_command(*args), capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(**extra_env), cwd=REPO_ROOT)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose environment holds FASTDQN_TEST_TAG=tag (workers inherit it)."""
+    needle = f"FASTDQN_TEST_TAG={tag}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat", "rb") as st:
+                        state = st.read().rsplit(b")", 1)[1].split()[0]
+                    if state != b"Z":  # a zombie is already dead, waiting to be reaped
+                        pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_for_no_tagged(tag: str, timeout: float = 5.0) -> list[int]:
+    """Tagged processes still alive after up to `timeout` s (the resource tracker needs a moment)."""
+    deadline = time.monotonic() + timeout
+    while (pids := tagged_pids(tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids

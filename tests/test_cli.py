@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_fastdqn
 
 from fastdqn.cli import main
 
@@ -17,8 +17,7 @@ CONTRACT = ["env_id", "total_env_steps", "wall_time_s", "sps", "solved", "time_t
 
 
 def fastdqn(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastdqn", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return run_fastdqn(*args, timeout=timeout)
 
 
 SHORT_RUN = ["--env", "CartPole-v1", "--num-envs", "4", "--total-timesteps", "3000",
