@@ -107,6 +107,26 @@ def test_existing_run_is_refused_without_resume_or_overwrite(run_dir: Path, caps
     assert len(err.strip().splitlines()) == 1
 
 
+def test_run_dir_refusal_touches_nothing_and_overwrite_starts_afresh(tmp_path, capsys) -> None:
+    d = tmp_path / "run"
+    tiny = ["train", "--env", scripted_env_id("FixedLength-v0"), "--vector", "sync",
+            "--num-envs", "2", "--total-timesteps", "40", "--learning-starts", "8",
+            "--eval-every", "0", "--solve-episodes", "1", "--eval-envs", "1", "--hidden", "8",
+            "--no-progress", "--run-dir", str(d)]
+    assert main([*tiny, "--seed", "1"]) == 0
+    (d / "notes.txt").write_text("from the old run")
+    before = snapshot(d)
+    capsys.readouterr()
+    assert main([*tiny, "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {d} already holds a run; pass --resume to continue it, --overwrite "
+                   "to replace it, or pick another --run-dir\n")
+    assert snapshot(d) == before
+    assert main([*tiny, "--seed", "2", "--overwrite"]) == 0
+    assert not (d / "notes.txt").exists()
+    assert json.loads((d / "summary.json").read_text())["config"]["seed"] == 2
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--num-envs", "0"], ["--num-envs", ">= 1"]),
     (["train", "--lr", "-1"], ["--lr", "> 0"]),
