@@ -84,30 +84,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if damaged:
         raise CheckpointError(f"checkpoint {path} is corrupted ({damaged} fails its CRC check); "
                               "use another checkpoint")
+    if _cut_off_zip(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted (its zip directory is "
+                              "missing: the end of the file is cut off); use another checkpoint")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if _imports_foreign_code(path):
             raise CheckpointError(
                 f"checkpoint {path} contains code or objects a checkpoint must not hold; "
                 "refusing to load it (only load files you trust)"
             ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupted ({first[:120]}); use another checkpoint"
+            f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     except Exception as e:  # weights_only ran no code: whatever broke, the bytes are bad
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if not isinstance(e, (RuntimeError, OSError, ValueError)) or not first:
-            first = f"{type(e).__name__}: {first}".rstrip(": ")
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupted ({first[:120]}); use another checkpoint"
+            f"checkpoint {path} is truncated or corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
     return state
+
+
+def _reason(e: Exception) -> str:
+    """torch's error as a short clause, without its advice about weights_only (not ours to give)."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        text = "unpickling failed: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if not first or not isinstance(e, (RuntimeError, OSError, ValueError)):
+        first = f"{type(e).__name__}: {first}".rstrip(": ")
+    return first[:120]
+
+
+def _cut_off_zip(path: Path) -> bool:
+    """A torch zip file whose end is missing (its local header is there, its directory not)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def _failed_crc(path: Path) -> str | None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.wrappers import TimeLimit
+from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.networks import MLP
 from fastdqn.replay import Batch
@@ -92,26 +93,8 @@ def make_exploding_env() -> gym.Env:
     return ExplodingEnv()
 
 
-class DictObsEnv(gym.Env):
-    """Discrete actions but a Dict observation space: fastdqn must refuse it."""
-
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Dict(
-            {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)}
-        )
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return {"pos": np.zeros(2, dtype=np.float32)}, {}
-
-    def step(self, action):
-        return {"pos": np.zeros(2, dtype=np.float32)}, 0.0, True, False, {}
-
-
-DICT_OBS_ENV_ID = "FastdqnTest/DictObs-v0"
-if DICT_OBS_ENV_ID not in gym.registry:
-    gym.register(id=DICT_OBS_ENV_ID, entry_point=DictObsEnv)
+DICT_OBS_ENV_ID = scripted_env_id("DictObs-v0")
+"""Discrete actions but a Dict observation space: fastdqn must refuse it."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,6 +119,13 @@ class TextObsEnv(FixedLengthEnv):
         self.observation_space = gym.spaces.Text(max_length=8)
 
 
+class DictObsEnv(FixedLengthEnv):
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = gym.spaces.Dict(
+            {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)})
+
+
 class BrokenEnv(gym.Env):
     """An env whose constructor fails, like one missing a data file."""
 
@@ -135,6 +142,7 @@ ENVS = {
     "MultiDiscreteAction-v0": MultiDiscreteActionEnv,
     "TupleObs-v0": TupleObsEnv,
     "TextObs-v0": TextObsEnv,
+    "DictObs-v0": DictObsEnv,
     "Broken-v0": BrokenEnv,
 }
 
