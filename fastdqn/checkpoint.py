@@ -113,7 +113,8 @@ def _reason(e: Exception) -> str:
     """torch's error as a short clause, without its advice about weights_only (not ours to give)."""
     text = str(e).strip()
     if "WeightsUnpickler error:" in text:
-        text = "unpickling failed: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        return f"unpickling failed: {detail}"[:120]
     first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
     if not first or not isinstance(e, (RuntimeError, OSError, ValueError)):
         first = f"{type(e).__name__}: {first}".rstrip(": ")
