@@ -8,8 +8,9 @@
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError, make_config  # noqa: E402
+from .envs import EnvError  # noqa: E402
 from .evaluate import Policy, run_episodes  # noqa: E402
-from .trainer import TrainResult, train  # noqa: E402
+from .trainer import TrainingDiverged, TrainResult, train  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "Policy", "TrainResult", "make_config", "run_episodes",
-           "train", "__version__"]
+__all__ = ["Config", "ConfigError", "EnvError", "Policy", "TrainResult", "TrainingDiverged",
+           "make_config", "run_episodes", "train", "__version__"]
