@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError, make_config  # noqa: E402
+from .envs import EnvError  # noqa: E402
 from .evaluate import (  # noqa: E402
     Comparison,
     HeuristicPolicy,
@@ -19,8 +20,8 @@ from .evaluate import (  # noqa: E402
     run_episodes,
     save_gif,
 )
-from .trainer import TrainResult, train  # noqa: E402
+from .trainer import TrainingDiverged, TrainResult, train  # noqa: E402
 
-__all__ = ["Comparison", "Config", "ConfigError", "HeuristicPolicy", "Policy", "RandomPolicy",
-           "TrainResult", "compare_policies", "load_policy", "make_config", "render_episodes",
-           "run_episodes", "save_gif", "train", "__version__"]
+__all__ = ["Comparison", "Config", "ConfigError", "EnvError", "HeuristicPolicy", "Policy",
+           "RandomPolicy", "TrainResult", "TrainingDiverged", "compare_policies", "load_policy",
+           "make_config", "render_episodes", "run_episodes", "save_gif", "train", "__version__"]

@@ -12,6 +12,7 @@ import os
 import pickle
 import pickletools
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
 
 
+def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of atomic writes that a kill -9 interrupted; return their paths.
+
+    They never shadow a real file (the rename is what publishes a write), so this is tidying,
+    not recovery.
+    """
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -67,26 +80,68 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a file; pass the .pt file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (truncated); use another checkpoint")
+    damaged = _failed_crc(path)
+    if damaged:
+        raise CheckpointError(f"checkpoint {path} is corrupted ({damaged} fails its CRC check); "
+                              "use another checkpoint")
+    if _cut_off_zip(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted (its zip directory is "
+                              "missing: the end of the file is cut off); use another checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if _imports_foreign_code(path):
             raise CheckpointError(
                 f"checkpoint {path} contains code or objects a checkpoint must not hold; "
                 "refusing to load it (only load files you trust)"
             ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupted ({first[:120]}); use another checkpoint"
+            f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # weights_only ran no code: whatever broke, the bytes are bad
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupted ({first[:120]}); use another checkpoint"
+            f"checkpoint {path} is truncated or corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
     return state
+
+
+def _reason(e: Exception) -> str:
+    """torch's error as a short clause, without its advice about weights_only (not ours to give)."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        return f"unpickling failed: {detail}"[:120]
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if not first or not isinstance(e, (RuntimeError, OSError, ValueError)):
+        first = f"{type(e).__name__}: {first}".rstrip(": ")
+    return first[:120]
+
+
+def _cut_off_zip(path: Path) -> bool:
+    """A torch zip file whose end is missing (its local header is there, its directory not)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def _failed_crc(path: Path) -> str | None:
+    """The first member of a torch zip file whose bytes fail their CRC-32, if any.
+
+    torch.load does not check the CRCs, so flipped bits in tensor data would load silently as
+    wrong weights; reading the archive once more costs ~0.1 s per 100 MB.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception:  # unreadable as a zip (any way): torch.load reports it below
+        return None
+    return bad.split("/", 1)[-1] if bad else None  # torch's members sit under one top folder
 
 
 def _is_torch_data(module: str, name: str) -> bool:

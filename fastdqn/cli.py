@@ -1,6 +1,8 @@
 """`fastdqn train` and `fastdqn eval`: thin wrappers over the Python API.
 
-User errors (bad flags, values, files) print one line and exit 2, never a traceback.
+Exit codes: 0 done; 1 training failed (an env crashed or hung, or training diverged: one line
+says which); 2 user error (bad flags, values, env or files: one line, before any work starts,
+never a traceback); 130 / 143 interrupted by SIGINT / SIGTERM (one line says how to resume).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ import argparse
 import difflib
 import json
 import os
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import (
     Config,
     ConfigError,
@@ -50,9 +53,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_fail(f"{self.prog}: {message}; see {self.prog} --help"))
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"error: {message}\n")
-    return 2
+    return code
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -108,15 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resume_command(run_dir) -> str:
+    return f"fastdqn train --resume --run-dir {shlex.quote(str(run_dir))}"
+
+
+def _kept(run_dir: str, which: str = "complete") -> str:
+    """What a stopped run leaves behind: the last complete checkpoint, if there is one."""
+    from pathlib import Path
+
+    if (Path(run_dir) / "checkpoint.pt").exists():
+        return (f"the last {which} checkpoint is kept (resume with: "
+                f"{_resume_command(run_dir)})")
+    return "no checkpoint was written yet"
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .trainer import train
+    from .envs import EnvError
+    from .trainer import TrainingDiverged, default_run_dir, train
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
         run_dir = explicit.get("run_dir", "")
         if not run_dir:
             raise ConfigError("--resume needs --run-dir DIR of the run to continue")
-        ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+        path = Path(run_dir) / "checkpoint.pt"
+        if not path.exists():
+            raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
+                              "check --run-dir or start without --resume")
+        ckpt = load_checkpoint(path)
+        if not isinstance(ckpt.get("config"), dict):
+            raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
         base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
         base.update({"resume": False, "overwrite": False})
         if args.config:
@@ -124,7 +148,15 @@ def _train(args: argparse.Namespace) -> int:
         cfg = make_config(**{**base, **explicit})
     else:
         cfg = make_config(args.config, **explicit)
-    result = train(cfg)
+    if not cfg.run_dir:  # fixed here so that every message can name it
+        cfg.run_dir = str(default_run_dir(cfg))
+    try:
+        result = train(cfg)
+    except (EnvError, TrainingDiverged) as e:
+        return _fail(f"{e}; stopped, {_kept(cfg.run_dir, 'good')}", 1)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        sys.stderr.write(f"interrupted: stopped at once, {_kept(cfg.run_dir)}\n")
+        return 130
     s = result.summary
     solved = (f"solved in {s['time_to_solve_s']:.1f} s, {s['steps_to_solve']:,d} steps"
               if s["solved"] else "not solved")
@@ -132,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
     evals = f"; eval {fe['mean']:.1f} ± {fe['std']:.1f} ({fe['episodes']} episodes)" if fe else ""
     if result.signal is not None:
         sys.stderr.write(f"interrupted at {s['total_env_steps']:,d} steps; checkpoint saved. "
-                         f"Resume with: fastdqn train --resume --run-dir {result.run_dir}\n")
+                         f"Resume with: {_resume_command(result.run_dir)}\n")
         return 128 + int(result.signal)
     print(f"{s['env_id']}: {s['total_env_steps']:,d} steps in {s['wall_time_s']:.1f} s "
           f"({s['sps']:.0f} SPS), {solved}{evals}; run dir {result.run_dir}")
@@ -178,6 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = ckpt["env"]["id"]
+    check_fits_env(args.checkpoint, policy.net, env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     plot = None
     if args.compare:
@@ -223,6 +256,22 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines + notes))
     return 0
+
+
+def check_fits_env(path: str, net, env_id: str) -> None:
+    """The checkpoint's network must match its env's spaces here (same ids can change shape)."""
+    import numpy as np
+
+    from .envs import probe_env
+
+    obs_space, act_space, _ = probe_env(env_id)
+    in_dim = int(np.prod(obs_space.shape))
+    if (net.in_dim, net.n_actions) != (in_dim, int(act_space.n)):
+        raise CheckpointError(
+            f"{path}: its network takes {net.in_dim} inputs and gives {net.n_actions} actions, "
+            f"but {env_id} has {in_dim} observation values and {act_space.n} actions; "
+            "the checkpoint is from another env version"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,12 @@ class Config:
     """Environments stepped together during evaluation."""
     checkpoint_every: int = 50_000
     """Env steps between periodic checkpoints; 0: only at evaluations and the end."""
+    save_buffer: bool = False
+    """Store the replay buffer (its filled rows) in checkpoint.pt, so --resume continues exactly
+    instead of refilling it; the file grows to about the buffer's size."""
+    env_timeout: float = 60.0
+    """Seconds to wait for an env worker's reply before declaring it hung and killing it;
+    0 waits forever (sharded and async vector envs)."""
     log_every: int = 2_000
     """Env steps between TensorBoard scalar writes (the only host syncs of device values)."""
     num_threads: int = 1
@@ -167,6 +173,9 @@ class Config:
             raise ConfigError(f"--eps-episode-decay must be in (0, 1], got {self.eps_episode_decay}")
         if not self.temperature > 0:
             raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.env_timeout < float("inf"):
+            raise ConfigError(f"--env-timeout must be a number of seconds >= 0 (0 waits forever), "
+                              f"got {self.env_timeout}")
         if not self.max_grad_norm >= 0:
             raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
         if self.resume and self.overwrite:

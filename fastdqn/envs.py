@@ -9,24 +9,45 @@ that crosses an episode boundary (NEXT_STEP mode would hand us one fake step per
 from __future__ import annotations
 
 import difflib
+import importlib
 import multiprocessing as mp
 import os
+import signal
+import sys
+import time
 from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from gymnasium.vector.async_vector_env import AsyncState
 
 from .config import ConfigError
 
 EnvFactory = Callable[[], gym.Env]
 
 
+class EnvError(RuntimeError):
+    """An env crashed or hung during training; the message names the env index and the cause."""
+
+
 def check_env_id(env_id: str) -> None:
-    """Refuse an unregistered id with a close-match suggestion."""
-    if env_id in gym.registry:
+    """Refuse an unregistered id with a close-match suggestion.
+
+    `module:Name-v0` ids import `module` first (gymnasium's convention for envs that register
+    themselves on import), so user envs work without code changes to fastdqn.
+    """
+    name = env_id
+    if ":" in env_id:
+        module, name = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # arbitrary user code runs on import
+            raise ConfigError(f"--env {env_id}: cannot import module {module!r} "
+                              f"({type(e).__name__}: {e}); check the name and PYTHONPATH") from None
+    if name in gym.registry:
         return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(gym.registry), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else "; see gymnasium.pprint_registry()"
     raise ConfigError(f"unknown env id {env_id!r}{hint}")
 
@@ -69,24 +90,27 @@ def probe_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete, float |
 
 def make_vector_env(
     env_id: str, num_envs: int, mode: str = "async", factory: EnvFactory | None = None,
-    num_workers: int = 0,
+    num_workers: int = 0, timeout: float = 0.0,
 ):
     """A SAME_STEP-autoreset vector env of `num_envs` copies; `factory` overrides gym.make.
 
     Modes: `sharded` (W worker processes, each stepping a shard of the envs), `async`
-    (gymnasium's AsyncVectorEnv, one process per env), `sync` (in-process).
+    (gymnasium's AsyncVectorEnv, one process per env), `sync` (in-process). `timeout` is how
+    long to wait for a worker's reply before killing the workers (0: forever; not for sync).
+    Every env is wrapped in `EpisodeStart`, so errors name the env and resumes can restart
+    episodes identically.
     """
-    fns = [factory or env_factory(env_id)] * num_envs
+    base = factory or env_factory(env_id)
+    fns = [_EnvMaker(base, i) for i in range(num_envs)]
     if mode == "sharded":
-        return ShardedVectorEnv(fns, num_workers or default_workers(num_envs))
+        return ShardedVectorEnv(fns, num_workers or default_workers(num_envs), timeout)
     if mode == "async":
         # fork starts 16 workers in milliseconds (forkserver/spawn re-import torch in each: ~15 s
         # on 2 cores). It is safe here because the trainer builds the envs before it starts any
         # thread, and the workers only run env code.
         context = "fork" if "fork" in mp.get_all_start_methods() else None
-        return gym.vector.AsyncVectorEnv(
-            fns, context=context, autoreset_mode=AutoresetMode.SAME_STEP, daemon=True
-        )
+        return AsyncVectorEnv(fns, timeout, context=context,
+                              autoreset_mode=AutoresetMode.SAME_STEP, daemon=True)
     if mode == "sync":
         return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     raise ConfigError(f"--vector must be sharded, async or sync, got {mode!r}")
@@ -95,6 +119,169 @@ def make_vector_env(
 def default_workers(num_envs: int) -> int:
     """One worker per core beyond the learner's, at least one, at most one per env."""
     return max(1, min(num_envs, (os.cpu_count() or 2) - 1))
+
+
+class EpisodeStart(gym.Wrapper):
+    """Remembers how the current episode began, and names its env index in errors.
+
+    An env's internals cannot be checkpointed in general, but an episode's start can: it is the
+    reset seed or, for a seedless autoreset, the state of the env's `np_random` just before the
+    reset. The trainer saves `episode_start` of every env with a checkpoint; on resume it hands
+    them back as `restart_from`, and the next `reset()` begins each in-flight episode again from
+    the same state. For an env at an episode boundary that continues the run exactly.
+    """
+
+    def __init__(self, env: gym.Env, index: int) -> None:
+        super().__init__(env)
+        self.index = index
+        self.episode_start: dict | None = None
+        self.restart_from: dict | None = None
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None and self.restart_from is not None:
+            start, self.restart_from = self.restart_from, None
+            if start["seed"] is not None:
+                seed = start["seed"]
+            else:
+                self.env.np_random = _generator(start["rng"])
+        if seed is not None:
+            self.episode_start = {"seed": int(seed), "rng": None}
+        else:
+            self.episode_start = {"seed": None,
+                                  "rng": _plain(self.env.np_random.bit_generator.state)}
+        try:
+            return self.env.reset(seed=seed, options=options)
+        except Exception as e:  # user env code: name the env, keep the cause
+            raise EnvError(f"env {self.index} crashed in reset: {type(e).__name__}: {e}") from e
+
+    def step(self, action):
+        try:
+            return self.env.step(action)
+        except Exception as e:
+            raise EnvError(f"env {self.index} crashed in step: {type(e).__name__}: {e}") from e
+
+
+def _plain(value):
+    """A bit generator state as plain ints, lists and dicts (a weights_only checkpoint holds it)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _generator(state: dict) -> np.random.Generator:
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+class _EnvMaker:
+    """Picklable factory of env `index`: wraps it in EpisodeStart; in a worker, detaches first."""
+
+    def __init__(self, factory: EnvFactory, index: int) -> None:
+        self.factory, self.index, self.trainer_pid = factory, index, os.getpid()
+
+    def __call__(self) -> gym.Env:
+        if os.getpid() != self.trainer_pid:
+            become_worker(self.trainer_pid)
+        return EpisodeStart(self.factory(), self.index)
+
+
+def become_worker(trainer_pid: int) -> None:
+    """In an env worker process: leave SIGINT/SIGTERM to the trainer; die when the trainer dies.
+
+    A terminal's Ctrl-C reaches the whole process group, and Slurm or systemd send SIGTERM to
+    every process of a job; the trainer finishes its iteration, checkpoints and closes the
+    workers itself (with SIGKILL if need be), so they must not die first. PR_SET_PDEATHSIG
+    (Linux) kills a worker when the trainer is killed outright (kill -9): none is ever orphaned.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != trainer_pid:  # the trainer died before prctl took effect
+        os._exit(1)
+
+
+def _close_at_exit(envs) -> None:
+    """Close `envs` at interpreter exit if nobody did, before multiprocessing's own exit hook
+    (which would SIGTERM the workers, which ignore it, and then wait for them forever)."""
+    import atexit
+    import weakref
+
+    ref = weakref.ref(envs)
+
+    def close() -> None:
+        env = ref()
+        if env is None or env.closed:
+            return
+        if isinstance(env, AsyncVectorEnv):
+            env.close(terminate=True)
+        else:
+            env.close(force=True)
+
+    atexit.register(close)
+
+
+def _env_list(indices: list[int]) -> str:
+    return "env " + str(indices[0]) if len(indices) == 1 else "envs " + ", ".join(map(str, indices))
+
+
+class AsyncVectorEnv(gym.vector.AsyncVectorEnv):
+    """gymnasium's AsyncVectorEnv with a reply timeout and one-line errors that name the env."""
+
+    def __init__(self, fns: list[EnvFactory], timeout: float = 0.0, **kwargs) -> None:
+        self.timeout = timeout or None
+        super().__init__(fns, **kwargs)
+        _close_at_exit(self)
+
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+        """gymnasium's close, but a forced one kills: the workers ignore SIGTERM."""
+        if terminate:
+            for p in self.processes:
+                if p.is_alive():
+                    p.kill()
+        super().close_extras(timeout=timeout, terminate=terminate)
+
+    def reset(self, *, seed=None, options=None):
+        self.reset_async(seed=seed, options=options)
+        return self._wait(super().reset_wait)
+
+    def step_wait(self, timeout: float | None = None):
+        return self._wait(super().step_wait)
+
+    def _wait(self, wait):
+        try:
+            return wait(timeout=self.timeout)
+        except mp.TimeoutError:
+            hung = [i for i, p in enumerate(self.parent_pipes)
+                    if p is not None and not p.closed and not p.poll()]
+            self.close(terminate=True)
+            raise EnvError(f"{_env_list(hung or list(range(self.num_envs)))} hung: no reply "
+                           f"within {self.timeout:g} s (--env-timeout); killed the env workers"
+                           ) from None
+
+    def _raise_if_errors(self, successes) -> None:
+        if all(successes):
+            return
+        messages = []
+        for _ in range(self.num_envs - sum(successes)):
+            index, exctype, value, _trace = self.error_queue.get()
+            messages.append(str(value) if isinstance(value, EnvError)
+                            else f"env {index} failed: {exctype.__name__}: {value}")
+            self.parent_pipes[index].close()
+            self.parent_pipes[index] = None
+        self._state = AsyncState.DEFAULT
+        self.close(terminate=True)
+        raise EnvError("; ".join(messages))
 
 
 class SyncVectorEnv(gym.vector.SyncVectorEnv):
@@ -118,7 +305,7 @@ def real_next_obs(next_obs: np.ndarray, infos: dict, out: np.ndarray) -> np.ndar
     return out
 
 
-def _shard_worker(index: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_names: dict,
+def _shard_worker(trainer_pid: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_names: dict,
                   shapes: dict) -> None:
     """Worker process: owns envs [lo, hi), steps them in-process, writes into shared memory."""
     import pickle
@@ -126,6 +313,7 @@ def _shard_worker(index: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_na
 
     import cloudpickle  # noqa: F401  (pickle needs it importable to load the factories)
 
+    become_worker(trainer_pid)
     fns = pickle.loads(fns_pickled)
     blocks = {k: shared_memory.SharedMemory(name=v) for k, v in shm_names.items()}
     arrays = {k: np.ndarray(shapes[k][0], dtype=shapes[k][1], buffer=blocks[k].buf)
@@ -141,6 +329,13 @@ def _shard_worker(index: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_na
             elif cmd == "reset":
                 obs, infos = env.reset(seed=arg)
                 rew = term = trunc = None
+            elif cmd == "get_attr":
+                conn.send(("ok", env.get_attr(arg)))
+                continue
+            elif cmd == "set_attr":
+                env.set_attr(*arg)
+                conn.send(("ok", None))
+                continue
             else:
                 break
             arrays["obs"][lo:hi] = obs
@@ -155,9 +350,11 @@ def _shard_worker(index: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_na
             conn.send(("ok", final))
     except KeyboardInterrupt:
         pass
-    except BaseException as e:  # reported to the trainer with the env index range
+    except BaseException as e:  # reported to the trainer, naming the env (index range)
+        message = (str(e) if isinstance(e, EnvError)
+                   else f"env worker for envs {lo}..{hi - 1} failed: {type(e).__name__}: {e}")
         try:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            conn.send(("error", message))
         except (BrokenPipeError, OSError):
             pass
     finally:
@@ -176,7 +373,7 @@ class ShardedVectorEnv:
     (`final_obs` / `_final_obs` in infos) as the gymnasium vector envs.
     """
 
-    def __init__(self, fns: list[EnvFactory], num_workers: int) -> None:
+    def __init__(self, fns: list[EnvFactory], num_workers: int, timeout: float = 0.0) -> None:
         from multiprocessing import shared_memory
 
         import cloudpickle
@@ -187,6 +384,7 @@ class ShardedVectorEnv:
         self.spec = probe.spec
         probe.close()
         self.num_envs = n = len(fns)
+        self.timeout = timeout
         w = max(1, min(num_workers, n))
         obs_space = self.single_observation_space
         shapes = {"obs": ((n, *obs_space.shape), obs_space.dtype),
@@ -204,31 +402,46 @@ class ShardedVectorEnv:
         self._bounds = list(zip(bounds[:-1], bounds[1:]))
         self._conns, self._procs = [], []
         names = {k: b.name for k, b in self._blocks.items()}
-        for i, (lo, hi) in enumerate(self._bounds):
+        self.closed = False
+        for lo, hi in self._bounds:
             parent, child = ctx.Pipe()
             payload = cloudpickle.dumps(fns[lo:hi])
-            p = ctx.Process(target=_shard_worker, args=(i, payload, int(lo), int(hi), child,
-                                                         names, shapes), daemon=True)
+            p = ctx.Process(target=_shard_worker, args=(os.getpid(), payload, int(lo), int(hi),
+                                                         child, names, shapes), daemon=True)
             p.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(p)
-        self.closed = False
+        _close_at_exit(self)
         self._collect()
 
-    def _collect(self) -> dict:
-        final: dict = {}
+    def _replies(self) -> list:
+        """One reply per worker; a crashed, dead or hung worker closes all of them and raises."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        replies = []
         for i, conn in enumerate(self._conns):
+            lo, hi = self._bounds[i]
+            if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
+                self.close(force=True)
+                raise EnvError(f"env worker for envs {lo}..{hi - 1} hung: no reply within "
+                               f"{self.timeout:g} s (--env-timeout); killed the env workers")
             try:
                 status, payload = conn.recv()
             except (EOFError, ConnectionResetError):
-                lo, hi = self._bounds[i]
+                self._procs[i].join(timeout=1)
                 code = self._procs[i].exitcode
-                raise RuntimeError(f"env worker for envs {lo}..{hi - 1} died (exit code {code})"
-                                   ) from None
+                self.close(force=True)
+                raise EnvError(f"env worker for envs {lo}..{hi - 1} died (exit code {code})"
+                               ) from None
             if status == "error":
-                lo, hi = self._bounds[i]
-                raise RuntimeError(f"env worker for envs {lo}..{hi - 1} failed: {payload}")
+                self.close(force=True)
+                raise EnvError(payload)
+            replies.append(payload)
+        return replies
+
+    def _collect(self) -> dict:
+        final: dict = {}
+        for payload in self._replies():
             if payload:
                 final.update(payload)
         return final
@@ -239,6 +452,18 @@ class ShardedVectorEnv:
             conn.send(("reset", None if seed is None else [seed + j for j in range(lo, hi)]))
         self._collect()
         return self._arrays["obs"].copy(), {}
+
+    def get_attr(self, name: str) -> tuple:
+        """Attribute `name` of every env (through its wrappers), in env order."""
+        for conn in self._conns:
+            conn.send(("get_attr", name))
+        return tuple(v for values in self._replies() for v in values)
+
+    def set_attr(self, name: str, values: list) -> None:
+        """Set attribute `name` of env i to values[i]."""
+        for (lo, hi), conn in zip(self._bounds, self._conns):
+            conn.send(("set_attr", (name, list(values[lo:hi]))))
+        self._replies()
 
     def step_async(self, actions: np.ndarray) -> None:
         self._arrays["actions"][:] = actions
@@ -263,23 +488,33 @@ class ShardedVectorEnv:
         self.step_async(actions)
         return self.step_wait()
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
+        """Stop the workers: ask them (unless `force`), then kill them; none survive.
+
+        Kill, not terminate: the workers ignore SIGTERM (see become_worker).
+        """
         if self.closed:
             return
         self.closed = True
-        for conn in self._conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for p in self._procs:
-            p.join(timeout=2)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=1)
-        for b in self._blocks.values():
-            b.close()
-            b.unlink()
+        try:
+            if not force:
+                for conn in self._conns:
+                    try:
+                        conn.send(("close", None))
+                    except (BrokenPipeError, OSError):
+                        pass
+                for p in self._procs:
+                    p.join(timeout=2)
+        finally:  # a second Ctrl-C may cut the polite part short, never this one
+            for p in self._procs:
+                if p.is_alive():
+                    p.kill()
+                p.join()
+            for conn in self._conns:
+                conn.close()
+            for b in self._blocks.values():
+                b.close()
+                b.unlink()
 
     def __del__(self) -> None:
         try:

@@ -318,8 +318,11 @@ def _render_env(env_id: str, mode: str, env_kwargs: dict | None) -> gym.Env:
     """
     from gymnasium.envs.registration import load_env_creator
 
+    from .envs import check_env_id
+
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # keeps stdout clean for --json
-    entry = gym.spec(env_id).entry_point
+    check_env_id(env_id)  # imports the module of a `module:Env-v0` id, which gym.spec does not
+    entry = gym.spec(env_id.split(":", 1)[-1]).entry_point
     creator = load_env_creator(entry) if isinstance(entry, str) else entry
     modes = list(getattr(creator, "metadata", {}).get("render_modes", []))
     if mode not in modes:

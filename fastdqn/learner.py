@@ -253,6 +253,14 @@ class Learner:
         self.fused_stats[:] = 0.0
         return loss, q
 
+    @torch.no_grad()
+    def all_finite(self) -> bool:
+        """Are the parameters, target and Adam moments free of NaN and inf? (one host sync)"""
+        ok = torch.isfinite(self.params).all()
+        for t in (self.target, self.optimizer.exp_avg, self.optimizer.exp_avg_sq):
+            ok &= torch.isfinite(t).all()
+        return bool(ok)
+
     def state_dict(self) -> dict:
         return {"params": self.params.cpu().clone(), "target": self.target.cpu().clone(),
                 "optimizer": self.optimizer.state_dict(), "steps": self.steps}

@@ -74,16 +74,22 @@ class ReplayBuffer:
         )
 
     def state_dict(self) -> dict:
-        """Filled rows and the ring position (for --save-buffer checkpoints)."""
+        """Filled rows and the ring position (for --save-buffer checkpoints).
+
+        The rows are copied: torch.save of a slice would write the whole preallocated tensor.
+        """
         n = self.size
-        return {"obs": self.obs[:n].cpu(), "actions": self.actions[:n].cpu(),
-                "rewards": self.rewards[:n].cpu(), "next_obs": self.next_obs[:n].cpu(),
-                "dones": self.dones[:n].cpu(), "pos": self.pos, "size": self.size}
+        rows = {name: getattr(self, name)[:n].cpu().clone()
+                for name in ("obs", "actions", "rewards", "next_obs", "dones")}
+        return {**rows, "pos": self.pos, "size": self.size, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
         n = int(state["size"])
         if n > self.capacity:
             raise ValueError(f"saved buffer holds {n} rows, capacity is {self.capacity}")
+        if state.get("capacity", self.capacity) != self.capacity:
+            raise ValueError(f"saved buffer has capacity {state['capacity']}, "
+                             f"this one {self.capacity}")
         for name in ("obs", "actions", "rewards", "next_obs", "dones"):
             getattr(self, name)[:n] = state[name].to(self.device)
         self.pos, self.size = int(state["pos"]), n

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    load_checkpoint,
+    remove_temp_files,
+    save_checkpoint,
+)
 from .config import Config, ConfigError
 from .envs import EnvFactory, make_vector_env, probe_env, real_next_obs
 from .evaluate import EvalResult, Policy, eval_seed, run_episodes
@@ -47,6 +53,10 @@ class Counters:
     lengths: list[int] = field(default_factory=list)
     end_steps: list[int] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or inf; the message names the step and likely causes."""
 
 
 @dataclass
@@ -123,6 +133,10 @@ def prepare_run_dir(cfg: Config) -> Path:
 def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
                      path: Path) -> None:
     """A checkpoint must come from the same env and network shape as the run resuming it."""
+    missing = [k for k in ("config", "env", "net", "learner", "counters", "rng") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged or from another "
+                              "program")
     env = ckpt.get("env", {})
     if env.get("id") != cfg.env_id:
         raise CheckpointError(f"{path} is from env {env.get('id')!r}, not {cfg.env_id!r}; "
@@ -132,6 +146,15 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
     if tuple(ckpt.get("net", {}).get("hidden", ())) != tuple(cfg.hidden):
         raise CheckpointError(f"{path} has hidden layers {ckpt['net']['hidden']}, "
                               f"not {list(cfg.hidden)}; pass --hidden to match")
+    params = ckpt["learner"].get("params")
+    if not isinstance(params, torch.Tensor) or params.numel() != MLP(
+            int(np.prod(obs_shape)), n_actions, tuple(cfg.hidden)).num_params:
+        raise CheckpointError(f"{path}: its parameters do not fit its network shape; the file is "
+                              "damaged")
+    saved = ckpt.get("buffer", {}).get("capacity", cfg.buffer_size)
+    if saved != cfg.buffer_size:
+        raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
+                              f"--buffer-size {cfg.buffer_size}; resume with --buffer-size {saved}")
 
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
@@ -148,6 +171,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         base = cfg.to_dict() if cfg is not None else {}
         cfg = make_config(**{**base, **overrides})
     cfg.validate()
+    device = resolve_device(cfg.device)
     if env_factory is None:
         obs_space, act_space, threshold = probe_env(cfg.env_id)
     else:
@@ -156,11 +180,11 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         threshold = probe.spec.reward_threshold if probe.spec is not None else None
         probe.close()
     target_return = cfg.target_return if cfg.target_return is not None else threshold
-    device = resolve_device(cfg.device)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:
         check_compatible(ckpt, cfg, obs_space.shape, int(act_space.n), run_dir / "checkpoint.pt")
+        remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
@@ -205,7 +229,14 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         if "buffer" in ckpt:
             buffer.load_state_dict(ckpt["buffer"])
 
-    def save(path: Path) -> None:
+    env_starts: list = []
+
+    def save(path: Path, with_buffer: bool = False) -> None:
+        """Write a checkpoint, never a non-finite one (TrainingDiverged instead)."""
+        if not learner.all_finite():
+            raise TrainingDiverged(divergence_message(cfg, c.step, "NaN or inf in the network"))
+        if not envs.closed:
+            env_starts[:] = envs.get_attr("episode_start")
         state = {
             "version": __version__, "config": cfg.to_dict(),
             "env": {"id": cfg.env_id, "obs_shape": list(obs_shape),
@@ -214,7 +245,10 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             "learner": learner.state_dict(), "counters": c.__dict__,
             "rng": {"sampler": sampler.get_state(), "act": act_gen.get_state(),
                     "torch": torch.get_rng_state()},
+            "env_starts": list(env_starts),
         }
+        if with_buffer:
+            state["buffer"] = buffer.state_dict()
         save_checkpoint(path, state)
 
     cuda = device.type == "cuda"
@@ -242,7 +276,8 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                             cfg.eval_envs)
 
     # Envs first: async workers are forked, which must happen before any thread is started.
-    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory, cfg.num_workers)
+    envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory, cfg.num_workers,
+                           cfg.env_timeout)
     logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                        purge_step=c.step if ckpt is not None else None)
     stop = {"signal": None}
@@ -262,6 +297,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
     start = time.perf_counter() - c.wall_time
     window_t, window_step = time.perf_counter(), c.step
     sps = 0.0
+    diverged: TrainingDiverged | None = None
     logged_episodes = c.episodes
     next_plot = time.perf_counter() + PLOT_EVERY_S
 
@@ -274,7 +310,12 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         return c.episodes
 
     try:
-        obs, _ = envs.reset(seed=cfg.seed + c.step)
+        starts = ckpt.get("env_starts") if ckpt is not None else None
+        if starts and len(starts) == n_envs:  # restart each in-flight episode as it began
+            envs.set_attr("restart_from", starts)
+            obs, _ = envs.reset()
+        else:
+            obs, _ = envs.reset(seed=cfg.seed + c.step)
         obs_dev = to_device(stage_obs, obs)
         acting_q = ActingQ(net, learner.online_views, obs_dev, cfg.cuda_graphs)
         while c.step < cfg.total_timesteps and stop["signal"] is None:
@@ -324,6 +365,9 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                 stats = learner.pop_stats()
                 if stats is not None:
                     values["losses/td_loss"], values["losses/q_values"] = stats
+                    if not all(map(math.isfinite, stats)):
+                        raise TrainingDiverged(divergence_message(
+                            cfg, c.step, f"TD loss {stats[0]:g}, mean Q {stats[1]:g}"))
                 for name, us in timer.us_per_iteration().items():
                     values[f"time/{name}_us_per_iter"] = us
                 logger.scalars(values, c.step)
@@ -361,22 +405,28 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             if cfg.checkpoint_every and c.step >= c.next_checkpoint:
                 c.next_checkpoint += cfg.checkpoint_every
                 c.wall_time = time.perf_counter() - start
-                save(run_dir / "checkpoint.pt")
+                save(run_dir / "checkpoint.pt", cfg.save_buffer)
+        if not learner.all_finite():
+            raise TrainingDiverged(divergence_message(cfg, c.step, "NaN or inf in the network"))
+        env_starts[:] = envs.get_attr("episode_start")
+    except TrainingDiverged as e:
+        diverged = e
     finally:
         envs.close()
         for s, h in handlers.items():
             signal.signal(s, h)
     interrupted = stop["signal"] is not None
     c.wall_time = time.perf_counter() - start
-    save(run_dir / "checkpoint.pt")
-    if final_eval is None and not interrupted:
+    if diverged is None:
+        save(run_dir / "checkpoint.pt", cfg.save_buffer)
+    if final_eval is None and not interrupted and diverged is None:
         final_eval = evaluate(cfg.solve_episodes)
         c.evals.append({"step": c.step, **final_eval.to_dict(), "final": True})
         logger.scalar("eval/mean_return", final_eval.mean, c.step)
         if final_eval.mean > c.best_eval:
             c.best_eval = final_eval.mean
             save(run_dir / "best.pt")
-    if not (run_dir / "best.pt").exists():
+    if not (run_dir / "best.pt").exists() and diverged is None:
         save(run_dir / "best.pt")
     wall = time.perf_counter() - start
     log_episodes(logged_episodes)
@@ -390,7 +440,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         "final_eval": final_eval.to_dict() if final_eval else None,
         "best_eval": c.best_eval if c.best_eval > -math.inf else None,
         "target_return": target_return, "episodes": c.episodes,
-        "interrupted": interrupted, "device": str(device),
+        "interrupted": interrupted, "diverged": diverged is not None, "device": str(device),
         "learner_steps": learner.steps, "adam": learner.adam_kind,
         "stage_us_per_iter": {k: round(v, 1) for k, v in timer.us_per_iteration().items()},
         "evals": c.evals, "config": cfg.to_dict(), "version": __version__,
@@ -399,6 +449,8 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
     plot_returns(run_dir / "returns.png", c.returns, c.end_steps, cfg.env_id, target_return)
     logger.show_plot(run_dir / "returns.png")
     logger.close()
+    if diverged is not None:
+        raise diverged
     return TrainResult(run_dir, summary, Policy(net, learner.params, device), c.returns,
                        c.end_steps, stop["signal"])
 
@@ -406,6 +458,15 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
 def _mean100(returns: list[float]) -> float | None:
     """Mean return of the last 100 episodes (None before the first one ends)."""
     return float(np.mean(returns[-100:])) if returns else None
+
+
+def divergence_message(cfg: Config, step: int, what: str) -> str:
+    """One line: where training diverged and what usually causes it."""
+    clip = (f"--max-grad-norm {cfg.max_grad_norm:g} is on, a lower value damps the updates"
+            if cfg.max_grad_norm > 0 else "gradient clipping is off, try --max-grad-norm 10")
+    return (f"training diverged at step {step:,d} ({what}); likely causes: a learning rate too "
+            f"high (--lr {cfg.lr:g}, try 3-10x lower) or rewards too large (scale them down, e.g. "
+            f"with gymnasium.wrappers.TransformReward); {clip}")
 
 
 def _combine(a: EvalResult, b: EvalResult) -> EvalResult:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium.wrappers import TimeLimit
+from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.networks import MLP
 from fastdqn.replay import Batch
@@ -86,26 +93,8 @@ def make_exploding_env() -> gym.Env:
     return ExplodingEnv()
 
 
-class DictObsEnv(gym.Env):
-    """Discrete actions but a Dict observation space: fastdqn must refuse it."""
-
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Dict(
-            {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)}
-        )
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return {"pos": np.zeros(2, dtype=np.float32)}, {}
-
-    def step(self, action):
-        return {"pos": np.zeros(2, dtype=np.float32)}, 0.0, True, False, {}
-
-
-DICT_OBS_ENV_ID = "FastdqnTest/DictObs-v0"
-if DICT_OBS_ENV_ID not in gym.registry:
-    gym.register(id=DICT_OBS_ENV_ID, entry_point=DictObsEnv)
+DICT_OBS_ENV_ID = scripted_env_id("DictObs-v0")
+"""Discrete actions but a Dict observation space: fastdqn must refuse it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,3 +134,54 @@ def random_batch(generator: torch.Generator, n: int, obs_dim: int, n_actions: in
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: `python -m fastdqn` of this checkout, and the process table
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ with PYTHONPATH on this checkout (and tests/, for `scripted_envs:` ids)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+    env.update(extra)
+    return env
+
+
+def fastdqn_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastdqn", *args]
+
+
+def run_fastdqn(*args: str, timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(fastdqn_command(*args), capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(**extra_env), cwd=REPO_ROOT)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose environment holds FASTDQN_TEST_TAG=tag (workers inherit it)."""
+    needle = f"FASTDQN_TEST_TAG={tag}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat", "rb") as st:
+                        state = st.read().rsplit(b")", 1)[1].split()[0]
+                    if state != b"Z":  # a zombie is already dead, waiting to be reaped
+                        pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_for_no_tagged(tag: str, timeout: float = 5.0) -> list[int]:
+    """Tagged processes still alive after up to `timeout` s (the resource tracker needs a moment)."""
+    deadline = time.monotonic() + timeout
+    while (pids := tagged_pids(tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids

@@ -9,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastdqn.checkpoint import (
     FORMAT,
@@ -16,6 +18,7 @@ from fastdqn.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     load_checkpoint,
+    remove_temp_files,
     save_checkpoint,
 )
 from fastdqn.config import ConfigError
@@ -159,10 +162,27 @@ def test_truncated_file(tmp_path, fraction):
     path.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    msg = str(info.value)
-    assert msg.startswith(f"checkpoint {path} is truncated or corrupted (")
-    assert msg.endswith("); use another checkpoint")
-    assert "\n" not in msg
+    assert str(info.value) == (f"checkpoint {path} is truncated or corrupted (its zip directory "
+                               "is missing: the end of the file is cut off); use another checkpoint")
+
+
+def test_flipped_bits_in_tensor_data_are_caught(tmp_path):
+    """torch.load itself would load them silently as wrong weights."""
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, sample_state())
+    data = bytearray(good.read_bytes())
+    loaded = torch.load(good, weights_only=True)
+    raw = loaded["learner"]["params"].numpy().tobytes()
+    at = bytes(data).index(raw)  # the params' bytes are stored as they are
+    data[at + 5] ^= 0x40
+    path = tmp_path / "flipped.pt"
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["learner"]["params"],
+                           loaded["learner"]["params"])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} is corrupted (data/0 fails its CRC check); "
+                               "use another checkpoint")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -176,6 +196,43 @@ def test_random_bytes_file(tmp_path, seed):
     assert msg.startswith(f"checkpoint {path} is corrupted (")
     assert msg.endswith("); use another checkpoint")
     assert "\n" not in msg
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6),
+                                                           st.integers(1, 255)), max_size=4),
+       garbage=st.binary(max_size=64))
+def test_any_damaged_file_is_a_checkpoint_error_never_a_crash(tmp_path, cut, flips, garbage):
+    """Truncation, flipped bytes and garbage anywhere: load or CheckpointError, nothing else."""
+    good = tmp_path / "good.pt"
+    if not good.exists():
+        save_checkpoint(good, sample_state())
+    data = bytearray(good.read_bytes())
+    for at, mask in flips:
+        data[at % len(data)] ^= mask
+    data = data[: cut % (len(data) + 1)] + garbage
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+    else:
+        assert state["format"] == FORMAT
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=512) | st.binary(max_size=256).map(
+    lambda b: pickle.dumps({"format": FORMAT})[:-1] + b))
+def test_arbitrary_bytes_are_a_checkpoint_error_never_a_crash(tmp_path, data):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(data)
+    try:
+        load_checkpoint(path)
+    except CheckpointError as e:
+        assert "\n" not in str(e)
 
 
 @pytest.mark.parametrize("obj", [{"a": 1}, [1, 2, 3], {"format": "other/1"}, torch.zeros(3)])
@@ -257,3 +314,62 @@ def test_code_executing_pickle_is_called_unsafe(tmp_path, kind, how):
         f"checkpoint {path} contains code or objects a checkpoint must not hold; "
         "refusing to load it (only load files you trust)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9 at any moment
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_forever(path: str, blob: torch.Tensor) -> None:
+    """A tight checkpoint-writing loop (what a trainer killed by kill -9 was doing)."""
+    state = sample_state()
+    i = 0
+    while True:
+        i += 1
+        save_checkpoint(path, {**state, "counters": {"step": i}, "blob": blob + i})
+
+
+def test_kill_9_during_a_checkpoint_write_loop_leaves_a_loadable_checkpoint(tmp_path):
+    import multiprocessing as mp
+    import random
+    import signal
+    import time
+
+    path = tmp_path / "checkpoint.pt"
+    blob = torch.randn(1_000_000)  # 4 MB: each write takes a while, so kills land mid-write
+    ctx = mp.get_context("fork")
+    rng = random.Random(5)
+    for _ in range(8):
+        p = ctx.Process(target=_save_forever, args=(str(path), blob), daemon=True)
+        p.start()
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        state = load_checkpoint(path)
+        step = state["counters"]["step"]
+        assert torch.equal(state["blob"], blob + step)  # complete, not torn
+        assert step >= 1
+        names = {q.name for q in tmp_path.iterdir()}
+        assert "checkpoint.pt" in names
+        stray = names - {"checkpoint.pt"}
+        assert all(n.startswith(".checkpoint.pt.") and n.endswith(".tmp") for n in stray), stray
+    removed = remove_temp_files(tmp_path)
+    assert all(q.name.endswith(".tmp") for q in removed)
+    assert [q.name for q in tmp_path.iterdir()] == ["checkpoint.pt"]
+    load_checkpoint(path)
+
+
+def test_remove_temp_files_touches_only_atomic_write_leftovers(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"real")
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a write")
+    (tmp_path / ".summary.json.x.tmp").write_bytes(b"")
+    (tmp_path / "notes.tmp").write_text("a user's file, not a dot file")
+    removed = remove_temp_files(tmp_path)
+    assert sorted(q.name for q in removed) == [".checkpoint.pt.abc123.tmp", ".summary.json.x.tmp"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["checkpoint.pt", "notes.tmp",
+                                                          "summary.json"]

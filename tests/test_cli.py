@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import DICT_OBS_ENV_ID, run_fastdqn
+from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.cli import main
 
@@ -17,8 +21,7 @@ CONTRACT = ["env_id", "total_env_steps", "wall_time_s", "sps", "solved", "time_t
 
 
 def fastdqn(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastdqn", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return run_fastdqn(*args, timeout=timeout)
 
 
 SHORT_RUN = ["--env", "CartPole-v1", "--num-envs", "4", "--total-timesteps", "3000",
@@ -114,6 +117,26 @@ def test_existing_run_is_refused_without_resume_or_overwrite(run_dir: Path, caps
     assert len(err.strip().splitlines()) == 1
 
 
+def test_run_dir_refusal_touches_nothing_and_overwrite_starts_afresh(tmp_path, capsys) -> None:
+    d = tmp_path / "run"
+    tiny = ["train", "--env", scripted_env_id("FixedLength-v0"), "--vector", "sync",
+            "--num-envs", "2", "--total-timesteps", "40", "--learning-starts", "8",
+            "--eval-every", "0", "--solve-episodes", "1", "--eval-envs", "1", "--hidden", "8",
+            "--no-progress", "--run-dir", str(d)]
+    assert main([*tiny, "--seed", "1"]) == 0
+    (d / "notes.txt").write_text("from the old run")
+    before = snapshot(d)
+    capsys.readouterr()
+    assert main([*tiny, "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {d} already holds a run; pass --resume to continue it, --overwrite "
+                   "to replace it, or pick another --run-dir\n")
+    assert snapshot(d) == before
+    assert main([*tiny, "--seed", "2", "--overwrite"]) == 0
+    assert not (d / "notes.txt").exists()
+    assert json.loads((d / "summary.json").read_text())["config"]["seed"] == 2
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--num-envs", "0"], ["--num-envs", ">= 1"]),
     (["train", "--lr", "-1"], ["--lr", "> 0"]),
@@ -124,6 +147,27 @@ def test_existing_run_is_refused_without_resume_or_overwrite(run_dir: Path, caps
     (["train", "--batch-size", "512", "--buffer-size", "100"], ["--batch-size", "--buffer-size"]),
     (["train", "--device", "tpu"], ["--device"]),
     (["eval", "/nonexistent/checkpoint.pt"], ["does not exist"]),
+    (["train", "--num-envs", "-4"], ["--num-envs must be >= 1, got -4"]),
+    (["train", "--lr", "0"], ["--lr must be > 0, got 0.0"]),
+    (["train", "--gamma", "0"], ["--gamma must be in (0, 1], got 0.0"]),
+    (["train", "--tau", "0"], ["--tau must be in (0, 1], got 0.0"]),
+    (["train", "--tau", "1.5"], ["--tau must be in (0, 1], got 1.5"]),
+    (["train", "--eps-start", "1.5"], ["--eps-start must be in [0, 1], got 1.5"]),
+    (["train", "--eps-end", "-0.1"], ["--eps-end must be in [0, 1], got -0.1"]),
+    (["train", "--env-timeout", "-1"], ["--env-timeout must be a number of seconds >= 0"]),
+    (["train", "--config", "pytorch-tutorail"],
+     ["unknown preset 'pytorch-tutorail'; did you mean 'pytorch-tutorial'? presets: "]),
+    (["train", "--env", scripted_env_id("MultiDiscreteAction-v0")],
+     ["has MultiDiscrete actions; DQN needs Discrete actions"]),
+    (["train", "--env", DICT_OBS_ENV_ID], ["has Dict observations; fastdqn needs a Box"]),
+    (["train", "--env", scripted_env_id("TupleObs-v0")],
+     ["has Tuple observations; fastdqn needs a Box"]),
+    (["train", "--env", scripted_env_id("TextObs-v0")],
+     ["has Text observations; fastdqn needs a Box"]),
+    (["train", "--env", scripted_env_id("Broken-v0")],
+     ["failed to construct: FileNotFoundError: level file 'maze.txt' not found"]),
+    (["train", "--env", "no_such_module_xyz:Maze-v0"],
+     ["cannot import module 'no_such_module_xyz'"]),
 ])
 def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path) -> None:
     code = main([*argv, "--run-dir", str(tmp_path / "r")] if argv[0] == "train" else argv)
@@ -134,6 +178,7 @@ def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path) -> None:
     for w in words:
         assert w in err, (w, err)
     assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before any work started
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,3 +328,139 @@ def test_eval_bad_outputs_are_one_line_and_write_nothing(cartpole_ckpt: Path, tm
     assert err == f"error: {message.format(tmp=tmp_path)}\n"
     assert sorted(cartpole_ckpt.parent.iterdir()) == before
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_accelerator_that_is_not_there_is_refused(device, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code = main(["train", "--env", "CartPole-v1", "--device", device,
+                 "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    kind = "CUDA device" if device.startswith("cuda") else "MPS"
+    assert err.startswith(f"error: --device {device} asked for, but ")
+    assert kind in err and err.rstrip().endswith("use --device cpu or auto")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("num_envs = = 4\n", "is not valid TOML (Invalid value (at line 1, column 12)); fix the file"),
+    ("num_envs = 4\nlearning_rate = 0.1\nbogus = 1\n",
+     "has unknown keys: bogus, learning_rate; see `fastdqn train --help` for the settings"),
+    ('num_envs = "many"\n', "--num-envs: cannot use 'many' (expected an integer)"),
+    ("gamma = 2.0\n", "--gamma must be in (0, 1], got 2.0"),
+])
+def test_bad_toml_is_one_line_exit_2(text, message, capsys, tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    code = main(["train", "--config", str(path), "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()]
+    assert message in err, err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# eval / --resume with bad checkpoint files: say which, touch nothing
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict:
+    """Bytes and mtime of every file under `folder` (names relative to it)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def damage(path: Path, how: str, good: Path) -> None:
+    """Write a bad checkpoint at `path`, derived from the good one where that makes sense."""
+    data = good.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "corrupted":
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 64]) + data[mid + 64:])
+    elif how == "random":
+        path.write_bytes(np.random.default_rng(7).bytes(4096))
+    elif how == "not-fastdqn":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    elif how == "code":
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {path.parent / 'pwned'}",))
+
+        path.write_bytes(pickle.dumps({"format": "fastdqn-checkpoint/1", "x": Evil()}))
+    elif how == "other-env-version":  # same fields, but its network cannot play its env
+        state = torch.load(good, weights_only=True)
+        state["env"]["id"] = "Acrobot-v1"
+        state["config"]["env_id"] = "Acrobot-v1"
+        torch.save(state, path)
+    else:
+        raise ValueError(how)
+
+
+BAD_FILES = {
+    "truncated": "is truncated or corrupted (",
+    "corrupted": "is corrupted (data/",
+    "random": "corrupted (",
+    "not-fastdqn": "is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt",
+    "code": "contains code or objects a checkpoint must not hold; refusing to load it",
+    "other-env-version": "its network takes 4 inputs and gives 2 actions, but Acrobot-v1 has 6 "
+                         "observation values and 3 actions",
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_FILES))
+def test_eval_of_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tmp_path, capsys,
+                                                                  how) -> None:
+    path = tmp_path / "checkpoint.pt"
+    damage(path, how, run_dir / "checkpoint.pt")
+    before = snapshot(tmp_path)
+    code = main(["eval", str(path), "--episodes", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert BAD_FILES[how] in err, err
+    assert str(path) in err
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "pwned").exists()
+
+
+RESUME_CASES = {
+    "missing": ([], "--resume: no checkpoint.pt in"),
+    "truncated": ([], BAD_FILES["truncated"]),
+    "corrupted": ([], BAD_FILES["corrupted"]),
+    "random": ([], BAD_FILES["random"]),
+    "code": ([], BAD_FILES["code"]),
+    "other-env": (["--env", "Acrobot-v1"],
+                  "is from env 'CartPole-v1', not 'Acrobot-v1'; pass the matching --env or "
+                  "another checkpoint"),
+    "other-hidden": (["--hidden", "64"],
+                     "has hidden layers [128, 128], not [64]; pass --hidden to match"),
+}
+
+
+@pytest.mark.parametrize("how", list(RESUME_CASES))
+def test_resume_from_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tmp_path, capsys,
+                                                                      how) -> None:
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    if how == "missing":
+        (d / "checkpoint.pt").unlink()
+    elif not how.startswith("other"):
+        damage(d / "checkpoint.pt", how, run_dir / "checkpoint.pt")
+    before = snapshot(d)
+    extra, message = RESUME_CASES[how]
+    code = main(["train", "--resume", "--run-dir", str(d), *extra, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert message in err, err
+    assert snapshot(d) == before
+    assert not (d / "pwned").exists()

@@ -62,6 +62,9 @@ RULES = [
     ({"eps_episode_decay": 1.01}, "--eps-episode-decay must be in (0, 1]"),
     ({"temperature": 0.0}, "--temperature must be > 0"),
     ({"max_grad_norm": -1.0}, "--max-grad-norm must be >= 0"),
+    ({"env_timeout": -1.0}, "--env-timeout must be a number of seconds >= 0 (0 waits forever)"),
+    ({"env_timeout": float("nan")}, "--env-timeout must be a number of seconds >= 0"),
+    ({"env_timeout": float("inf")}, "--env-timeout must be a number of seconds >= 0"),
     ({"resume": True, "overwrite": True}, "--resume and --overwrite contradict"),
     ({"device": "tpu"}, "unknown --device 'tpu'"),
     ({"device": "cuda:"}, "unknown --device 'cuda:'"),
@@ -89,7 +92,8 @@ def test_valid_devices(device):
     {"learning_starts": 0, "eval_every": 0, "checkpoint_every": 0, "num_workers": 0},
     {"num_threads": 1}, {"vector": "sharded"}, {"vector": "async"}, {"vector": "sync"},
     {"batch_size": 64, "buffer_size": 64}, {"eps_episode_decay": 1.0}, {"hidden": (1,)},
-    {"resume": True}, {"overwrite": True},
+    {"resume": True}, {"overwrite": True}, {"env_timeout": 0.0}, {"env_timeout": 0.5},
+    {"save_buffer": True},
 ])
 def test_boundary_values_are_valid(overrides):
     dataclasses.replace(Config(), **overrides).validate()
@@ -303,6 +307,8 @@ def valid_configs(draw):
         temperature=draw(st.floats(1e-9, 1e6)),
         eval_every=draw(st.integers(0, 10**6)),
         checkpoint_every=draw(st.integers(0, 10**6)),
+        save_buffer=draw(st.booleans()),
+        env_timeout=draw(st.floats(0, 1e6)),
         num_threads=draw(st.integers(1, 64)),
         resume=draw(st.booleans()),
         overwrite=False,
@@ -354,3 +360,49 @@ def test_shipped_presets_load_and_apply(name):
     for key, value in raw.items():
         assert getattr(cfg, key) == value, key
     assert cfg.seed == 5  # explicit settings win over the preset
+
+
+def _outside(low: float, high: float, low_open: bool = False):
+    """Floats outside [low, high] ((low, high] when low_open), plus NaN."""
+    below = st.floats(max_value=low) if low_open else st.floats(max_value=low, exclude_max=True)
+    return below | st.floats(min_value=high, exclude_min=True) | st.just(float("nan"))
+
+
+BREAKERS = {
+    **{name: st.integers(-(10**9), 0) for name in POSITIVE_INTS},
+    **{name: st.integers(-(10**9), -1) for name in NON_NEGATIVE_INTS},
+    "num_threads": st.integers(-100, 0),
+    "lr": st.floats(max_value=0) | st.just(float("nan")),
+    "adam_eps": st.floats(max_value=0) | st.just(float("nan")),
+    "gamma": _outside(0, 1, low_open=True),
+    "tau": _outside(0, 1, low_open=True),
+    "eps_start": _outside(0, 1),
+    "eps_end": _outside(0, 1),
+    "eps_episode_decay": _outside(0, 1, low_open=True),
+    "temperature": st.floats(max_value=0) | st.just(float("nan")),
+    "max_grad_norm": st.floats(max_value=0, exclude_max=True) | st.just(float("nan")),
+    "env_timeout": st.floats(max_value=0, exclude_max=True) | st.just(float("inf")),
+    "device": st.text(max_size=8).filter(
+        lambda d: d not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:(0|[1-9]\d*)", d)),
+    "vector": st.text(max_size=8).filter(lambda v: v not in ("sharded", "async", "sync")),
+    "hidden": st.lists(st.integers(-5, 0), min_size=1, max_size=3).map(tuple) | st.just(()),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_configs(), st.sampled_from(sorted(BREAKERS)).flatmap(
+    lambda name: st.tuples(st.just(name), BREAKERS[name])))
+def test_breaking_any_one_rule_of_a_valid_config_names_that_flag(cfg, broken):
+    name, value = broken
+    bad = dataclasses.replace(cfg, **{name: value})
+    with pytest.raises(ConfigError) as info:
+        bad.validate()
+    assert f"--{name.replace('_', '-')}" in str(info.value), (name, value, str(info.value))
+
+
+@settings(max_examples=100, deadline=None)
+@given(valid_configs(), st.integers(1, 10**6))
+def test_any_batch_larger_than_the_buffer_is_refused(cfg, extra):
+    bad = dataclasses.replace(cfg, batch_size=cfg.buffer_size + extra)
+    with pytest.raises(ConfigError, match=r"^--batch-size \d+ is larger than --buffer-size \d+"):
+        bad.validate()

@@ -16,9 +16,12 @@ from conftest import (
     make_counting_env,
     make_exploding_env,
 )
+from scripted_envs import EPISODE_LENGTH, CrashEnv, FixedLengthEnv, HangEnv
+from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.config import ConfigError
 from fastdqn.envs import (
+    EnvError,
     ShardedVectorEnv,
     SyncVectorEnv,
     check_env_id,
@@ -193,8 +196,7 @@ def test_sharded_worker_error_is_reported():
         envs.reset(seed=0)
         for _ in range(2):  # t = 0 -> 1 -> 2
             envs.step(np.zeros(3, dtype=np.int64))
-        with pytest.raises(RuntimeError, match=r"env worker for envs 0\.\.0 failed: "
-                                               r"ValueError: exploded at t=2"):
+        with pytest.raises(EnvError, match=r"^env 0 crashed in step: ValueError: exploded at t=2$"):
             envs.step(np.zeros(3, dtype=np.int64))
     finally:
         envs.close()
@@ -279,3 +281,131 @@ def test_check_env_id_without_close_match():
         check_env_id("Zzzzzzzzzzzzzzzzzzzz-v9")
     with pytest.raises(ConfigError, match="unknown env id"):
         probe_env("Zzzzzzzzzzzzzzzzzzzz-v9")
+
+
+# ---------------------------------------------------------------------------------------------
+# Crashing and hanging envs; worker processes; module-qualified ids; episode restarts
+# ---------------------------------------------------------------------------------------------
+
+WORKER_MODES = {"async": ("async", 0), "sharded": ("sharded", 2)}
+
+
+def crash_after_3():
+    return CrashEnv(crash_seed=1, after=3)
+
+
+def hang_after_2():
+    return HangEnv(crash_seed=1, after=2)
+
+
+def worker_processes(envs) -> list:
+    return list(envs.processes if hasattr(envs, "processes") else envs._procs)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "sharded"])
+def test_crashing_env_is_named_with_its_exception(mode):
+    kind, workers = {"sync": ("sync", 0), **WORKER_MODES}[mode]
+    envs = make_vector_env("x", 4, kind, factory=crash_after_3, num_workers=workers, timeout=30)
+    procs = [] if mode == "sync" else worker_processes(envs)
+    try:
+        envs.reset(seed=0)  # env i is reset with seed i: env 1 crashes
+        for _ in range(2):
+            envs.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(EnvError) as info:
+            envs.step(np.zeros(4, dtype=np.int64))
+    finally:
+        envs.close()
+    assert str(info.value) == "env 1 crashed in step: RuntimeError: simulated crash after 3 steps"
+    assert procs or mode == "sync"
+    assert not [p for p in procs if p.is_alive()]
+
+
+@pytest.mark.parametrize("mode", list(WORKER_MODES))
+def test_hanging_env_times_out_and_its_workers_are_killed(mode):
+    kind, workers = WORKER_MODES[mode]
+    envs = make_vector_env("x", 4, kind, factory=hang_after_2, num_workers=workers, timeout=0.5)
+    procs = worker_processes(envs)
+    try:
+        envs.reset(seed=0)
+        envs.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(EnvError) as info:
+            envs.step(np.zeros(4, dtype=np.int64))
+    finally:
+        envs.close()
+    where = "env 1" if mode == "async" else "env worker for envs 0..1"
+    assert str(info.value) == (f"{where} hung: no reply within 0.5 s (--env-timeout); "
+                               "killed the env workers")
+    assert envs.closed
+    assert not [p for p in procs if p.is_alive()]
+
+
+@pytest.mark.parametrize("mode", list(WORKER_MODES))
+def test_workers_ignore_sigint_and_sigterm_but_never_outlive_close(mode):
+    """Ctrl-C and Slurm/systemd SIGTERM reach every process; the trainer alone decides."""
+    import os
+    import signal
+
+    kind, workers = WORKER_MODES[mode]
+    envs = make_vector_env("x", 2, kind, factory=make_counting_env, num_workers=workers)
+    procs = worker_processes(envs)
+    try:
+        envs.reset(seed=0)
+        for p in procs:
+            os.kill(p.pid, signal.SIGINT)
+            os.kill(p.pid, signal.SIGTERM)
+        obs, *_ = envs.step(np.zeros(2, dtype=np.int64))
+        assert obs[:, 1].tolist() == [1, 1]
+        assert all(p.is_alive() for p in procs)
+    finally:
+        envs.close()
+    assert not [p for p in procs if p.is_alive()]
+
+
+def test_check_env_id_imports_the_module_of_a_qualified_id():
+    check_env_id(scripted_env_id("FixedLength-v0"))
+    obs_space, act_space, _ = probe_env(scripted_env_id("FixedLength-v0"))
+    assert obs_space.shape == (3,) and act_space.n == 2
+    with pytest.raises(ConfigError) as info:
+        check_env_id("no_such_module_xyz:CartPole-v1")
+    assert str(info.value) == (
+        "--env no_such_module_xyz:CartPole-v1: cannot import module 'no_such_module_xyz' "
+        "(ModuleNotFoundError: No module named 'no_such_module_xyz'); check the name and "
+        "PYTHONPATH")
+    with pytest.raises(ConfigError, match="unknown env id 'scripted_envs:CartPol-v1'; "
+                                          "did you mean 'CartPole-v1'"):
+        check_env_id("scripted_envs:CartPol-v1")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "sharded-2"])
+def test_restart_from_episode_start_replays_each_episode_start(mode):
+    """A resumed run begins every in-flight episode again from the same state."""
+    kind, workers = {"sync": ("sync", 0), "async": ("async", 0), "sharded-2": ("sharded", 2)}[mode]
+
+    def make(n):
+        return make_vector_env("x", n, kind, factory=FixedLengthEnv, num_workers=workers)
+
+    envs = make(3)
+    try:
+        first, _ = envs.reset(seed=11)
+        seeded = envs.get_attr("episode_start")
+        for _ in range(EPISODE_LENGTH + 1):  # past one autoreset: a seedless episode start
+            obs, *_ = envs.step(np.zeros(3, dtype=np.int64))
+        autoreset = envs.get_attr("episode_start")
+    finally:
+        envs.close()
+    assert [s["seed"] for s in seeded] == [11, 12, 13]
+    assert all(s["seed"] is None and s["rng"]["bit_generator"] == "PCG64" for s in autoreset)
+    restart_obs = obs.copy()
+    restart_obs[:, 0] -= 0.1  # the autoreset episodes are one step in; x moves 0.1 per step
+    restart_obs[:, 2] = 0
+    for starts, expected in [(seeded, first), (autoreset, restart_obs)]:
+        again = make(3)
+        try:
+            again.set_attr("restart_from", list(starts))
+            got, _ = again.reset()
+            assert np.allclose(got, expected), (got, expected)
+            assert list(again.get_attr("episode_start")) == list(starts)
+            got, _ = again.reset()  # restart_from is used once
+            assert not np.allclose(got, expected)
+        finally:
+            again.close()

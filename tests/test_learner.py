@@ -307,6 +307,24 @@ def test_pop_stats_means_and_reset(gen):
     assert learner.pop_stats() == pytest.approx((loss.item(), q_mean.item()), rel=1e-5)
 
 
+@pytest.mark.parametrize("where", ["params", "target", "exp_avg", "exp_avg_sq"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_sees_nan_and_inf_anywhere(gen, where, bad):
+    learner = make_learner()
+    learner.update(random_batch(gen, 8, OBS_DIM, N_ACTIONS))
+    assert learner.all_finite()
+    tensor = getattr(learner.optimizer if where.startswith("exp") else learner, where)
+    tensor[3] = bad
+    assert not learner.all_finite()
+
+
+def test_huge_rewards_make_mse_parameters_non_finite(gen):
+    """The trainer's NaN-producing setting, at the learner level: rewards beyond float32."""
+    learner = make_learner(loss="mse")
+    learner.update(random_batch(gen, 8, OBS_DIM, N_ACTIONS, reward_scale=1e39))
+    assert not learner.all_finite()
+
+
 def test_steps_count_updates(gen):
     learner = make_learner()
     for _ in range(3):

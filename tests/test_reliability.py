@@ -1,0 +1,277 @@
+"""Interruptions and faults end to end: signals, crashing and hanging envs, NaN, exact resume.
+
+Subprocess tests run `python -m fastdqn` of this checkout with FASTDQN_TEST_TAG=<uuid> in its
+environment; every worker inherits it, so scanning /proc for the tag after the trainer exits
+proves that no worker process survived it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    REPO_ROOT,
+    fastdqn_command,
+    run_fastdqn,
+    subprocess_env,
+    tagged_pids,
+    wait_for_no_tagged,
+)
+from scripted_envs import EPISODE_LENGTH, env_id
+
+from fastdqn import train
+from fastdqn.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.trainer import TrainingDiverged
+
+
+def start_train(run_dir: Path, *args: str, tag: str) -> subprocess.Popen:
+    """`fastdqn train` in its own process group (a terminal's Ctrl-C signals the whole group)."""
+    return subprocess.Popen(
+        fastdqn_command("train", *args, "--run-dir", str(run_dir), "--no-progress"),
+        env=subprocess_env(FASTDQN_TEST_TAG=tag), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited early ({proc.returncode}): {proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {path.name} after {timeout} s")
+        time.sleep(0.02)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+CARTPOLE = ["--env", "CartPole-v1", "--num-envs", "4", "--num-workers", "2", "--hidden", "32",
+            "--learning-starts", "200", "--checkpoint-every", "1000", "--eval-every", "0",
+            "--solve-episodes", "5", "--eval-envs", "4", "--seed", "2",
+            "--total-timesteps", "100000000"]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_whole_group_checkpoints_and_says_how_to_resume(tmp_path, sig, code):
+    """Ctrl-C (and Slurm's or systemd's SIGTERM) reach the trainer and its workers alike."""
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *CARTPOLE, tag=tag)
+    wait_for_file(run_dir / "checkpoint.pt", proc)  # a periodic save: training is under way
+    assert len(tagged_pids(tag)) >= 3  # trainer and two workers: the final check can fail
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    steps = summary["total_env_steps"]
+    assert summary["interrupted"] is True and summary["diverged"] is False
+    assert steps >= 1000 and steps % 4 == 0
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted at {steps:,d} steps; checkpoint saved. "
+        f"Resume with: fastdqn train --resume --run-dir {run_dir}")
+    assert "Traceback" not in err
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == steps
+    assert wait_for_no_tagged(tag) == []
+    if sig != signal.SIGINT:
+        return
+    # ... and the printed command continues the run from there
+    before = load_checkpoint(run_dir / "checkpoint.pt")
+    r = run_fastdqn("train", "--resume", "--run-dir", str(run_dir), "--total-timesteps",
+                    str(steps + 400), "--no-progress", FASTDQN_TEST_TAG=tag)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_env_steps"] == steps + 400 and summary["interrupted"] is False
+    after = load_checkpoint(run_dir / "checkpoint.pt")
+    assert after["counters"]["step"] == steps + 400
+    assert after["learner"]["steps"] > before["learner"]["steps"]
+    assert after["counters"]["returns"][:len(before["counters"]["returns"])] == \
+        before["counters"]["returns"]
+    assert wait_for_no_tagged(tag) == []
+
+
+def test_second_sigint_exits_at_once_and_keeps_the_last_complete_checkpoint(tmp_path):
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    # 50 ms env steps: the second Ctrl-C lands while the first one's iteration is finishing
+    proc = start_train(run_dir, "--env", env_id("Slow-v0"), "--num-envs", "2",
+                       "--num-workers", "1", "--hidden", "8", "--learning-starts", "10000",
+                       "--checkpoint-every", "4", "--eval-every", "0",
+                       "--total-timesteps", "100000", tag=tag)
+    wait_for_file(run_dir / "checkpoint.pt", proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - second < 5
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: stopped at once, the last complete checkpoint is kept "
+        f"(resume with: fastdqn train --resume --run-dir {run_dir})")
+    assert "Traceback" not in err
+    step = load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"]
+    assert step >= 4 and step % 4 == 0
+    assert wait_for_no_tagged(tag) == []
+
+
+SCRIPTED = ["--num-envs", "4", "--num-workers", "2", "--seed", "0", "--hidden", "16",
+            "--learning-starts", "32", "--checkpoint-every", "64", "--eval-every", "0",
+            "--total-timesteps", "100000"]
+
+
+def test_crashing_env_stops_with_one_line_naming_it_and_keeps_the_checkpoint(tmp_path):
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    r = run_fastdqn("train", "--env", env_id("Crash-v0"), *SCRIPTED, "--run-dir", str(run_dir),
+                    "--no-progress", FASTDQN_TEST_TAG=tag)
+    assert r.returncode == 1, r.stderr
+    # env 1 (seed 1) raises on its 40th step, i.e. at env step 160; saves were at 64 and 128
+    assert error_lines(r.stderr) == [
+        "error: env 1 crashed in step: RuntimeError: simulated crash after 40 steps; stopped, "
+        "the last good checkpoint is kept "
+        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
+    assert "Traceback" not in r.stderr
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 128
+    assert wait_for_no_tagged(tag) == []
+
+
+def test_hanging_env_is_killed_after_env_timeout(tmp_path):
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    r = run_fastdqn("train", "--env", env_id("Hang-v0"), *SCRIPTED, "--env-timeout", "1",
+                    "--run-dir", str(run_dir), "--no-progress", FASTDQN_TEST_TAG=tag)
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 1, r.stderr
+    assert error_lines(r.stderr) == [
+        "error: env worker for envs 0..1 hung: no reply within 1 s (--env-timeout); killed the "
+        "env workers; stopped, the last good checkpoint is kept "
+        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
+    assert "Traceback" not in r.stderr
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 128
+    assert wait_for_no_tagged(tag) == []
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Rewards of 1e39 overflow float32: with the MSE loss the first update makes NaN weights."""
+    run_dir = tmp_path / "run"
+    r = run_fastdqn("train", "--env", env_id("HugeReward-v0"), "--vector", "sync",
+                    "--num-envs", "2", "--hidden", "16", "--loss", "mse", "--batch-size", "16",
+                    "--learning-starts", "32", "--checkpoint-every", "16", "--log-every", "64",
+                    "--eval-every", "0", "--total-timesteps", "100000", "--run-dir",
+                    str(run_dir), "--no-progress")
+    assert r.returncode == 1, r.stderr
+    assert error_lines(r.stderr) == [
+        "error: training diverged at step 48 (NaN or inf in the network); likely causes: a "
+        "learning rate too high (--lr 0.00063, try 3-10x lower) or rewards too large (scale "
+        "them down, e.g. with gymnasium.wrappers.TransformReward); --max-grad-norm 10 is on, a "
+        "lower value damps the updates; stopped, the last good checkpoint is kept "
+        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
+    assert "Traceback" not in r.stderr
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    assert ckpt["counters"]["step"] == 32  # saved before learning started; 48 was refused
+    assert torch.isfinite(ckpt["learner"]["params"]).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["interrupted"] is False
+    assert summary["total_env_steps"] == 48
+    assert not (run_dir / "best.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_infinite_loss_is_caught_at_log_time(tmp_path):
+    """With the Huber loss the weights stay finite but the TD loss is inf: the log check sees it."""
+    with pytest.raises(TrainingDiverged) as info:
+        train(env_id=env_id("HugeReward-v0"), vector="sync", num_envs=2, hidden=(16,),
+              batch_size=16, learning_starts=32, checkpoint_every=16, log_every=64,
+              max_grad_norm=0.0, eval_every=0, total_timesteps=10_000,
+              run_dir=str(tmp_path / "run"), progress=False)
+    assert str(info.value).startswith("training diverged at step 64 (TD loss inf, mean Q ")
+    assert str(info.value).endswith("gradient clipping is off, try --max-grad-norm 10")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["counters"]["step"] == 48
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["diverged"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume
+# ---------------------------------------------------------------------------------------------
+
+NUM_ENVS = 2
+HALF = 12 * EPISODE_LENGTH * NUM_ENVS
+"""Env steps of the first leg: whole episodes for every env, so the stop is at a boundary."""
+EXACT = dict(env_id=env_id("FixedLength-v0"), num_envs=NUM_ENVS, seed=3, device="cpu",
+             hidden=(16,), batch_size=8, buffer_size=64, learning_starts=16, train_every=2,
+             eval_every=0, solve_episodes=1, eval_envs=1, log_every=8, progress=False,
+             eps_decay_steps=60, checkpoint_every=0, save_buffer=True)
+
+
+def final_state(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoint.pt")
+
+
+def interrupted_run(tmp_path: Path, vector: str, save_buffer: bool, keep_env_starts: bool = True
+                    ) -> dict:
+    """HALF steps, then --resume to 2*HALF; the final checkpoint."""
+    run_dir = tmp_path / f"B-{vector}-{save_buffer}-{keep_env_starts}"
+    cfg = {**EXACT, "vector": vector, "save_buffer": save_buffer}
+    train(**cfg, total_timesteps=HALF, run_dir=str(run_dir))
+    if not keep_env_starts:  # what resuming did before episode starts were checkpointed
+        state = load_checkpoint(run_dir / "checkpoint.pt")
+        del state["env_starts"]
+        save_checkpoint(run_dir / "checkpoint.pt", state)
+    train(**cfg, total_timesteps=2 * HALF, run_dir=str(run_dir), resume=True)
+    return final_state(run_dir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("exact") / "A"
+    train(**EXACT, vector="sync", total_timesteps=2 * HALF, run_dir=str(run_dir))
+    return final_state(run_dir)
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    la, lb = a["learner"], b["learner"]
+    assert la["steps"] == lb["steps"] > 0
+    assert torch.equal(la["params"], lb["params"])
+    assert torch.equal(la["target"], lb["target"])
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(la["optimizer"][k], lb["optimizer"][k]), k
+    for k in ("step", "episodes", "due", "returns", "lengths", "end_steps"):
+        assert a["counters"][k] == b["counters"][k], k
+    assert a["rng"]["sampler"] == b["rng"]["sampler"]
+    assert torch.equal(a["rng"]["act"], b["rng"]["act"])
+    assert a["env_starts"] == b["env_starts"]
+    for k in ("obs", "actions", "rewards", "next_obs", "dones"):
+        assert torch.equal(a["buffer"][k], b["buffer"][k]), k
+
+
+@pytest.mark.parametrize("vector", ["sync", "sharded"])
+def test_resume_with_save_buffer_equals_an_uninterrupted_run(tmp_path, uninterrupted, vector):
+    assert HALF % (EPISODE_LENGTH * NUM_ENVS) == 0
+    assert_same_run(uninterrupted, interrupted_run(tmp_path, vector, save_buffer=True))
+
+
+def test_resume_without_save_buffer_differs(tmp_path, uninterrupted):
+    """Guard: the comparison above can fail (the buffer refills from empty after resume)."""
+    b = interrupted_run(tmp_path, "sync", save_buffer=False)
+    assert b["counters"]["step"] == uninterrupted["counters"]["step"]
+    assert not torch.equal(uninterrupted["learner"]["params"], b["learner"]["params"])
+
+
+def test_resume_that_reseeds_the_envs_differs(tmp_path, uninterrupted):
+    """Guard: without the saved episode starts the resumed envs draw other starts."""
+    b = interrupted_run(tmp_path, "sync", save_buffer=True, keep_env_starts=False)
+    assert b["counters"]["returns"] != uninterrupted["counters"]["returns"]
+    assert not torch.equal(uninterrupted["learner"]["params"], b["learner"]["params"])
