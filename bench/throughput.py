@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_sps": round(plain_sps, 1),
         "train_sps_synced_timing": round(train_sps, 1),
         "train_to_env_ratio": round(plain_sps / env_sps, 3),
-        "adam": summary["adam"],
+        "learner_route": summary["learner_route"],
         "stages_us_per_iter": {k: round(v, 1) for k, v in stages.items()},
         "stages_share": {k: round(v / total, 3) for k, v in stages.items()},
     })
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.train_every} transitions, {args.steps:,d} timed steps")
     print(f"  env only (random actions): {env_sps:10,.0f} SPS")
     print(f"  training loop            : {plain_sps:10,.0f} SPS  "
-          f"({100 * plain_sps / env_sps:.0f}% of env-only)")
+          f"({100 * plain_sps / env_sps:.0f}% of env-only); learner: {summary['learner_route']}")
     print(f"  per-iteration breakdown (device-synced laps, {train_sps:,.0f} SPS while measured):")
     for k, v in stages.items():
         print(f"    {k:<9} {v:9.1f} us  {100 * v / total:5.1f}%")

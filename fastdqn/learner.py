@@ -144,6 +144,14 @@ class Learner:
         self.step(batch)
         self.maybe_update_target()
 
+    def route(self, device: torch.device) -> str:
+        """Which of `learn`'s routes a buffer on `device` takes (reported in summary.json)."""
+        if self.fused and device.type == "cpu":
+            return "cpu-fused (torch GEMMs + numba kernels)"
+        if self.cuda_graphs and device.type == "cuda":
+            return f"cuda-graphs (Adam: {self.adam_kind})"
+        return f"torch-ops (Adam: {self.adam_kind})"
+
     def learn(self, buffer: ReplayBuffer, idx: np.ndarray, lap: Callable[[str], None] = _no_lap
               ) -> None:
         """K = len(idx) learner steps on a sampled [K, B] index block, each followed by the

@@ -23,6 +23,7 @@ def test_throughput_smoke_writes_positive_figures(tmp_path) -> None:
     for stage in ["env_wait", "h2d", "act", "add", "sample", "learn", "target", "log"]:
         assert stages[stage] > 0, stage
     assert abs(sum(fig["stages_share"].values()) - 1.0) < 0.01
+    assert fig["learner_route"].startswith("cpu-fused")
 
 
 def test_time_to_solve_smoke_reports_every_field(tmp_path) -> None:

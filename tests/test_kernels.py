@@ -149,6 +149,14 @@ def test_cpu_fused_stats_are_the_mean_over_every_step():
     assert fused.pop_stats() is None
 
 
+def test_route_names_the_path_learn_takes():
+    fused, plain = learner_pair()
+    assert fused.route(torch.device("cpu")).startswith("cpu-fused")
+    assert plain.route(torch.device("cpu")).startswith("torch-ops")
+    assert fused.route(torch.device("cuda")).startswith("cuda-graphs")
+    assert fused.route(torch.device("mps")).startswith("torch-ops")
+
+
 def test_learn_marks_every_stage():
     buf = filled_buffer()
     for learner in learner_pair():
