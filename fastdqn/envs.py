@@ -12,6 +12,7 @@ import difflib
 import importlib
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
 import time
@@ -412,8 +413,22 @@ class ShardedVectorEnv:
             child.close()
             self._conns.append(parent)
             self._procs.append(p)
+        # One poll object per pipe, made once: Connection.poll builds a selector on every call
+        # (~15 us a step, measured); Windows has no select.poll and keeps Connection.poll.
+        self._pollers = []
+        if hasattr(select, "poll"):
+            for conn in self._conns:
+                poller = select.poll()
+                poller.register(conn.fileno(), select.POLLIN)
+                self._pollers.append(poller)
         _close_at_exit(self)
         self._collect()
+
+    def _ready(self, i: int, timeout: float) -> bool:
+        """Whether worker i's reply (or its hang-up) arrives within `timeout` seconds."""
+        if not self._pollers:
+            return self._conns[i].poll(timeout)
+        return bool(self._pollers[i].poll(timeout * 1000.0))
 
     def _replies(self) -> list:
         """One reply per worker; a crashed, dead or hung worker closes all of them and raises."""
@@ -421,7 +436,7 @@ class ShardedVectorEnv:
         replies = []
         for i, conn in enumerate(self._conns):
             lo, hi = self._bounds[i]
-            if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
+            if deadline is not None and not self._ready(i, max(0.0, deadline - time.monotonic())):
                 self.close(force=True)
                 raise EnvError(f"env worker for envs {lo}..{hi - 1} hung: no reply within "
                                f"{self.timeout:g} s (--env-timeout); killed the env workers")
