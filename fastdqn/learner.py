@@ -144,13 +144,20 @@ class Learner:
         self.step(batch)
         self.maybe_update_target()
 
-    def route(self, device: torch.device) -> str:
-        """Which of `learn`'s routes a buffer on `device` takes (reported in summary.json)."""
+    def _route(self, device: torch.device) -> str:
+        """The route `learn` takes for a buffer on `device`: cpu-fused, cuda-graphs or torch-ops."""
         if self.fused and device.type == "cpu":
-            return "cpu-fused (torch GEMMs + numba kernels)"
+            return "cpu-fused"
         if self.cuda_graphs and device.type == "cuda":
-            return f"cuda-graphs (Adam: {self.adam_kind})"
-        return f"torch-ops (Adam: {self.adam_kind})"
+            return "cuda-graphs"
+        return "torch-ops"
+
+    def route(self, device: torch.device) -> str:
+        """`learn`'s route for a buffer on `device`, as summary.json reports it."""
+        route = self._route(device)
+        if route == "cpu-fused":
+            return "cpu-fused (torch GEMMs + numba kernels)"
+        return f"{route} (Adam: {self.adam_kind})"
 
     def learn(self, buffer: ReplayBuffer, idx: np.ndarray, lap: Callable[[str], None] = _no_lap
               ) -> None:
@@ -161,7 +168,8 @@ class Learner:
         steps replayed as one CUDA graph (`GraphedSteps`), elsewhere (MPS, or with both turned
         off) the torch ops of `step` on batches gathered in one index_select per field.
         """
-        if self.fused and buffer.device.type == "cpu":
+        route = self._route(buffer.device)
+        if route == "cpu-fused":
             if self._cpu is None or self._cpu.buffer is not buffer:
                 self._cpu = CpuStep(self, buffer, idx.shape[1])
             lap("sample")
@@ -173,18 +181,28 @@ class Learner:
                     self.maybe_update_target()
                 lap("target")
             return
-        if self.cuda_graphs and buffer.device.type == "cuda":
+        if route == "cuda-graphs":
             if self._graphs is None or self._graphs.buffer is not buffer:
                 self._graphs = GraphedSteps(self, buffer)
             lap("sample")
             self._graphs(idx)
             lap("learn")
             return
-        flat = torch.from_numpy(idx).view(-1).to(buffer.device, non_blocking=True)
-        batches = buffer.gather(flat).split(idx.shape[0])
+        batches = self.gather(buffer, idx)
         lap("sample")
+        self.eager_steps(batches, lap)
+
+    @staticmethod
+    def gather(buffer: ReplayBuffer, idx: np.ndarray) -> list[Batch]:
+        """The K batches of a [K, B] index block, in one index_select per field."""
+        flat = torch.from_numpy(idx).view(-1).to(buffer.device, non_blocking=True)
+        return buffer.gather(flat).split(idx.shape[0])
+
+    def eager_steps(self, batches: list[Batch], lap: Callable[[str], None] = _no_lap,
+                    stats: bool | None = None) -> None:
+        """`step` then the due target update on each batch, as plain torch ops."""
         for batch in batches:
-            self.step(batch)
+            self.step(batch, stats)
             lap("learn")
             self.maybe_update_target()
             lap("target")
@@ -389,10 +407,7 @@ class GraphedSteps:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                rows = torch.from_numpy(idx).to(self.buffer.device)
-                for j in range(idx.shape[0]):
-                    lr.step(self.buffer.gather(rows[j]), stats=True)
-                    lr.maybe_update_target()
+                lr.eager_steps(lr.gather(self.buffer, idx), stats=True)
             torch.cuda.current_stream().wait_stream(side)
             return
         # One pinned staging block per K: it is rewritten only after the next act step has
