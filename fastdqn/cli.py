@@ -117,8 +117,6 @@ def _resume_command(run_dir) -> str:
 
 def _kept(run_dir: str, which: str = "complete") -> str:
     """What a stopped run leaves behind: the last complete checkpoint, if there is one."""
-    from pathlib import Path
-
     if (Path(run_dir) / "checkpoint.pt").exists():
         return (f"the last {which} checkpoint is kept (resume with: "
                 f"{_resume_command(run_dir)})")
@@ -127,17 +125,14 @@ def _kept(run_dir: str, which: str = "complete") -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from .envs import EnvError
-    from .trainer import TrainingDiverged, default_run_dir, train
+    from .trainer import TrainingDiverged, default_run_dir, resume_checkpoint, train
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
         run_dir = explicit.get("run_dir", "")
         if not run_dir:
             raise ConfigError("--resume needs --run-dir DIR of the run to continue")
-        path = Path(run_dir) / "checkpoint.pt"
-        if not path.exists():
-            raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
-                              "check --run-dir or start without --resume")
+        path = resume_checkpoint(run_dir)
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt.get("config"), dict):
             raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")

@@ -105,6 +105,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.env_id.replace('/', '_')}__{cfg.seed}__{stamp}"
 
 
+def resume_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint.pt that --resume continues from, or a one-line error if there is none."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
+                          "check --run-dir or start without --resume")
+    return path
+
+
 def prepare_run_dir(cfg: Config) -> Path:
     """The run dir, refusing to mix two runs: an existing run needs --resume or --overwrite."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
@@ -114,9 +123,7 @@ def prepare_run_dir(cfg: Config) -> Path:
         (run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "best.pt")
     )
     if cfg.resume:
-        if not (run_dir / "checkpoint.pt").exists():
-            raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
-                              "check --run-dir or start without --resume")
+        resume_checkpoint(run_dir)
     elif has_run:
         if not cfg.overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
