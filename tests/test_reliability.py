@@ -130,33 +130,24 @@ SCRIPTED = ["--num-envs", "4", "--num-workers", "2", "--seed", "0", "--hidden", 
             "--total-timesteps", "100000"]
 
 
-def test_crashing_env_stops_with_one_line_naming_it_and_keeps_the_checkpoint(tmp_path):
-    tag = uuid.uuid4().hex
-    run_dir = tmp_path / "run"
-    r = run_fastdqn("train", "--env", env_id("Crash-v0"), *SCRIPTED, "--run-dir", str(run_dir),
-                    "--no-progress", FASTDQN_TEST_TAG=tag)
-    assert r.returncode == 1, r.stderr
+@pytest.mark.parametrize(("env", "extra", "error"), [
     # env 1 (seed 1) raises on its 40th step, i.e. at env step 160; saves were at 64 and 128
-    assert error_lines(r.stderr) == [
-        "error: env 1 crashed in step: RuntimeError: simulated crash after 40 steps; stopped, "
-        "the last good checkpoint is kept "
-        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
-    assert "Traceback" not in r.stderr
-    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 128
-    assert wait_for_no_tagged(tag) == []
-
-
-def test_hanging_env_is_killed_after_env_timeout(tmp_path):
+    ("Crash-v0", [], "error: env 1 crashed in step: RuntimeError: simulated crash after 40 steps"),
+    ("Hang-v0", ["--env-timeout", "1"],
+     "error: env worker for envs 0..1 hung: no reply within 1 s (--env-timeout); killed the "
+     "env workers"),
+], ids=["crash", "hang"])
+def test_failing_env_stops_with_one_line_naming_it_and_keeps_the_checkpoint(env, extra, error,
+                                                                            tmp_path):
     tag = uuid.uuid4().hex
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
-    r = run_fastdqn("train", "--env", env_id("Hang-v0"), *SCRIPTED, "--env-timeout", "1",
-                    "--run-dir", str(run_dir), "--no-progress", FASTDQN_TEST_TAG=tag)
+    r = run_fastdqn("train", "--env", env_id(env), *SCRIPTED, *extra, "--run-dir", str(run_dir),
+                    "--no-progress", FASTDQN_TEST_TAG=tag)
     assert time.monotonic() - t0 < 60
     assert r.returncode == 1, r.stderr
     assert error_lines(r.stderr) == [
-        "error: env worker for envs 0..1 hung: no reply within 1 s (--env-timeout); killed the "
-        "env workers; stopped, the last good checkpoint is kept "
+        f"{error}; stopped, the last good checkpoint is kept "
         f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
     assert "Traceback" not in r.stderr
     assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 128
