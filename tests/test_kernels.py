@@ -155,6 +155,7 @@ def test_route_names_the_path_learn_takes():
     assert plain.route(torch.device("cpu")).startswith("torch-ops")
     assert fused.route(torch.device("cuda")).startswith("cuda-graphs")
     assert fused.route(torch.device("mps")).startswith("torch-ops")
+    assert plain.route(torch.device("cuda")).startswith("torch-ops")  # --no-cuda-graphs
 
 
 def test_learn_marks_every_stage():
