@@ -1,0 +1,80 @@
+"""The learner step alone: µs per step of each learner route on the same buffer and indices.
+
+Ratios between routes measured in one run are the figure to quote (the machine is shared); the
+canonical sizes (obs 8, MLP 128x128, 4 actions, batch 128, K=4 steps per block) are the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdqn.learner import Learner
+from fastdqn.networks import MLP
+from fastdqn.replay import ReplayBuffer
+
+
+def time_route(learner: Learner, buffer: ReplayBuffer, steps: int, batch: int, seed: int) -> float:
+    """µs per learner step (gather, gradient, Adam, target) over `steps` after a warm-up."""
+    rng = np.random.default_rng(seed)
+    blocks = [rng.integers(0, buffer.size, (4, batch)) for _ in range(steps // 4 + 50)]
+    for idx in blocks[:50]:
+        learner.learn(buffer, idx)
+    t = time.perf_counter()
+    for idx in blocks[50:]:
+        learner.learn(buffer, idx)
+    if buffer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - t) / (4 * (len(blocks) - 50))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--hidden", default="128,128")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--buffer-size", type=int, default=100_000)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", metavar="FILE")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    gen = torch.Generator().manual_seed(a.seed)
+    buffer = ReplayBuffer(a.buffer_size, (8,), torch.float32, device)
+    while buffer.size < buffer.capacity:
+        buffer.add(torch.randn(16, 8, generator=gen).to(device),
+                   torch.randint(4, (16,), generator=gen).to(device),
+                   torch.randn(16, generator=gen).to(device),
+                   torch.randn(16, 8, generator=gen).to(device),
+                   (torch.rand(16, generator=gen) < 0.01).float().to(device))
+    net = MLP(8, 4, tuple(int(h) for h in a.hidden.split(",")))
+    init = net.init(torch.Generator().manual_seed(a.seed))
+    routes = {"torch-ops": {"fused": False, "cuda_graphs": False}}
+    if device.type == "cpu":
+        routes["cpu-fused"] = {"fused": True}
+    if device.type == "cuda":
+        routes["cuda-graphs"] = {"cuda_graphs": True}
+    us = {}
+    for name, kw in routes.items():
+        learner = Learner(net, lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1,
+                          device=device, init=init, **kw)
+        us[name] = time_route(learner, buffer, a.steps, a.batch_size, a.seed)
+        print(f"  {name:<12} {us[name]:8.1f} us per step")
+    fastest = min(us, key=us.get)
+    print(f"  {fastest} is {us['torch-ops'] / us[fastest]:.2f}x the speed of torch-ops")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": str(device), "us_per_step": us}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
