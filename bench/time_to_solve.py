@@ -6,7 +6,7 @@ user can expect, and the worst seed what they must budget for. A run that never 
 as infinitely slow, so a median is only reported when more than half the seeds solved.
 
     python bench/time_to_solve.py                           # 5 seeds, package defaults
-    python bench/time_to_solve.py --seeds 5 --json tts.json -- --config pytorch-tutorial
+    python bench/time_to_solve.py --seeds 5 --json tts.json -- --config lunarlander-notebook
     python bench/time_to_solve.py --smoke                   # CartPole, tiny runs; what CI runs
 
 Arguments after `--` go to `fastdqn train` unchanged (presets, --device, ...).

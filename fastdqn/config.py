@@ -73,7 +73,8 @@ class Config:
     """Replay capacity in transitions (a ring: the oldest are overwritten). 10k (CleanRL's
     default too) solved LunarLander in 27 s median against 31 s for 100k (bench/README.md)."""
     learning_starts: int = 1_000
-    """Transitions collected before the first gradient step."""
+    """Transitions collected before the first gradient step; raised to batch_size if smaller
+    (a step needs one batch in the buffer)."""
     train_every: int = 4
     """Env transitions per round of `gradient_steps` updates (summed over envs)."""
     gradient_steps: int = 1
@@ -99,15 +100,18 @@ class Config:
     """Boltzmann exploration temperature (higher is more random)."""
 
     eval_every: int = 10_000
-    """Env steps between greedy evaluations; 0 disables periodic evaluation."""
+    """Env steps between greedy evaluations (each also writes checkpoint.pt); 0 disables them."""
     eval_episodes: int = 10
-    """Episodes per periodic evaluation."""
+    """Episodes per periodic (screening) evaluation: the same selection seeds every time, so
+    best.pt is the policy with the highest mean over them."""
     solve_episodes: int = 100
-    """Episodes of the confirming evaluation that declares a run solved (and of the final eval)."""
+    """Episodes of the confirming evaluation that declares a run solved (and of the final eval);
+    at least eval_episodes, since its first episodes are the screening ones."""
     eval_envs: int = 16
     """Environments stepped together during evaluation."""
     checkpoint_every: int = 50_000
-    """Env steps between periodic checkpoints; 0: only at evaluations and the end."""
+    """Env steps between periodic checkpoint.pt writes, besides the one at every evaluation and
+    at the end; 0: only at evaluations and the end."""
     save_buffer: bool = False
     """Store the replay buffer (its filled rows) in checkpoint.pt, so --resume continues exactly
     instead of refilling it; the file grows to about the buffer's size."""
@@ -150,6 +154,13 @@ class Config:
             raise ConfigError(f"--num-threads must be >= 1, got {self.num_threads}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden needs positive layer sizes like 128,128, got {self.hidden}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.eval_every and self.solve_episodes < self.eval_episodes:
+            raise ConfigError(
+                f"--solve-episodes {self.solve_episodes} is below --eval-episodes "
+                f"{self.eval_episodes}; the confirming evaluation extends the screening one, so "
+                "raise --solve-episodes or lower --eval-episodes")
         if self.batch_size > self.buffer_size:
             raise ConfigError(
                 f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
@@ -278,6 +289,13 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+RENAMED_PRESETS = {
+    "pytorch-tutorial": ("lunarlander-notebook", "it is the LunarLander notebooks' configuration, "
+                         "not PyTorch's DQN tutorial itself"),
+}
+"""Old preset names and what they became: a renamed preset is named, never silently missing."""
+
+
 def load_toml(name_or_path: str) -> dict[str, Any]:
     """Settings from a shipped preset name or a TOML file path, validated key by key."""
     path = Path(name_or_path)
@@ -288,6 +306,9 @@ def load_toml(name_or_path: str) -> dict[str, Any]:
         where = str(path)
     else:
         names = preset_names()
+        if name_or_path in RENAMED_PRESETS:
+            new, why = RENAMED_PRESETS[name_or_path]
+            raise ConfigError(f"preset {name_or_path!r} is now {new!r} ({why}); use --config {new}")
         if name_or_path not in names:
             close = difflib.get_close_matches(name_or_path, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

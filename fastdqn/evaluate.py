@@ -20,13 +20,13 @@ import torch
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
 from .config import ConfigError
 from .networks import MLP, preprocess
-
-EVAL_SEED_OFFSET = 1_000_003
-"""Eval episode j uses seed + EVAL_SEED_OFFSET + j; training envs use seed .. seed+num_envs-1."""
+from .seeds import TEST, episode_seed
 
 
 def eval_seed(seed: int) -> int:
-    return seed + EVAL_SEED_OFFSET
+    """`fastdqn eval`'s default first episode seed for a run seeded `seed`: the held-out TEST
+    stream, disjoint from every seed training and checkpoint selection used (see seeds.py)."""
+    return episode_seed(seed, TEST)
 
 
 @dataclass
@@ -80,14 +80,20 @@ class Policy:
 
 
 def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
-                 seed: int, num_envs: int = 16, env_kwargs: dict | None = None) -> EvalResult:
+                 seed: int, num_envs: int = 16, env_kwargs: dict | None = None,
+                 make_env: Callable[[], gym.Env] | None = None) -> EvalResult:
     """Play `episodes` episodes, episode j reset with seed+j, `num_envs` stepped together.
 
     Each episode's seed is fixed whatever num_envs is, so a deterministic policy always gets
     the same result: evaluations compare across runs and across evaluation settings.
+    `make_env` builds the envs instead of `gym.make(env_id, **env_kwargs)` (a run trained on
+    its own env factory is evaluated on the same envs).
     """
     k = max(1, min(num_envs, episodes))
-    envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(k)]
+    if make_env is None:
+        def make_env() -> gym.Env:
+            return gym.make(env_id, **(env_kwargs or {}))
+    envs = [make_env() for _ in range(k)]
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     slot_episode = [-1] * k

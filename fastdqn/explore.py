@@ -54,8 +54,13 @@ def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, generator: torch.Generato
 
 
 def boltzmann(q: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Sample actions from softmax(q / temperature), row by row."""
-    probs = torch.softmax(q / temperature, dim=1)
+    """Sample actions from softmax(q / temperature), row by row.
+
+    The row maximum is subtracted before dividing: q / temperature alone overflows float32 for
+    large |Q| or a small temperature (inf - inf = NaN in the softmax), while (q - max) / T is
+    <= 0 everywhere and exactly 0 at the maximum. Non-finite Q-values are the caller's to catch.
+    """
+    probs = torch.softmax((q - q.amax(1, keepdim=True)) / temperature, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

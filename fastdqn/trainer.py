@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,13 +21,14 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError
 from .envs import EnvFactory, make_vector_env, probe_env, real_next_obs
-from .evaluate import EvalResult, Policy, eval_seed, run_episodes
+from .evaluate import EvalResult, Policy, run_episodes
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
 from .learner import Learner
 from .logger import RunLogger, StageTimer, plot_returns
 from .networks import MLP, preprocess
 from .replay import ReplayBuffer, torch_dtype
 from .sampling import UniformSampler
+from .seeds import SELECT, TRAIN, episode_seed
 
 STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "add", "log")
 PLOT_EVERY_S = 60.0
@@ -46,6 +46,7 @@ class Counters:
     due: int = 0
     wall_time: float = 0.0
     best_eval: float = -math.inf
+    best_step: int = -1
     next_eval: int = 0
     next_checkpoint: int = 0
     next_log: int = 0
@@ -128,13 +129,37 @@ def prepare_run_dir(cfg: Config) -> Path:
         if not cfg.overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
                               "--overwrite to replace it, or pick another --run-dir")
-        for p in run_dir.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        remove_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+RUN_FILES = ("checkpoint.pt", "best.pt", "summary.json", "returns.png", "compare.png")
+"""The files fastdqn writes into a run dir, besides TensorBoard's `events.out.tfevents.*` and
+the `.NAME.*.tmp` files an interrupted atomic write leaves."""
+
+
+def _is_run_file(p: Path) -> bool:
+    name = p.name
+    if not p.is_file() or p.is_symlink():
+        return False
+    return (name in RUN_FILES or name.startswith("events.out.tfevents.")
+            or (name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)))
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """--overwrite: delete what fastdqn wrote in `run_dir` and nothing else.
+
+    Anything else there (a project's files, a user's notes, a folder) makes it refuse, naming
+    them, before a single file is deleted: `--run-dir . --overwrite` must never wipe a project.
+    """
+    foreign = sorted(p.name for p in run_dir.iterdir() if not _is_run_file(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"--overwrite: {run_dir} also holds files fastdqn did not write ({shown});"
+                          " move them away or pick another --run-dir")
+    for p in run_dir.iterdir():
+        p.unlink()
 
 
 def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
@@ -165,12 +190,15 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
 
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
-          timer: StageTimer | None = None, **overrides) -> TrainResult:
+          timer: StageTimer | None = None, eval_env_factory: EnvFactory | None = None,
+          **overrides) -> TrainResult:
     """Train a DQN agent as `cfg` says and return the run's summary and greedy policy.
 
     `env_factory` replaces `gymnasium.make(cfg.env_id)` for the training envs (tests use it for
-    scripted envs); `timer` receives the per-stage timings (the benchmark passes a syncing one);
-    `overrides` are Config fields, applied on top of `cfg`.
+    scripted envs); evaluations, and so "solved", run on `eval_env_factory`, by default the
+    same factory: a run is judged on what it was trained on. `timer` receives the per-stage
+    timings (the benchmark passes a syncing one); `overrides` are Config fields, applied on
+    top of `cfg`.
     """
     from .config import make_config
 
@@ -200,16 +228,16 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
     try:
-        return _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt,
-                    timer or StageTimer(STAGES))
+        return _run(cfg, env_factory, eval_env_factory or env_factory, obs_space, act_space,
+                    target_return, device, run_dir, ckpt, timer or StageTimer(STAGES))
     finally:
         torch.set_num_threads(prev_threads)
         if flush:
             torch.set_flush_denormal(False)
 
 
-def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir, ckpt, timer
-         ) -> TrainResult:
+def _run(cfg, env_factory, eval_env_factory, obs_space, act_space, target_return, device, run_dir,
+         ckpt, timer) -> TrainResult:
     n_envs, n_actions = cfg.num_envs, int(act_space.n)
     obs_shape = tuple(obs_space.shape)
     net = MLP(int(np.prod(obs_shape)), n_actions, tuple(cfg.hidden))
@@ -258,6 +286,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             state["buffer"] = buffer.state_dict()
         save_checkpoint(path, state)
 
+    learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch before the first step
     cuda = device.type == "cuda"
     pin = cuda
     stage_obs = torch.empty((n_envs, *obs_shape), dtype=buffer.obs.dtype, pin_memory=pin)
@@ -278,9 +307,34 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             x = preprocess(torch.as_tensor(o, device=device))
             return net.forward(learner.online_views, x).argmax(1).cpu().numpy()
 
+    latest: dict[str, EvalResult | None] = {"result": None}  # the newest eval, with its returns
+
     def evaluate(episodes: int, first: int = 0) -> EvalResult:
-        return run_episodes(greedy, cfg.env_id, episodes, eval_seed(cfg.seed) + first,
-                            cfg.eval_envs)
+        """Greedy episodes first .. first+episodes-1 of the SELECT seed stream."""
+        return run_episodes(greedy, cfg.env_id, episodes, episode_seed(cfg.seed, SELECT, first),
+                            cfg.eval_envs, make_env=eval_env_factory)
+
+    def record(result: EvalResult, kind: str) -> dict:
+        """An eval's entry in summary.json: what was measured, on how many episodes, which seeds."""
+        entry = {"step": c.step, "kind": kind, **result.to_dict(),
+                 "seeds": {"stream": "select", "first": episode_seed(cfg.seed, SELECT),
+                           "count": result.episodes}}
+        c.evals.append(entry)
+        latest["result"] = result
+        logger.scalar("eval/mean_return", result.mean, c.step)
+        logger.scalar("eval/std_return", result.std, c.step)
+        return entry
+
+    def select_best(result: EvalResult) -> bool:
+        """Is this the best policy so far? best.pt is the policy with the highest mean over the
+        screening episodes, the same --eval-episodes SELECT seeds at every evaluation (a
+        confirming or final evaluation counts with those first episodes only, so every candidate
+        is scored on the same starts). The caller writes checkpoint.pt, then best.pt."""
+        score = float(np.mean(result.returns[:cfg.eval_episodes]))
+        if score > c.best_eval:
+            c.best_eval, c.best_step = score, c.step
+            return True
+        return False
 
     # Envs first: async workers are forked, which must happen before any thread is started.
     envs = make_vector_env(cfg.env_id, n_envs, cfg.vector, env_factory, cfg.num_workers,
@@ -300,6 +354,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         for s in (signal.SIGINT, signal.SIGTERM):
             handlers[s] = signal.signal(s, on_signal)
     solved_at: tuple[int, float] | None = None
+    best_due = False  # the final policy is the best one: best.pt is written after checkpoint.pt
     final_eval: EvalResult | None = None
     start = time.perf_counter() - c.wall_time
     window_t, window_step = time.perf_counter(), c.step
@@ -307,6 +362,21 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
     diverged: TrainingDiverged | None = None
     logged_episodes = c.episodes
     next_plot = time.perf_counter() + PLOT_EVERY_S
+
+    def final_evaluation() -> EvalResult:
+        """--solve-episodes greedy episodes of the final policy, each played once: an evaluation
+        already made at this step (the loop's last) is extended, not replayed."""
+        last = c.evals[-1] if c.evals else None
+        have = latest["result"]
+        if (have is not None and last is not None and last["step"] == c.step
+                and not last.get("final")):
+            c.evals.pop()
+            rest = cfg.solve_episodes - have.episodes
+            result = _combine(have, evaluate(rest, have.episodes)) if rest > 0 else have
+        else:
+            result = evaluate(cfg.solve_episodes)
+        record(result, "final")["final"] = True
+        return result
 
     def log_episodes(first: int) -> int:
         """Write episodes [first, now) to TensorBoard in one batch at log time, not as each one
@@ -322,7 +392,7 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             envs.set_attr("restart_from", starts)
             obs, _ = envs.reset()
         else:
-            obs, _ = envs.reset(seed=cfg.seed + c.step)
+            obs, _ = envs.reset(seed=episode_seed(cfg.seed, TRAIN, c.step))
         obs_dev = to_device(stage_obs, obs)
         acting_q = ActingQ(net, learner.online_views, obs_dev, cfg.cuda_graphs)
         while c.step < cfg.total_timesteps and stop["signal"] is None:
@@ -331,12 +401,15 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             if cfg.exploration == "egreedy":
                 actions = epsilon_greedy(q, eps_dev.fill_(eps), act_gen)
             else:
+                if not bool(torch.isfinite(q).all()):  # softmax of NaN/inf has no samples
+                    raise TrainingDiverged(divergence_message(
+                        cfg, c.step, "NaN or inf Q-values while acting"))
                 actions = boltzmann(q, cfg.temperature, act_gen)
             actions_np = actions.cpu().numpy()
             timer.lap("act")
             envs.step_async(actions_np)
             timer.lap("env_send")
-            if buffer.size >= cfg.learning_starts:
+            if buffer.size >= learning_starts:
                 c.due += n_envs * cfg.gradient_steps
                 k, c.due = divmod(c.due, cfg.train_every)
                 if k:
@@ -385,13 +458,13 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
             if cfg.eval_every and c.step >= c.next_eval:
                 c.next_eval += cfg.eval_every
                 result = evaluate(cfg.eval_episodes)
+                kind = "screen"
                 if target_return is not None and result.mean >= target_return:
                     rest = cfg.solve_episodes - cfg.eval_episodes
                     if rest > 0:
                         result = _combine(result, evaluate(rest, cfg.eval_episodes))
-                c.evals.append({"step": c.step, **result.to_dict()})
-                logger.scalar("eval/mean_return", result.mean, c.step)
-                logger.scalar("eval/std_return", result.std, c.step)
+                        kind = "confirm"
+                record(result, kind)
                 logger.message(f"eval at {c.step:,d} steps: {result.mean:.1f} ± {result.std:.1f}"
                                f" over {result.episodes} episodes")
                 if time.perf_counter() >= next_plot:
@@ -399,16 +472,21 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
                                  target_return)
                     logger.show_plot(run_dir / "returns.png")
                     next_plot = time.perf_counter() + PLOT_EVERY_S
-                if result.mean > c.best_eval:
-                    c.best_eval = result.mean
-                    c.wall_time = time.perf_counter() - start
-                    save(run_dir / "best.pt")
+                improved = select_best(result)
                 solved = (target_return is not None and result.episodes >= cfg.solve_episodes
                           and result.mean >= target_return)
                 if solved:
                     solved_at = (c.step, time.perf_counter() - start)
-                    final_eval = result
+                    final_eval, best_due = result, improved
                     break
+                # Every evaluation writes checkpoint.pt (resumable from the first one on), and
+                # before best.pt, so a kill -9 between them leaves a checkpoint to resume.
+                c.wall_time = time.perf_counter() - start
+                save(run_dir / "checkpoint.pt", cfg.save_buffer)
+                if improved:
+                    save(run_dir / "best.pt")
+                if cfg.checkpoint_every and c.step >= c.next_checkpoint:
+                    c.next_checkpoint += cfg.checkpoint_every
             if cfg.checkpoint_every and c.step >= c.next_checkpoint:
                 c.next_checkpoint += cfg.checkpoint_every
                 c.wall_time = time.perf_counter() - start
@@ -423,18 +501,14 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         for s, h in handlers.items():
             signal.signal(s, h)
     interrupted = stop["signal"] is not None
+    if final_eval is None and not interrupted and diverged is None:
+        final_eval = final_evaluation()
+        best_due = select_best(final_eval)
     c.wall_time = time.perf_counter() - start
     if diverged is None:
         save(run_dir / "checkpoint.pt", cfg.save_buffer)
-    if final_eval is None and not interrupted and diverged is None:
-        final_eval = evaluate(cfg.solve_episodes)
-        c.evals.append({"step": c.step, **final_eval.to_dict(), "final": True})
-        logger.scalar("eval/mean_return", final_eval.mean, c.step)
-        if final_eval.mean > c.best_eval:
-            c.best_eval = final_eval.mean
+        if best_due or not (run_dir / "best.pt").exists():
             save(run_dir / "best.pt")
-    if not (run_dir / "best.pt").exists() and diverged is None:
-        save(run_dir / "best.pt")
     wall = time.perf_counter() - start
     log_episodes(logged_episodes)
     logger.progress(c.step, sps, _mean100(c.returns), schedule(c.step, c.episodes), force=True)
@@ -445,7 +519,10 @@ def _run(cfg, env_factory, obs_space, act_space, target_return, device, run_dir,
         "time_to_solve_s": round(solved_at[1], 3) if solved_at else None,
         "steps_to_solve": solved_at[0] if solved_at else None,
         "final_eval": final_eval.to_dict() if final_eval else None,
-        "best_eval": c.best_eval if c.best_eval > -math.inf else None,
+        "best_eval": ({"mean": c.best_eval, "step": c.best_step, "episodes": cfg.eval_episodes,
+                       "seeds": {"stream": "select", "first": episode_seed(cfg.seed, SELECT),
+                                 "count": cfg.eval_episodes}}
+                      if c.best_eval > -math.inf else None),
         "target_return": target_return, "episodes": c.episodes,
         "interrupted": interrupted, "diverged": diverged is not None, "device": str(device),
         "learner_steps": learner.steps, "learner_route": learner.route(device),

@@ -132,9 +132,35 @@ def test_run_dir_refusal_touches_nothing_and_overwrite_starts_afresh(tmp_path, c
     assert err == (f"error: {d} already holds a run; pass --resume to continue it, --overwrite "
                    "to replace it, or pick another --run-dir\n")
     assert snapshot(d) == before
+    # --overwrite removes fastdqn's own files only: a file it did not write makes it refuse
+    assert main([*tiny, "--seed", "2", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --overwrite: {d} also holds files fastdqn did not write (notes.txt); "
+                   "move them away or pick another --run-dir\n")
+    assert snapshot(d) == before
+    (d / "notes.txt").unlink()
+    (d / ".checkpoint.pt.x1y2.tmp").write_bytes(b"left by a kill -9")
     assert main([*tiny, "--seed", "2", "--overwrite"]) == 0
-    assert not (d / "notes.txt").exists()
+    assert not (d / ".checkpoint.pt.x1y2.tmp").exists()
     assert json.loads((d / "summary.json").read_text())["config"]["seed"] == 2
+
+
+def test_overwrite_of_a_project_folder_deletes_nothing(tmp_path, capsys, monkeypatch) -> None:
+    """`--run-dir . --overwrite` in a project folder that once held a run must not wipe it."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    (project / "README.md").write_text("# mine\n")
+    (project / "summary.json").write_text("{}")  # an old run's file makes it 'hold a run'
+    monkeypatch.chdir(project)
+    before = snapshot(project)
+    assert main(["train", "--env", "CartPole-v1", "--run-dir", ".", "--overwrite",
+                 "--no-progress", "--total-timesteps", "16"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --overwrite: . also holds files fastdqn did not write (README.md, src); move "
+        "them away or pick another --run-dir\n")
+    assert snapshot(project) == before
+    assert (project / "src" / "main.py").read_text() == "print('hi')\n"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -155,8 +181,11 @@ def test_run_dir_refusal_touches_nothing_and_overwrite_starts_afresh(tmp_path, c
     (["train", "--eps-start", "1.5"], ["--eps-start must be in [0, 1], got 1.5"]),
     (["train", "--eps-end", "-0.1"], ["--eps-end must be in [0, 1], got -0.1"]),
     (["train", "--env-timeout", "-1"], ["--env-timeout must be a number of seconds >= 0"]),
-    (["train", "--config", "pytorch-tutorail"],
-     ["unknown preset 'pytorch-tutorail'; did you mean 'pytorch-tutorial'? presets: "]),
+    (["train", "--config", "lunarlander-notebok"],
+     ["unknown preset 'lunarlander-notebok'; did you mean 'lunarlander-notebook'? presets: "]),
+    (["train", "--config", "pytorch-tutorial"],
+     ["preset 'pytorch-tutorial' is now 'lunarlander-notebook' (it is the LunarLander notebooks' "
+      "configuration, not PyTorch's DQN tutorial itself); use --config lunarlander-notebook"]),
     (["train", "--env", scripted_env_id("MultiDiscreteAction-v0")],
      ["has MultiDiscrete actions; DQN needs Discrete actions"]),
     (["train", "--env", DICT_OBS_ENV_ID], ["has Dict observations; fastdqn needs a Box"]),

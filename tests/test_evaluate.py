@@ -13,7 +13,6 @@ from conftest import set_layers
 
 from fastdqn.config import ConfigError
 from fastdqn.evaluate import (
-    EVAL_SEED_OFFSET,
     Comparison,
     DisplayError,
     EvalResult,
@@ -21,7 +20,6 @@ from fastdqn.evaluate import (
     Policy,
     RandomPolicy,
     compare_policies,
-    eval_seed,
     has_heuristic,
     render_episodes,
     run_episodes,
@@ -111,11 +109,6 @@ def test_to_dict():
     res = EvalResult(1.0, 0.5, 0.5, 1.5, 2, [0.5, 1.5], [3, 4])
     assert res.to_dict() == {"mean": 1.0, "std": 0.5, "min": 0.5, "max": 1.5, "episodes": 2}
     assert res.to_dict(with_returns=True)["lengths"] == [3, 4]
-
-
-def test_eval_seed_disjoint_from_training_seeds():
-    assert eval_seed(3) == 3 + EVAL_SEED_OFFSET
-    assert EVAL_SEED_OFFSET > 1000  # training envs use seed .. seed + num_envs - 1
 
 
 @pytest.fixture
