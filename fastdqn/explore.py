@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -59,6 +60,10 @@ def boltzmann(q: torch.Tensor, temperature: float, generator: torch.Generator) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+QFunction = Callable[[torch.Tensor], torch.Tensor]
+"""obs -> Q-values: the plain forward pass or a graph's replay."""
+
+
 class ActingQ:
     """Q-values of the acting batch (one row per env) under the online parameters.
 
@@ -71,22 +76,46 @@ class ActingQ:
     def __init__(self, net: MLP, views: list, example_obs: torch.Tensor, graph: bool) -> None:
         self.net, self.views = net, views
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._fast: QFunction | None = None
         if graph and example_obs.device.type == "cuda":
-            self.static_obs = example_obs.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
+            self._fast = self._capture(example_obs)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The plain (eager) forward pass."""
+        return self.net.forward(self.views, preprocess(obs))
+
+    @torch.no_grad()
+    def _capture(self, obs: torch.Tensor) -> QFunction:
+        """The forward pass captured as a CUDA graph on `obs`'s device (every CUDA call under
+        that device, whichever one is current), and its replay."""
+        dev = obs.device
+        with torch.cuda.device(dev):
+            static_obs = obs.clone()
+            side = torch.cuda.Stream(device=dev)
+            current = torch.cuda.current_stream(dev)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
                 for _ in range(3):
-                    net.forward(views, preprocess(self.static_obs))
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                self.static_q = net.forward(views, preprocess(self.static_obs))
+                    self.forward(static_obs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev)):
+                    static_q = self.forward(static_obs)
+            finally:  # a failing capture_end skips torch.cuda.graph's own stream reset
+                torch.cuda.set_stream(current)
+        self.graph = graph
+
+        def replay(obs: torch.Tensor) -> torch.Tensor:
+            with torch.cuda.device(dev):
+                static_obs.copy_(obs)
+                graph.replay()
+            return static_q
+
+        return replay
 
     @torch.no_grad()
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.graph is None:
-            return self.net.forward(self.views, preprocess(obs))
-        self.static_obs.copy_(obs)
-        self.graph.replay()
-        return self.static_q
+        if self._fast is None:
+            return self.forward(obs)
+        return self._fast(obs)

@@ -168,13 +168,27 @@ def test_acting_q_is_the_forward_pass_off_cuda():
     assert torch.equal(acting(obs), net.forward(learner.online_views, obs))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_acting_q_graph_follows_parameter_updates():
-    net, learner = _acting_net("cuda")
-    obs = torch.randn(5, 4, device="cuda")
-    acting = ActingQ(net, learner.online_views, obs, graph=True)
-    assert acting.graph is not None
-    for _ in range(2):
-        other = torch.randn(5, 4, device="cuda")
-        torch.testing.assert_close(acting(other).clone(), net.forward(learner.online_views, other))
-        learner.params.add_(0.1)  # the graph must read the live parameters
+CUDA_DEVICES = [
+    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                    reason="needs a CUDA device")),
+    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
+                                                    reason="needs two CUDA devices")),
+]
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_acting_q_graph_follows_parameter_updates(device):
+    """Run while cuda:0 is current: on cuda:1 a capture on the current device would replay
+    nothing and keep returning the Q-values of its capture."""
+    with torch.cuda.device(0):
+        net, learner = _acting_net(device)
+        obs = torch.randn(5, 4, device=device)
+        acting = ActingQ(net, learner.online_views, obs, graph=True)
+        assert acting.graph is not None
+        for _ in range(3):
+            other = torch.randn(5, 4, device=device)
+            q = acting(other).clone()
+            assert q.device == torch.device(device)
+            torch.testing.assert_close(q, net.forward(learner.online_views, other))
+            learner.params.add_(0.1)  # the graph must read the live parameters
+        assert torch.cuda.current_device() == 0
