@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from . import kernels
 from .networks import MLP, preprocess
 from .replay import Batch, ReplayBuffer
+from .selfcheck import check_route, warn_fallback
 
 
 def td_target(net: MLP, online: list, target: list, rewards: torch.Tensor, next_obs: torch.Tensor,
@@ -138,6 +139,10 @@ class Learner:
         self._cpu: CpuStep | None = None
         self._graphs: GraphedSteps | None = None
         self.fused_stats = np.zeros(3)
+        # Why the CUDA-graph route failed its self-check (None: it has not); summary.json
+        # reports `fallbacks` so a run that silently lost its fast route says so.
+        self.graphs_fallback: str | None = None
+        self.fallbacks: list[str] = []
 
     def update(self, batch: Batch) -> None:
         """One gradient step on `batch`, then the target update when it is due."""
@@ -157,6 +162,8 @@ class Learner:
         route = self._route(device)
         if route == "cpu-fused":
             return "cpu-fused (torch GEMMs + numba kernels)"
+        if self.graphs_fallback is not None and device.type == "cuda":
+            return f"{route} (Adam: {self.adam_kind}; cuda-graphs fell back: {self.graphs_fallback})"
         return f"{route} (Adam: {self.adam_kind})"
 
     def learn(self, buffer: ReplayBuffer, idx: np.ndarray, lap: Callable[[str], None] = _no_lap
@@ -191,6 +198,59 @@ class Learner:
         batches = self.gather(buffer, idx)
         lap("sample")
         self.eager_steps(batches, lap)
+
+    def prove_fast_route(self, buffer: ReplayBuffer, idx: np.ndarray,
+                         fast: Callable[[np.ndarray], None]) -> bool:
+        """Run the block `idx` on `fast` (the CUDA-graph route), then again from the same state
+        as eager torch ops, and compare every tensor a step changes; the eager result is kept,
+        so the run follows the eager trajectory whatever `fast` did.
+
+        If `fast` raised or disagrees, CUDA graphs are off for good: one warning, the reason in
+        `fallbacks` and `route()`. Returns whether `fast` may carry the next blocks.
+        """
+        def eager(rows: np.ndarray) -> None:
+            self.eager_steps(self.gather(buffer, rows), stats=True)  # graphs record every step
+
+        if self.graphs_fallback is not None:
+            eager(idx)
+            return False
+        before = self.snapshot()
+
+        def run(route: Callable[[np.ndarray], None]) -> dict[str, torch.Tensor]:
+            route(idx)
+            return self.snapshot()
+
+        reason = check_route(lambda: run(fast), lambda: run(eager), lambda: self.restore(before),
+                             before)
+        if reason is None:
+            return True
+        self.graphs_fallback = reason
+        self.cuda_graphs, self._graphs = False, None
+        self.fallbacks.append(f"learner cuda-graphs: {reason}")
+        warn_fallback("learner CUDA graphs", "eager torch ops", reason)
+        return False
+
+    def _live_state(self) -> dict[str, torch.Tensor]:
+        opt = self.optimizer
+        return {"params": self.params, "target": self.target, "grad": self.grad,
+                "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq,
+                "step_count": opt.step_count, "loss_sum": self.loss_sum, "q_sum": self.q_sum}
+
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of everything a learner step changes, counters included (on the device, no
+        host sync): what the self-check compares and restores."""
+        snap = {name: t.clone() for name, t in self._live_state().items()}
+        snap["steps"] = torch.tensor(float(self.steps))
+        snap["stat_count"] = torch.tensor(float(self.stat_count))
+        return snap
+
+    @torch.no_grad()
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        """Back to a `snapshot`, in place: captured graphs keep pointing at the same storage."""
+        for name, t in self._live_state().items():
+            t.copy_(snap[name])
+        self.steps, self.stat_count = int(snap["steps"]), int(snap["stat_count"])
 
     @staticmethod
     def gather(buffer: ReplayBuffer, idx: np.ndarray) -> list[Batch]:
@@ -385,7 +445,8 @@ class GraphedSteps:
 
     Every CUDA call runs under the buffer's device: streams, events and capture otherwise
     belong to whichever device is current, and a capture on cuda:0 records nothing of work on
-    cuda:1.
+    cuda:1. Each graph proves itself on its first block (`Learner.prove_fast_route`) before it
+    is trusted.
     """
 
     WARMUP = 3
@@ -412,8 +473,10 @@ class GraphedSteps:
             if self.blocks_seen < self.WARMUP:
                 self.blocks_seen += 1
                 self._warm_up(idx)
-            else:
+            elif self._shape(idx) in self.graphs:
                 self._replay(idx)
+            else:  # this block captures a graph: it must match eager ops before it is used
+                self.learner.prove_fast_route(self.buffer, idx, self._replay)
 
     def _shape(self, idx: np.ndarray) -> tuple[int, int]:
         """The (K, B) of the graph that runs `idx`: all of it, or one step at a time."""

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fastdqn import kernels
-from fastdqn.learner import Learner
+from fastdqn.learner import GraphedSteps, Learner
 from fastdqn.networks import MLP
 from fastdqn.replay import ReplayBuffer
+from fastdqn.selfcheck import RouteFallbackWarning
 
 # The tiny-net numbers of test_learner.py: online Q(s) = [s, 2], target Q(s') = [2s', 10].
 # Batch rows i read buffer rows IDX[i], so the kernel must go through the index.
@@ -197,6 +198,7 @@ def test_cuda_graph_route_matches_eager(kw, device):
             steps += len(idx)
         torch.cuda.synchronize(device)
         assert torch.cuda.current_device() == 0
+    assert graphed.fallbacks == [], graphed.fallbacks  # the self-check accepted the graphs
     assert graphed.route(buf.device).startswith("cuda-graphs")
     assert graphed._graphs is not None and graphed._graphs.graphs
     assert graphed.steps == eager.steps == steps
@@ -205,6 +207,33 @@ def test_cuda_graph_route_matches_eager(kw, device):
         assert a.device == torch.device(device)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert graphed.pop_stats() is not None
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_cuda_graph_capture_failure_falls_back_to_eager(device, monkeypatch):
+    """The real capture path goes through the self-check: a capture that raises leaves the
+    learner on eager ops, on the eager trajectory, with one warning."""
+    def broken(self, idx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GraphedSteps, "_steps", broken)
+    with torch.cuda.device(0):
+        buf, graphed, eager = cuda_pair(device)
+        rng = np.random.default_rng(0)
+        with pytest.warns(RouteFallbackWarning) as caught:
+            for _ in range(6):
+                idx = rng.integers(0, buf.size, (4, 32))
+                graphed.learn(buf, idx)
+                eager.learn(buf, idx)
+        torch.cuda.synchronize(device)
+    assert [str(w.message) for w in caught if w.category is RouteFallbackWarning] == [
+        "fastdqn: learner CUDA graphs failed the self-check (raised RuntimeError: boom); "
+        "using eager torch ops"]
+    assert graphed.fallbacks == ["learner cuda-graphs: raised RuntimeError: boom"]
+    assert graphed._graphs is None and graphed._route(buf.device) == "torch-ops"
+    assert graphed.route(buf.device).endswith("cuda-graphs fell back: raised RuntimeError: boom)")
+    assert graphed.steps == eager.steps == 24
+    torch.testing.assert_close(graphed.params, eager.params, rtol=1e-5, atol=1e-6)
 
 
 def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
