@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from .networks import MLP, preprocess
+from .selfcheck import check_route, warn_fallback
 
 
 def linear_epsilon(step: int, start: float, end: float, decay_steps: int) -> float:
@@ -64,34 +66,95 @@ def boltzmann(q: torch.Tensor, temperature: float, generator: torch.Generator) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+QFunction = Callable[[torch.Tensor], torch.Tensor]
+"""obs -> Q-values: the plain forward pass or a graph's replay."""
+
+
+def decoy_obs(obs: torch.Tensor) -> torch.Tensor:
+    """An input unlike `obs` (zeros, or ones where obs is all zero) for the acting graph to be
+    captured on: replayed on `obs`, a working graph gives Q(obs), while one that replays
+    nothing still holds the output of its capture."""
+    return torch.zeros_like(obs) if bool(obs.any()) else torch.ones_like(obs)
+
+
 class ActingQ:
     """Q-values of the acting batch (one row per env) under the online parameters.
 
     On CUDA with `graph`, the forward pass is captured once as a CUDA graph over a static
     observation tensor: each act step is then one copy and one replay instead of a kernel
     launch per layer. The graph reads the live parameter storage, so it always sees the
-    latest update. Elsewhere it is the plain forward pass.
+    latest update. It is used only if it passes a self-check at construction (see
+    `prove_fast_route`); elsewhere, or after a fallback, it is the plain forward pass.
     """
 
     def __init__(self, net: MLP, views: list, example_obs: torch.Tensor, graph: bool) -> None:
         self.net, self.views = net, views
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.fallbacks: list[str] = []
+        self._fast: QFunction | None = None
         if graph and example_obs.device.type == "cuda":
-            self.static_obs = example_obs.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
+            self.prove_fast_route(self._capture, example_obs)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The plain (eager) forward pass."""
+        return self.net.forward(self.views, preprocess(obs))
+
+    @torch.no_grad()
+    def prove_fast_route(self, capture: Callable[[torch.Tensor], QFunction],
+                         example_obs: torch.Tensor) -> bool:
+        """Build the fast route with `capture` (given a decoy input, it returns the function
+        that maps obs to Q) and keep it if its Q on `example_obs` matches the plain forward
+        pass; otherwise warn once, record why in `fallbacks`, and stay on the plain forward.
+        Returns whether the fast route is in use."""
+        if self.fallbacks:
+            return False
+        built: list[QFunction] = []
+
+        def fast() -> dict[str, torch.Tensor]:
+            built.append(capture(decoy_obs(example_obs)))
+            return {"q": built[0](example_obs)}
+
+        reason = check_route(fast, lambda: {"q": self.forward(example_obs)})
+        if reason is None:
+            self._fast = built[0]
+            return True
+        self._fast, self.graph = None, None
+        self.fallbacks.append(f"acting cuda-graph: {reason}")
+        warn_fallback("acting CUDA graph", "the plain forward pass", reason)
+        return False
+
+    @torch.no_grad()
+    def _capture(self, obs: torch.Tensor) -> QFunction:
+        """The forward pass captured as a CUDA graph on `obs`'s device (every CUDA call under
+        that device, whichever one is current), and its replay."""
+        dev = obs.device
+        with torch.cuda.device(dev):
+            static_obs = obs.clone()
+            side = torch.cuda.Stream(device=dev)
+            current = torch.cuda.current_stream(dev)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
                 for _ in range(3):
-                    net.forward(views, preprocess(self.static_obs))
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                self.static_q = net.forward(views, preprocess(self.static_obs))
+                    self.forward(static_obs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev)):
+                    static_q = self.forward(static_obs)
+            finally:  # a failing capture_end skips torch.cuda.graph's own stream reset
+                torch.cuda.set_stream(current)
+        self.graph = graph
+
+        def replay(obs: torch.Tensor) -> torch.Tensor:
+            with torch.cuda.device(dev):
+                static_obs.copy_(obs)
+                graph.replay()
+            return static_q
+
+        return replay
 
     @torch.no_grad()
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.graph is None:
-            return self.net.forward(self.views, preprocess(obs))
-        self.static_obs.copy_(obs)
-        self.graph.replay()
-        return self.static_q
+        if self._fast is None:
+            return self.forward(obs)
+        return self._fast(obs)

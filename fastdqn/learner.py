@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from . import kernels
 from .networks import MLP, preprocess
 from .replay import Batch, ReplayBuffer
+from .selfcheck import check_route, warn_fallback
 
 
 def td_target(net: MLP, online: list, target: list, rewards: torch.Tensor, next_obs: torch.Tensor,
@@ -138,6 +139,10 @@ class Learner:
         self._cpu: CpuStep | None = None
         self._graphs: GraphedSteps | None = None
         self.fused_stats = np.zeros(3)
+        # Why the CUDA-graph route failed its self-check (None: it has not); summary.json
+        # reports `fallbacks` so a run that silently lost its fast route says so.
+        self.graphs_fallback: str | None = None
+        self.fallbacks: list[str] = []
 
     def update(self, batch: Batch) -> None:
         """One gradient step on `batch`, then the target update when it is due."""
@@ -157,6 +162,8 @@ class Learner:
         route = self._route(device)
         if route == "cpu-fused":
             return "cpu-fused (torch GEMMs + numba kernels)"
+        if self.graphs_fallback is not None and device.type == "cuda":
+            return f"{route} (Adam: {self.adam_kind}; cuda-graphs fell back: {self.graphs_fallback})"
         return f"{route} (Adam: {self.adam_kind})"
 
     def learn(self, buffer: ReplayBuffer, idx: np.ndarray, lap: Callable[[str], None] = _no_lap
@@ -191,6 +198,59 @@ class Learner:
         batches = self.gather(buffer, idx)
         lap("sample")
         self.eager_steps(batches, lap)
+
+    def prove_fast_route(self, buffer: ReplayBuffer, idx: np.ndarray,
+                         fast: Callable[[np.ndarray], None]) -> bool:
+        """Run the block `idx` on `fast` (the CUDA-graph route), then again from the same state
+        as eager torch ops, and compare every tensor a step changes; the eager result is kept,
+        so the run follows the eager trajectory whatever `fast` did.
+
+        If `fast` raised or disagrees, CUDA graphs are off for good: one warning, the reason in
+        `fallbacks` and `route()`. Returns whether `fast` may carry the next blocks.
+        """
+        def eager(rows: np.ndarray) -> None:
+            self.eager_steps(self.gather(buffer, rows), stats=True)  # graphs record every step
+
+        if self.graphs_fallback is not None:
+            eager(idx)
+            return False
+        before = self.snapshot()
+
+        def run(route: Callable[[np.ndarray], None]) -> dict[str, torch.Tensor]:
+            route(idx)
+            return self.snapshot()
+
+        reason = check_route(lambda: run(fast), lambda: run(eager), lambda: self.restore(before),
+                             before)
+        if reason is None:
+            return True
+        self.graphs_fallback = reason
+        self.cuda_graphs, self._graphs = False, None
+        self.fallbacks.append(f"learner cuda-graphs: {reason}")
+        warn_fallback("learner CUDA graphs", "eager torch ops", reason)
+        return False
+
+    def _live_state(self) -> dict[str, torch.Tensor]:
+        opt = self.optimizer
+        return {"params": self.params, "target": self.target, "grad": self.grad,
+                "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq,
+                "step_count": opt.step_count, "loss_sum": self.loss_sum, "q_sum": self.q_sum}
+
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of everything a learner step changes, counters included (on the device, no
+        host sync): what the self-check compares and restores."""
+        snap = {name: t.clone() for name, t in self._live_state().items()}
+        snap["steps"] = torch.tensor(float(self.steps))
+        snap["stat_count"] = torch.tensor(float(self.stat_count))
+        return snap
+
+    @torch.no_grad()
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        """Back to a `snapshot`, in place: captured graphs keep pointing at the same storage."""
+        for name, t in self._live_state().items():
+            t.copy_(snap[name])
+        self.steps, self.stat_count = int(snap["steps"]), int(snap["stat_count"])
 
     @staticmethod
     def gather(buffer: ReplayBuffer, idx: np.ndarray) -> list[Batch]:
@@ -382,16 +442,24 @@ class GraphedSteps:
     graph capture requires), and they are real training steps, so a graphed run follows the same
     trajectory as an eager one. With a hard target update every C > 1 steps, single steps are
     graphed and the copy runs between them when due.
+
+    Every CUDA call runs under the buffer's device: streams, events and capture otherwise
+    belong to whichever device is current, and a capture on cuda:0 records nothing of work on
+    cuda:1. Each graph proves itself on its first block (`Learner.prove_fast_route`) before it
+    is trusted.
     """
 
     WARMUP = 3
 
     def __init__(self, learner: Learner, buffer: ReplayBuffer) -> None:
         self.learner, self.buffer = learner, buffer
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.hosts: dict[tuple, torch.Tensor] = {}
+        self.device = buffer.device
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.hosts: dict[tuple, tuple[torch.Tensor, torch.cuda.Event]] = {}
         self.blocks_seen = 0
         self.per_graph_target = learner.interval == 1
+        self.side = torch.cuda.Stream(device=self.device)
+        self.capture_stream = torch.cuda.Stream(device=self.device)
 
     def _steps(self, idx: torch.Tensor) -> None:
         lr = self.learner
@@ -401,31 +469,55 @@ class GraphedSteps:
                 lr.update_target()
 
     def __call__(self, idx: np.ndarray) -> None:
+        with torch.cuda.device(self.device):
+            if self.blocks_seen < self.WARMUP:
+                self.blocks_seen += 1
+                self._warm_up(idx)
+            elif self._shape(idx) in self.graphs:
+                self._replay(idx)
+            else:  # this block captures a graph: it must match eager ops before it is used
+                self.learner.prove_fast_route(self.buffer, idx, self._replay)
+
+    def _shape(self, idx: np.ndarray) -> tuple[int, int]:
+        """The (K, B) of the graph that runs `idx`: all of it, or one step at a time."""
+        return (idx.shape[0] if self.per_graph_target else 1), idx.shape[1]
+
+    def _warm_up(self, idx: np.ndarray) -> None:
         lr = self.learner
-        if self.blocks_seen < self.WARMUP:
-            self.blocks_seen += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                lr.eager_steps(lr.gather(self.buffer, idx), stats=True)
-            torch.cuda.current_stream().wait_stream(side)
-            return
-        # One pinned staging block per K: it is rewritten only after the next act step has
-        # synchronized on the action copy, so the previous non_blocking upload has finished.
-        host = self.hosts.get(idx.shape)
-        if host is None:
-            host = self.hosts[idx.shape] = torch.empty(idx.shape, dtype=torch.int64,
-                                                       pin_memory=True)
+        current = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            lr.eager_steps(lr.gather(self.buffer, idx), stats=True)
+        current.wait_stream(self.side)
+
+    def _stage(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """`idx` in the pinned staging block of its shape, and the event that the block's
+        upload records. The block is rewritten only after the host has waited on that event:
+        the previous non_blocking copy may still be reading it."""
+        entry = self.hosts.get(idx.shape)
+        if entry is None:
+            host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
+            entry = self.hosts[idx.shape] = (host, torch.cuda.Event())
+        host, uploaded = entry
+        uploaded.synchronize()  # returns at once if nothing was recorded yet
         host.numpy()[...] = idx
+        return host, uploaded
+
+    def _replay(self, idx: np.ndarray) -> None:
+        """K learner steps on the graphs, capturing a graph on its first use."""
+        lr = self.learner
+        host, uploaded = self._stage(idx)
+        current = torch.cuda.current_stream(self.device)
+        graph, static_idx = self._graph(*self._shape(idx))
         if self.per_graph_target:
-            graph, static_idx = self._graph(idx.shape[0], idx.shape[1])
             static_idx.copy_(host, non_blocking=True)
+            uploaded.record(current)
             graph.replay()
             lr.steps += idx.shape[0]
             lr.stat_count += idx.shape[0]
             return
-        rows = host.to(self.buffer.device, non_blocking=True)
-        graph, static_idx = self._graph(1, idx.shape[1])
+        rows = host.to(self.device, non_blocking=True)
+        uploaded.record(current)
         for j in range(idx.shape[0]):
             static_idx.copy_(rows[j:j + 1])
             graph.replay()
@@ -434,14 +526,20 @@ class GraphedSteps:
             lr.maybe_update_target()
 
     def _graph(self, k: int, batch_size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        entry = self.graphs.get(k)
+        entry = self.graphs.get((k, batch_size))
         if entry is None:
-            static_idx = torch.zeros((k, batch_size), dtype=torch.int64, device=self.buffer.device)
+            static_idx = torch.zeros((k, batch_size), dtype=torch.int64, device=self.device)
             graph = torch.cuda.CUDAGraph()
             counts = self.learner.steps, self.learner.stat_count
-            with torch.cuda.graph(graph):
-                self._steps(static_idx)
+            current = torch.cuda.current_stream(self.device)
+            try:
+                # An explicit stream: torch.cuda.graph's default one belongs to the device
+                # that was current at the process's first capture.
+                with torch.cuda.graph(graph, stream=self.capture_stream):
+                    self._steps(static_idx)
+            finally:  # a failing capture_end skips torch.cuda.graph's own stream reset
+                torch.cuda.set_stream(current)
             # Capture records the kernels without running them: no step has happened yet.
             self.learner.steps, self.learner.stat_count = counts
-            entry = self.graphs[k] = (graph, static_idx)
+            entry = self.graphs[(k, batch_size)] = (graph, static_idx)
         return entry

@@ -526,6 +526,7 @@ def _run(cfg, env_factory, eval_env_factory, obs_space, act_space, target_return
         "target_return": target_return, "episodes": c.episodes,
         "interrupted": interrupted, "diverged": diverged is not None, "device": str(device),
         "learner_steps": learner.steps, "learner_route": learner.route(device),
+        "route_fallbacks": learner.fallbacks + acting_q.fallbacks,
         "stage_us_per_iter": {k: round(v, 1) for k, v in timer.us_per_iteration().items()},
         "evals": c.evals, "config": cfg.to_dict(), "version": __version__,
     }

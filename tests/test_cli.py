@@ -50,6 +50,7 @@ def test_train_writes_every_file_of_the_contract(run_dir: Path) -> None:
     assert set(summary["final_eval"]) >= {"mean", "std", "episodes"}
     assert summary["final_eval"]["episodes"] == 5
     assert summary["config"]["num_envs"] == 4
+    assert summary["route_fallbacks"] == []  # CPU: no fast route to fall back from
     assert (run_dir / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fastdqn import kernels
-from fastdqn.learner import Learner
+from fastdqn.learner import GraphedSteps, Learner
 from fastdqn.networks import MLP
 from fastdqn.replay import ReplayBuffer
+from fastdqn.selfcheck import RouteFallbackWarning
 
 # The tiny-net numbers of test_learner.py: online Q(s) = [s, 2], target Q(s') = [2s', 10].
 # Batch rows i read buffer rows IDX[i], so the kernel must go through the index.
@@ -166,25 +167,73 @@ def test_learn_marks_every_stage():
         assert laps == ["sample", "learn", "target", "learn", "target"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kw", [{}, {"tau": 1.0, "target_update_interval": 3}])
-def test_cuda_graph_route_matches_eager(kw):
+CUDA_DEVICES = [
+    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                    reason="needs a CUDA device")),
+    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
+                                                    reason="needs two CUDA devices")),
+]
+"""Devices for the CUDA-graph tests, each run while cuda:0 is current: on cuda:1, a stream,
+event or capture left on the current device would record nothing of the learner's work."""
+
+
+def cuda_pair(device: str, **kw) -> tuple[ReplayBuffer, Learner, Learner]:
     cpu_buf = filled_buffer()
-    buf = ReplayBuffer(cpu_buf.capacity, (6,), torch.float32, "cuda")
+    buf = ReplayBuffer(cpu_buf.capacity, (6,), torch.float32, device)
     buf.load_state_dict(cpu_buf.state_dict())
-    graphed, eager = learner_pair("cuda", **kw)
-    rng = np.random.default_rng(0)
-    for _ in range(10):  # past the eager warm-up blocks, so most steps replay graphs
-        idx = rng.integers(0, buf.size, (4, 32))
-        graphed.learn(buf, idx)
-        eager.learn(buf, idx)
-    torch.cuda.synchronize()
+    return (buf, *learner_pair(device, **kw))
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+@pytest.mark.parametrize("kw", [{}, {"tau": 1.0, "target_update_interval": 3}])
+def test_cuda_graph_route_matches_eager(kw, device):
+    with torch.cuda.device(0):
+        buf, graphed, eager = cuda_pair(device, **kw)
+        rng = np.random.default_rng(0)
+        steps = 0
+        for i in range(10):  # past the eager warm-up blocks, so most steps replay graphs
+            idx = rng.integers(0, buf.size, (3 + i % 2, 32))  # K = 3 and 4: two captures
+            graphed.learn(buf, idx)
+            eager.learn(buf, idx)
+            steps += len(idx)
+        torch.cuda.synchronize(device)
+        assert torch.cuda.current_device() == 0
+    assert graphed.fallbacks == [], graphed.fallbacks  # the self-check accepted the graphs
+    assert graphed.route(buf.device).startswith("cuda-graphs")
     assert graphed._graphs is not None and graphed._graphs.graphs
-    assert graphed.steps == eager.steps == 40
+    assert graphed.steps == eager.steps == steps
     for a, b in [(graphed.params, eager.params), (graphed.target, eager.target),
                  (graphed.optimizer.exp_avg_sq, eager.optimizer.exp_avg_sq)]:
+        assert a.device == torch.device(device)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert graphed.pop_stats() is not None
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_cuda_graph_capture_failure_falls_back_to_eager(device, monkeypatch):
+    """The real capture path goes through the self-check: a capture that raises leaves the
+    learner on eager ops, on the eager trajectory, with one warning."""
+    def broken(self, idx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GraphedSteps, "_steps", broken)
+    with torch.cuda.device(0):
+        buf, graphed, eager = cuda_pair(device)
+        rng = np.random.default_rng(0)
+        with pytest.warns(RouteFallbackWarning) as caught:
+            for _ in range(6):
+                idx = rng.integers(0, buf.size, (4, 32))
+                graphed.learn(buf, idx)
+                eager.learn(buf, idx)
+        torch.cuda.synchronize(device)
+    assert [str(w.message) for w in caught if w.category is RouteFallbackWarning] == [
+        "fastdqn: learner CUDA graphs failed the self-check (raised RuntimeError: boom); "
+        "using eager torch ops"]
+    assert graphed.fallbacks == ["learner cuda-graphs: raised RuntimeError: boom"]
+    assert graphed._graphs is None and graphed._route(buf.device) == "torch-ops"
+    assert graphed.route(buf.device).endswith("cuda-graphs fell back: raised RuntimeError: boom)")
+    assert graphed.steps == eager.steps == 24
+    torch.testing.assert_close(graphed.params, eager.params, rtol=1e-5, atol=1e-6)
 
 
 def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
@@ -195,7 +244,8 @@ def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a CUDA-only call was reached")
 
-    for name in ("CUDAGraph", "Stream", "graph", "synchronize", "current_stream", "stream"):
+    for name in ("CUDAGraph", "Stream", "Event", "graph", "synchronize", "current_stream",
+                 "stream", "set_stream", "device"):
         monkeypatch.setattr(torch.cuda, name, forbidden)
     buf = filled_buffer()
     net = MLP(6, 3, (32, 16))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,8 @@ from conftest import module_grad, random_batch, set_layers
 
 from fastdqn.learner import FlatAdam, Learner, td_target
 from fastdqn.networks import MLP, preprocess
+from fastdqn.replay import ReplayBuffer
+from fastdqn.selfcheck import RouteFallbackWarning
 
 # ---------------------------------------------------------------------------------------------
 # td_target on a 1 -> 2 -> 2 net with hand-set weights.
@@ -456,3 +460,167 @@ def test_step_leaves_target_and_maybe_update_target_follows_interval(gen):
     assert torch.equal(learner.target, initial)
     learner.maybe_update_target()  # step 2: due
     assert torch.equal(learner.target, learner.params)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA-graph self-check, with injected fast routes (the same code the graphs go through)
+# ---------------------------------------------------------------------------------------------
+
+
+def filled_buffer(gen: torch.Generator, n: int = 200) -> ReplayBuffer:
+    buf = ReplayBuffer(n, (OBS_DIM,), torch.float32)
+    b = random_batch(gen, n, OBS_DIM, N_ACTIONS, reward_scale=3.0)
+    buf.add(b.obs, b.actions, b.rewards, b.next_obs, b.dones)
+    return buf
+
+
+def eager_block(learner: Learner, buf: ReplayBuffer, idx: np.ndarray) -> None:
+    learner.eager_steps(learner.gather(buf, idx), stats=True)
+
+
+def raising_route(learner, buf):
+    def fast(idx):
+        eager_block(learner, buf, idx[:1])  # half-done work that the check must undo
+        raise RuntimeError("operation not permitted when stream is capturing\n(more detail)")
+    return fast
+
+
+def perturbing_route(learner, buf):
+    def fast(idx):
+        eager_block(learner, buf, idx)
+        learner.params.add_(0.05)
+    return fast
+
+
+def empty_graph_route(learner, buf):
+    """What a capture on the wrong device leaves: the host counters advance, no tensor moves."""
+    def fast(idx):
+        learner.steps += len(idx)
+        learner.stat_count += len(idx)
+    return fast
+
+
+def agreeing_route(learner, buf):
+    def fast(idx):
+        eager_block(learner, buf, idx)
+        learner.params.add_(1e-7)  # rounding-level: within tolerance (and not kept)
+    return fast
+
+
+SELF_CHECK_CASES = {
+    "raises": (raising_route,
+               "raised RuntimeError: operation not permitted when stream is capturing"),
+    "perturbs params": (perturbing_route, "max |diff| 5.0e-02 on params vs eager"),
+    "records nothing": (empty_graph_route, "max |diff| {movement:.1e} on params vs eager"),
+    "agrees": (agreeing_route, None),
+}
+
+
+@pytest.mark.parametrize("case", list(SELF_CHECK_CASES))
+def test_self_check_decides_and_keeps_the_eager_trajectory(case, gen):
+    """After the check, fallback or not, the learner's state is what eager ops alone give."""
+    route, reason = SELF_CHECK_CASES[case]
+    buf = filled_buffer(gen)
+    learner = make_learner(fused=False)
+    eager = make_learner(fused=False, cuda_graphs=False)
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, buf.size, (4, 16)) for _ in range(5)]
+    cuda = torch.device("cuda")
+    for lr in (learner, eager):
+        lr.learn(buf, blocks[0])
+    start = learner.params.clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = learner.prove_fast_route(buf, blocks[1], route(learner, buf))
+        eager.learn(buf, blocks[1])
+        for b in blocks[2:]:
+            learner.learn(buf, b)
+            eager.learn(buf, b)
+    fallback_warnings = [str(w.message) for w in caught if w.category is RouteFallbackWarning]
+    adam = f"Adam: {learner.adam_kind}"
+    if reason is None:
+        assert ok
+        assert fallback_warnings == [] and learner.fallbacks == []
+        assert learner.graphs_fallback is None and learner.cuda_graphs
+        assert learner._route(cuda) == "cuda-graphs"
+        assert learner.route(cuda) == f"cuda-graphs ({adam})"
+    else:
+        reason = reason.format(movement=(eager_params_after(blocks[:2], buf) - start).abs().max())
+        assert not ok
+        assert fallback_warnings == [
+            f"fastdqn: learner CUDA graphs failed the self-check ({reason}); "
+            "using eager torch ops"]
+        assert learner.graphs_fallback == reason
+        assert learner.fallbacks == [f"learner cuda-graphs: {reason}"]
+        assert learner._route(cuda) == "torch-ops"  # what learn() takes from now on
+        assert learner.route(cuda) == f"torch-ops ({adam}; cuda-graphs fell back: {reason})"
+        assert learner.route(torch.device("cpu")) == f"torch-ops ({adam})"
+    assert learner.steps == eager.steps == 20
+    for name in ("params", "target", "grad"):
+        assert torch.equal(getattr(learner, name), getattr(eager, name)), name
+    for name in ("exp_avg", "exp_avg_sq", "step_count"):
+        assert torch.equal(getattr(learner.optimizer, name), getattr(eager.optimizer, name)), name
+
+
+def eager_params_after(blocks: list[np.ndarray], buf: ReplayBuffer) -> torch.Tensor:
+    lr = make_learner(fused=False, cuda_graphs=False)
+    for b in blocks:
+        lr.learn(buf, b)
+    return lr.params
+
+
+def test_self_check_counts_stats_like_the_graphs(gen):
+    """The checked block is eager with stats on every step, as the graphs record them, and a
+    failed check leaves no stats of its own behind."""
+    buf = filled_buffer(gen)
+    idx = np.random.default_rng(1).integers(0, buf.size, (3, 16))
+    learner = make_learner(fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RouteFallbackWarning)
+        learner.prove_fast_route(buf, idx, perturbing_route(learner, buf))
+    ref = make_learner(fused=False)
+    eager_block(ref, buf, idx)
+    assert learner.stat_count == ref.stat_count == 3
+    assert learner.pop_stats() == ref.pop_stats()
+
+
+def test_self_check_falls_back_once(gen):
+    """After a fallback the fast route is never tried again and never warns again."""
+    buf = filled_buffer(gen)
+    rng = np.random.default_rng(2)
+    learner = make_learner(fused=False)
+    eager = make_learner(fused=False, cuda_graphs=False)
+    calls = []
+    perturb = perturbing_route(learner, buf)
+
+    def fast(idx):
+        calls.append(len(idx))
+        perturb(idx)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            idx = rng.integers(0, buf.size, (2, 16))
+            assert not learner.prove_fast_route(buf, idx, fast)
+            eager.learn(buf, idx)
+    assert calls == [2]
+    assert [w.category for w in caught] == [RouteFallbackWarning]
+    assert len(learner.fallbacks) == 1
+    assert torch.equal(learner.params, eager.params) and learner.steps == eager.steps == 6
+
+
+def test_snapshot_restore_round_trip(gen):
+    buf = filled_buffer(gen)
+    learner = make_learner(fused=False)
+    learner.learn(buf, np.arange(32).reshape(2, 16))
+    snap = learner.snapshot()
+    params = learner.params
+    learner.learn(buf, np.arange(32, 64).reshape(2, 16))
+    assert not torch.equal(learner.params, snap["params"])
+    learner.restore(snap)
+    assert learner.params is params  # in place: graphs keep their addresses
+    after = learner.snapshot()
+    assert after.keys() == snap.keys()
+    for name in snap:
+        assert torch.equal(after[name], snap[name]), name
+    assert learner.steps == 2
