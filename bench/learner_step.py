@@ -17,18 +17,28 @@ import torch
 
 from fastdqn.learner import Learner
 from fastdqn.networks import MLP
+from fastdqn.reference import ReferenceLearner
 from fastdqn.replay import ReplayBuffer
 
 
-def time_route(learner: Learner, buffer: ReplayBuffer, steps: int, batch: int, seed: int) -> float:
+def time_route(learner: Learner | ReferenceLearner, buffer: ReplayBuffer, steps: int, batch: int,
+               seed: int) -> float:
     """µs per learner step (gather, gradient, Adam, target) over `steps` after a warm-up."""
     rng = np.random.default_rng(seed)
     blocks = [rng.integers(0, buffer.size, (4, batch)) for _ in range(steps // 4 + 50)]
+
+    def learn(idx: np.ndarray) -> None:
+        if isinstance(learner, ReferenceLearner):
+            for row in idx:
+                learner.step(buffer.gather(torch.from_numpy(row).to(buffer.device)))
+        else:
+            learner.learn_block(buffer, idx)
+
     for idx in blocks[:50]:
-        learner.learn(buffer, idx)
+        learn(idx)
     t = time.perf_counter()
     for idx in blocks[50:]:
-        learner.learn(buffer, idx)
+        learn(idx)
     if buffer.device.type == "cuda":
         torch.cuda.synchronize()
     return 1e6 * (time.perf_counter() - t) / (4 * (len(blocks) - 50))
@@ -55,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                    torch.randint(4, (16,), generator=gen).to(device),
                    torch.randn(16, generator=gen).to(device),
                    torch.randn(16, 8, generator=gen).to(device),
-                   (torch.rand(16, generator=gen) < 0.01).float().to(device))
+                   (torch.rand(16, generator=gen) < 0.01).float().to(device),
+                   torch.full((16,), 0.99, device=device))
     net = MLP(8, 4, tuple(int(h) for h in a.hidden.split(",")))
     init = net.init(torch.Generator().manual_seed(a.seed))
     routes = {"torch-ops": {"fused": False, "cuda_graphs": False}}
@@ -63,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         routes["cpu-fused"] = {"fused": True}
     if device.type == "cuda":
         routes["cuda-graphs"] = {"cuda_graphs": True}
+    routes["reference"] = {}
     us = {}
+    opts = dict(lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1, device=device)
     for name, kw in routes.items():
-        learner = Learner(net, lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1,
-                          device=device, init=init, **kw)
+        learner = (ReferenceLearner(net.to_module(init), **opts) if name == "reference"
+                   else Learner(net, init=init, **opts, **kw))
         us[name] = time_route(learner, buffer, a.steps, a.batch_size, a.seed)
         print(f"  {name:<12} {us[name]:8.1f} us per step")
     fastest = min(us, key=us.get)

@@ -33,6 +33,8 @@ class ConfigError(ValueError):
 class Config:
     """Settings of one training run."""
 
+    algo: str = "dqn"
+    """Algorithm: dqn (deep Q-network with replay; double, dueling, n-step, prioritized)."""
     env_id: str = "LunarLander-v3"
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16
@@ -83,6 +85,26 @@ class Config:
     """Target update weight: target <- tau*online + (1-tau)*target; 1 is a hard copy."""
     target_update_interval: int = 1
     """Learner steps between target updates (use tau=1 and e.g. 250 for hard updates)."""
+
+    n_step: int = 1
+    """n-step returns: each stored transition sums up to n rewards of one env's episode and
+    bootstraps with gamma^k from the state k <= n steps later (never across an episode end)."""
+    prioritized: bool = False
+    """Proportional prioritized replay (Schaul et al. 2016): rows drawn with probability
+    p^alpha / sum p^alpha, p = |TD error| + per_eps, corrected by importance weights."""
+    per_alpha: float = 0.6
+    """Prioritized replay: how strongly priorities skew sampling (0 = uniform)."""
+    per_beta: float = 0.4
+    """Prioritized replay: importance-weight exponent at the start, annealed linearly to 1 over
+    total_timesteps."""
+    per_eps: float = 1e-6
+    """Prioritized replay: added to |TD error| so that no row's priority is zero."""
+    dueling: bool = False
+    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer."""
+    learner: str = "auto"
+    """Learner route: auto (the fastest route that supports the network and options: fused on
+    the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
+    the route every fast one is tested against)."""
 
     exploration: str = "egreedy"
     """Exploration: egreedy (epsilon-greedy) or boltzmann (softmax over Q / temperature)."""
@@ -146,7 +168,17 @@ class Config:
                      "eps_decay_steps"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _choice("algo", self.algo, ["dqn"])
         _choice("vector", self.vector, ["sharded", "async", "sync"])
+        _choice("learner", self.learner, ["auto", "reference"])
+        if self.n_step < 1:
+            raise ConfigError(f"--n-step must be >= 1, got {self.n_step}")
+        if not 0 <= self.per_alpha <= 1:
+            raise ConfigError(f"--per-alpha must be in [0, 1], got {self.per_alpha}")
+        if not 0 <= self.per_beta <= 1:
+            raise ConfigError(f"--per-beta must be in [0, 1], got {self.per_beta}")
+        if not self.per_eps > 0:
+            raise ConfigError(f"--per-eps must be > 0, got {self.per_eps}")
         _choice("loss", self.loss, ["huber", "mse"])
         _choice("exploration", self.exploration, ["egreedy", "boltzmann"])
         _choice("eps_schedule", self.eps_schedule, ["linear", "exponential", "per_episode"])

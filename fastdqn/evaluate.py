@@ -74,8 +74,8 @@ class Policy:
         """Greedy action for a single observation."""
         return int(self(np.asarray(obs)[None])[0])
 
-    def to_module(self) -> torch.nn.Sequential:
-        """The Q-network as a standard torch.nn.Sequential (a copy)."""
+    def to_module(self) -> torch.nn.Module:
+        """The Q-network as a plain torch module, a `QNetwork` (a copy)."""
         return self.net.to_module(self.params)
 
 

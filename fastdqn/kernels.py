@@ -34,48 +34,92 @@ def gather_rows(idx: np.ndarray, obs: np.ndarray, next_obs: np.ndarray, divisor:
 
 
 @numba.njit(cache=True)
-def td_grad(q: np.ndarray, q_target: np.ndarray, idx: np.ndarray, actions: np.ndarray,
-            rewards: np.ndarray, dones: np.ndarray, gamma: np.float32, huber: bool,
-            double: bool, dq: np.ndarray, grad_bias: np.ndarray, stats: np.ndarray) -> None:
-    """dLoss/dQ for a batch, the last layer's bias gradient, and running loss / Q sums.
+def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: np.ndarray,
+            rewards: np.ndarray, dones: np.ndarray, discounts: np.ndarray, weights: np.ndarray,
+            huber: bool, double: bool, dueling: bool, d_out: np.ndarray, grad_bias: np.ndarray,
+            td_abs: np.ndarray, stats: np.ndarray) -> None:
+    """dLoss/d(last layer outputs) for a batch, the last layer's bias gradient, |TD error| per
+    row (the new priorities) and running loss / Q sums.
 
-    q holds the online Q-values of [s; s'] (2B rows) when `double`, else of s (B rows);
-    q_target those of the target net on s'. y = r + gamma * (1 - done) * Q_target(s', a*),
-    with a* = argmax of the online Q(s') (double DQN) or of Q_target(s') (first maximum wins,
-    as torch.argmax). The loss is the mean over the batch of Huber(delta=1) or squared error.
+    `out` holds the online net's last-layer outputs for [s; s'] (2B rows) when `double`, else
+    for s (B rows); `out_target` the target net's for s'. Without `dueling` they are Q; with
+    it they are [V, A_1..A_n] and Q_j = V + A_j - mean(A). y = R + discount * (1 - done) *
+    Q_target(s', a*), a* the argmax of the online Q(s') (double DQN) or of Q_target(s') (first
+    maximum wins, as torch.argmax). The loss is the mean over the batch of
+    weight * (Huber(delta=1) or squared error); `weights` are all ones without PER.
     """
     b = idx.shape[0]
-    n_actions = q_target.shape[1]
+    n_out = out_target.shape[1]
+    n_actions = n_out - 1 if dueling else n_out
+    first = 1 if dueling else 0
     one = np.float32(1.0)
     inv_b = one / np.float32(b)
-    for j in range(n_actions):
+    inv_n = one / np.float32(n_actions)
+    q_next = np.empty(n_actions, dtype=np.float32)
+    q_choose = np.empty(n_actions, dtype=np.float32)
+    for j in range(n_out):
         grad_bias[j] = 0.0
     loss = 0.0
     q_sum = 0.0
     for i in range(b):
-        src = q[b + i] if double else q_target[i]
+        _q_row(out_target[i], dueling, first, n_actions, inv_n, q_next)
+        if double:
+            _q_row(out[b + i], dueling, first, n_actions, inv_n, q_choose)
+        else:
+            q_choose[:] = q_next
         best = 0
         for j in range(1, n_actions):
-            if src[j] > src[best]:
+            if q_choose[j] > q_choose[best]:
                 best = j
         r = idx[i]
-        y = rewards[r] + gamma * (one - dones[r]) * q_target[i, best]
+        y = rewards[r] + discounts[r] * (one - dones[r]) * q_next[best]
         a = actions[r]
-        diff = q[i, a] - y
-        for j in range(n_actions):
-            dq[i, j] = 0.0
+        q_a = out[i, first + a]
+        if dueling:
+            mean_adv = np.float32(0.0)
+            for j in range(n_actions):
+                mean_adv += out[i, first + j]
+            q_a = (q_a - mean_adv / np.float32(n_actions)) + out[i, 0]
+        diff = q_a - y
+        td_abs[i] = abs(diff)
+        w = weights[i]
         if huber:
-            g = min(max(diff, -one), one) * inv_b
-            loss += 0.5 * diff * diff if abs(diff) < 1.0 else abs(diff) - 0.5
+            g = min(max(diff, -one), one) * w * inv_b
+            loss += w * (0.5 * diff * diff if abs(diff) < 1.0 else abs(diff) - 0.5)
         else:
-            g = np.float32(2.0) * diff * inv_b
-            loss += diff * diff
-        dq[i, a] = g
-        grad_bias[a] += g
-        q_sum += q[i, a]
+            g = np.float32(2.0) * diff * w * inv_b
+            loss += w * diff * diff
+        for j in range(n_out):
+            d_out[i, j] = 0.0
+        if dueling:  # dV = sum_j dQ_j = g; dA_j = dQ_j - mean(dQ) = [j == a] g - g / n
+            d_out[i, 0] = g
+            for j in range(n_actions):
+                d_out[i, 1 + j] = -g * inv_n
+            d_out[i, 1 + a] += g
+        else:
+            d_out[i, a] = g
+        for j in range(n_out):
+            grad_bias[j] += d_out[i, j]
+        q_sum += q_a
     stats[0] += loss / b
     stats[1] += q_sum / b
     stats[2] += 1.0
+
+
+@numba.njit(cache=True, inline="always")
+def _q_row(out_row: np.ndarray, dueling: bool, first: int, n_actions: int, inv_n: np.float32,
+           q: np.ndarray) -> None:
+    """Q-values of one row of last-layer outputs (the dueling combination, or themselves)."""
+    if dueling:
+        mean_adv = np.float32(0.0)
+        for j in range(n_actions):
+            mean_adv += out_row[first + j]
+        mean_adv /= np.float32(n_actions)
+        for j in range(n_actions):
+            q[j] = (out_row[first + j] - mean_adv) + out_row[0]
+    else:
+        for j in range(n_actions):
+            q[j] = out_row[j]
 
 
 @numba.njit(cache=True)

@@ -15,20 +15,24 @@ import torch.nn.functional as F
 
 from . import kernels
 from .networks import MLP, preprocess
+from .prioritized import PrioritizedSampler, TorchPrioritized
 from .replay import Batch, ReplayBuffer
+from .sampling import UniformSampler
 from .selfcheck import check_route, warn_fallback
 
 
 def td_target(net: MLP, online: list, target: list, rewards: torch.Tensor, next_obs: torch.Tensor,
-              dones: torch.Tensor, gamma: float, double: bool) -> torch.Tensor:
-    """y = r + gamma * (1 - terminated) * Q_target(s', a*), a* from the online net if double."""
+              dones: torch.Tensor, discounts: float | torch.Tensor, double: bool) -> torch.Tensor:
+    """y = R + discount * (1 - terminated) * Q_target(s', a*), a* from the online net if double
+    (discount: gamma for 1-step rows, gamma^k per row for n-step ones)."""
     x = preprocess(next_obs)
     q_online_next = net.forward(online, x) if double else None
-    return bootstrap(rewards, dones, net.forward(target, x), q_online_next, gamma)
+    return bootstrap(rewards, dones, net.forward(target, x), q_online_next, discounts)
 
 
 def bootstrap(rewards: torch.Tensor, dones: torch.Tensor, q_target_next: torch.Tensor,
-              q_online_next: torch.Tensor | None, gamma: float) -> torch.Tensor:
+              q_online_next: torch.Tensor | None, discounts: float | torch.Tensor
+              ) -> torch.Tensor:
     """The TD target from next-state Q-values: the target net's value at the online argmax
     (double DQN) or its own max; the learner passes the online Q(s') it already computed."""
     if q_online_next is not None:
@@ -36,7 +40,7 @@ def bootstrap(rewards: torch.Tensor, dones: torch.Tensor, q_target_next: torch.T
         q_next = q_target_next.gather(1, a_star).squeeze(1)
     else:
         q_next = q_target_next.amax(1)
-    return rewards + gamma * (1.0 - dones) * q_next
+    return rewards + discounts * (1.0 - dones) * q_next
 
 
 def _no_lap(stage: str) -> None:
@@ -107,7 +111,8 @@ class FlatAdam:
 
 
 class Learner:
-    """Online and target MLP parameters plus Adam, updated by `update(batch)`."""
+    """Online and target MLP parameters plus Adam, updated by `update(batch)` or, from the
+    replay buffer, by `learn` (which picks the fastest route for the device)."""
 
     def __init__(self, net: MLP, *, lr: float, gamma: float, tau: float,
                  target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
@@ -143,6 +148,11 @@ class Learner:
         # reports `fallbacks` so a run that silently lost its fast route says so.
         self.graphs_fallback: str | None = None
         self.fallbacks: list[str] = []
+        # Prioritized replay on the device: the sampler, beta as a device scalar (so that an
+        # annealed beta needs no new graph) and the generator of the stratified offsets.
+        self.device_sampler: TorchPrioritized | None = None
+        self.beta = torch.ones((), dtype=torch.float64, device=self.device)
+        self.per_generator = torch.Generator(self.device).manual_seed(0)
 
     def update(self, batch: Batch) -> None:
         """One gradient step on `batch`, then the target update when it is due."""
@@ -166,10 +176,89 @@ class Learner:
             return f"{route} (Adam: {self.adam_kind}; cuda-graphs fell back: {self.graphs_fallback})"
         return f"{route} (Adam: {self.adam_kind})"
 
-    def learn(self, buffer: ReplayBuffer, idx: np.ndarray, lap: Callable[[str], None] = _no_lap
-              ) -> None:
-        """K = len(idx) learner steps on a sampled [K, B] index block, each followed by the
-        target update when it is due; `lap` marks the stages for the trainer's timer.
+    def learn(self, buffer: ReplayBuffer, sampler, k: int, batch_size: int, beta: float = 1.0,
+              lap: Callable[[str], None] = _no_lap) -> None:
+        """K learner steps on batches `sampler` draws from `buffer`, each followed by the target
+        update when it is due; `lap` marks the stages for the trainer's timer.
+
+        A uniform sampler draws the whole [K, B] block at once (`learn_block`). A prioritized
+        one draws step by step, since each step's |TD errors| become the priorities the next
+        step samples from: the Numba sum tree (`PrioritizedSampler`) on a CPU buffer, the
+        device-resident `TorchPrioritized` elsewhere (inside the CUDA graph on CUDA).
+        """
+        if isinstance(sampler, UniformSampler):
+            self.learn_block(buffer, sampler.sample(buffer.size, k, batch_size), lap)
+        elif isinstance(sampler, TorchPrioritized):
+            self.learn_prioritized_on_device(buffer, sampler, k, batch_size, beta, lap)
+        else:
+            self.learn_prioritized(buffer, sampler, k, batch_size, beta, lap)
+
+    def learn_prioritized(self, buffer: ReplayBuffer, sampler: PrioritizedSampler, k: int,
+                          batch_size: int, beta: float, lap: Callable[[str], None] = _no_lap
+                          ) -> None:
+        """K steps with the Numba sum tree: sample, step with importance weights, write the
+        new |TD error| priorities back for exactly the sampled rows."""
+        idx = np.empty(batch_size, dtype=np.int64)
+        weights = np.empty(batch_size, dtype=np.float32)
+        fused = self._route(buffer.device) == "cpu-fused"
+        if fused and (self._cpu is None or self._cpu.buffer is not buffer):
+            self._cpu = CpuStep(self, buffer, batch_size)
+        for _ in range(k):
+            sampler.sample(buffer.size, batch_size, beta, idx, weights)
+            lap("sample")
+            if fused:
+                td_abs = self._cpu(idx, weights)
+                self.steps += 1
+            else:
+                rows = torch.from_numpy(idx).to(buffer.device)
+                w = torch.from_numpy(weights).to(buffer.device)
+                td_abs = self.step(buffer.gather(rows), weights=w).cpu().numpy()
+            lap("learn")
+            sampler.update(idx, td_abs)
+            if not (fused and self._cpu.soft_target):
+                self.maybe_update_target()
+            lap("target")
+
+    def learn_prioritized_on_device(self, buffer: ReplayBuffer, sampler: TorchPrioritized, k: int,
+                                    batch_size: int, beta: float,
+                                    lap: Callable[[str], None] = _no_lap) -> None:
+        """K steps with device-resident priorities and no host sync: the K x B stratified
+        offsets are drawn in one call, then each step samples, learns and writes its
+        priorities back, as eager torch ops here and captured in one CUDA graph on CUDA."""
+        self.device_sampler = sampler
+        self.beta.fill_(beta)
+        uniforms = torch.rand((k, batch_size), generator=self.per_generator, dtype=torch.float64,
+                              device=self.device)
+        if self._route(buffer.device) == "cuda-graphs":
+            if self._graphs is None or self._graphs.buffer is not buffer:
+                self._graphs = GraphedSteps(self, buffer, sampler)
+            lap("sample")
+            self._graphs(uniforms)
+            lap("learn")
+            return
+        self.prioritized_steps(buffer, sampler, uniforms, lap)
+
+    def prioritized_steps(self, buffer: ReplayBuffer, sampler: TorchPrioritized,
+                          uniforms: torch.Tensor, lap: Callable[[str], None] = _no_lap,
+                          stats: bool | None = None) -> None:
+        """One prioritized step per row of offsets, each followed by the due target update."""
+        for row in uniforms:
+            self.prioritized_step(buffer, sampler, row, stats)
+            lap("learn")
+            self.maybe_update_target()
+            lap("target")
+
+    def prioritized_step(self, buffer: ReplayBuffer, sampler: TorchPrioritized,
+                         uniforms: torch.Tensor, stats: bool | None = None) -> None:
+        """Sample with the B offsets `uniforms`, learn with the importance weights, write the
+        new priorities back: torch ops only, no host sync (capturable)."""
+        idx, weights = sampler.sample_from_uniforms(uniforms, self.beta)
+        td_abs = self.step(buffer.gather(idx), stats, weights)
+        sampler.update(idx, td_abs)
+
+    def learn_block(self, buffer: ReplayBuffer, idx: np.ndarray,
+                    lap: Callable[[str], None] = _no_lap) -> None:
+        """K = len(idx) learner steps on a sampled [K, B] index block of uniform draws.
 
         Three routes to the same math: on a CPU the numba-fused step (`CpuStep`), on CUDA the K
         steps replayed as one CUDA graph (`GraphedSteps`), elsewhere (MPS, or with both turned
@@ -181,7 +270,7 @@ class Learner:
                 self._cpu = CpuStep(self, buffer, idx.shape[1])
             lap("sample")
             for row in idx:
-                self._cpu(row)  # with the soft target update every step fused in
+                self._cpu(row, None)  # with the soft target update every step fused in
                 self.steps += 1
                 lap("learn")
                 if not self._cpu.soft_target:
@@ -199,17 +288,19 @@ class Learner:
         lap("sample")
         self.eager_steps(batches, lap)
 
-    def prove_fast_route(self, buffer: ReplayBuffer, idx: np.ndarray,
-                         fast: Callable[[np.ndarray], None]) -> bool:
+    def prove_fast_route(self, buffer: ReplayBuffer, idx: np.ndarray | torch.Tensor,
+                         fast: Callable, eager: Callable | None = None) -> bool:
         """Run the block `idx` on `fast` (the CUDA-graph route), then again from the same state
-        as eager torch ops, and compare every tensor a step changes; the eager result is kept,
-        so the run follows the eager trajectory whatever `fast` did.
+        on `eager` (by default the torch ops of `eager_steps`), and compare every tensor a step
+        changes (prioritized replay's priorities included); the eager result is kept, so the
+        run follows the eager trajectory whatever `fast` did.
 
         If `fast` raised or disagrees, CUDA graphs are off for good: one warning, the reason in
         `fallbacks` and `route()`. Returns whether `fast` may carry the next blocks.
         """
-        def eager(rows: np.ndarray) -> None:
-            self.eager_steps(self.gather(buffer, rows), stats=True)  # graphs record every step
+        if eager is None:
+            def eager(rows: np.ndarray) -> None:
+                self.eager_steps(self.gather(buffer, rows), stats=True)  # graphs record all
 
         if self.graphs_fallback is not None:
             eager(idx)
@@ -232,9 +323,13 @@ class Learner:
 
     def _live_state(self) -> dict[str, torch.Tensor]:
         opt = self.optimizer
-        return {"params": self.params, "target": self.target, "grad": self.grad,
-                "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq,
-                "step_count": opt.step_count, "loss_sum": self.loss_sum, "q_sum": self.q_sum}
+        state = {"params": self.params, "target": self.target, "grad": self.grad,
+                 "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq,
+                 "step_count": opt.step_count, "loss_sum": self.loss_sum, "q_sum": self.q_sum}
+        if self.device_sampler is not None:
+            state["priorities"] = self.device_sampler.priorities
+            state["max_priority"] = self.device_sampler.max_priority
+        return state
 
     @torch.no_grad()
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -268,12 +363,15 @@ class Learner:
             lap("target")
 
     @torch.no_grad()
-    def step(self, batch: Batch, stats: bool | None = None) -> None:
-        """Loss gradient, clipping and Adam: one learner step (the target is left alone)."""
-        self.compute_grad(batch, stats)
+    def step(self, batch: Batch, stats: bool | None = None,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss gradient, clipping and Adam: one learner step (the target is left alone);
+        returns |TD error| per row."""
+        td_abs = self.compute_grad(batch, stats, weights)
         self.clip_grad()
         self.optimizer.step()
         self.steps += 1
+        return td_abs
 
     def maybe_update_target(self) -> None:
         """The target update, every `target_update_interval` learner steps."""
@@ -281,10 +379,12 @@ class Learner:
             self.update_target()
 
     @torch.no_grad()
-    def compute_grad(self, batch: Batch, stats: bool | None = None) -> None:
-        """Loss gradient into self.grad (hand-written backward; tested against autograd).
-
-        `stats` records loss and mean Q; by default on every STATS_EVERY-th step.
+    def compute_grad(self, batch: Batch, stats: bool | None = None,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss gradient into self.grad (hand-written backward; tested against autograd and the
+        reference learner); returns |TD error| per row. `weights` (PER importance weights)
+        scale each row's loss. `stats` records loss and mean Q; by default on every
+        STATS_EVERY-th step.
         """
         n = batch.obs.shape[0]
         x, x_next = preprocess(batch.obs), preprocess(batch.next_obs)
@@ -296,19 +396,24 @@ class Learner:
         else:
             q, acts = self.net.forward_train(self.online_views, x)
         y = bootstrap(batch.rewards, batch.dones, self.net.forward(self.target_views, x_next),
-                      q_online_next, self.gamma)
+                      q_online_next, batch.discounts)
         a = batch.actions.unsqueeze(1)
         q_a = q.gather(1, a).squeeze(1)
         diff = q_a - y
+        td_abs = diff.abs()
         huber = self.loss_kind == "huber"
         if stats if stats is not None else self.steps % STATS_EVERY == 0:
-            loss = F.smooth_l1_loss(q_a, y) if huber else F.mse_loss(q_a, y)
-            self.loss_sum += loss
+            per_row = (F.smooth_l1_loss(q_a, y, reduction="none") if huber
+                       else F.mse_loss(q_a, y, reduction="none"))
+            self.loss_sum += (per_row * weights).mean() if weights is not None else per_row.mean()
             self.q_sum += q_a.mean()
             self.stat_count += 1
         g = diff.clamp_(-1.0, 1.0).div_(n) if huber else diff.mul_(2.0 / n)
+        if weights is not None:
+            g.mul_(weights)
         dq = torch.zeros_like(q).scatter_(1, a, g.unsqueeze(1))
         self.net.backward(self.online_views, acts, dq, self.grad_views)
+        return td_abs
 
     @torch.no_grad()
     def clip_grad(self) -> None:
@@ -375,7 +480,7 @@ class CpuStep:
         rows = 2 * b if self.double else b
         empty = torch.empty
         self.x = empty(2 * b, net.in_dim)
-        sizes = [*net.hidden, net.n_actions]
+        sizes = [*net.hidden, net.n_out]
         self.h = [empty(rows, n) for n in sizes]
         self.h_target = [empty(b, n) for n in sizes]
         self.d = [empty(b, n) for n in sizes]
@@ -393,7 +498,10 @@ class CpuStep:
         self.obs = buffer.obs.view(cap, -1).numpy()
         self.next_obs = buffer.next_obs.view(cap, -1).numpy()
         self.actions, self.rewards = buffer.actions.numpy(), buffer.rewards.numpy()
-        self.dones = buffer.dones.numpy()
+        self.dones, self.discounts = buffer.dones.numpy(), buffer.discounts.numpy()
+        self.ones = np.ones(b, dtype=np.float32)
+        self.td_abs = np.empty(b, dtype=np.float32)
+        self.dueling = net.dueling
         self.divisor = np.float32(255.0 if buffer.obs.dtype == torch.uint8 else 1.0)
         opt = learner.optimizer
         self.adam = (learner.params.numpy(), learner.grad.numpy(), opt.exp_avg.numpy(),
@@ -402,7 +510,7 @@ class CpuStep:
         self.adam_args = (float(opt.lr), float(opt.betas[0]), float(opt.betas[1]), float(opt.eps),
                           float(learner.max_grad_norm), learner.target.numpy(),
                           float(learner.tau) if self.soft_target else 0.0)
-        self.gamma, self.huber = np.float32(learner.gamma), learner.loss_kind == "huber"
+        self.huber = learner.loss_kind == "huber"
         self.b = b
 
     @staticmethod
@@ -414,21 +522,25 @@ class CpuStep:
                 out.relu_()
             x = out
 
-    def __call__(self, idx: np.ndarray) -> None:
+    def __call__(self, idx: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """One step on rows `idx` (PER `weights`, or None); returns |TD error| per row (a view
+        the next call overwrites)."""
         b, x = self.b, self.x
         kernels.gather_rows(idx, self.obs, self.next_obs, self.divisor, self.x_np)
         self._forward(self.online, x if self.double else x[:b], self.h)
         self._forward(self.target, x[b:], self.h_target)
         last = len(self.h) - 1
-        kernels.td_grad(self.q_np, self.q_target_np, idx, self.actions,
-                        self.rewards, self.dones, self.gamma, self.huber, self.double,
-                        self.d_np[last], self.grad_b[last], self.learner.fused_stats)
+        kernels.td_grad(self.q_np, self.q_target_np, idx, self.actions, self.rewards, self.dones,
+                        self.discounts, self.ones if weights is None else weights, self.huber,
+                        self.double, self.dueling, self.d_np[last], self.grad_b[last],
+                        self.td_abs, self.learner.fused_stats)
         for i in range(last, -1, -1):
             torch.mm(self.d[i].t(), self.inputs[i], out=self.grad_w[i])
             if i > 0:
                 torch.mm(self.d[i], self.weights[i], out=self.d[i - 1])
                 kernels.relu_backward(self.d_np[i - 1], self.h_np[i - 1], self.grad_b[i - 1])
         kernels.clip_adam(*self.adam, *self.adam_args)
+        return self.td_abs
 
 
 class GraphedSteps:
@@ -451,8 +563,9 @@ class GraphedSteps:
 
     WARMUP = 3
 
-    def __init__(self, learner: Learner, buffer: ReplayBuffer) -> None:
-        self.learner, self.buffer = learner, buffer
+    def __init__(self, learner: Learner, buffer: ReplayBuffer,
+                 sampler: TorchPrioritized | None = None) -> None:
+        self.learner, self.buffer, self.sampler = learner, buffer, sampler
         self.device = buffer.device
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.hosts: dict[tuple, tuple[torch.Tensor, torch.cuda.Event]] = {}
@@ -461,33 +574,46 @@ class GraphedSteps:
         self.side = torch.cuda.Stream(device=self.device)
         self.capture_stream = torch.cuda.Stream(device=self.device)
 
-    def _steps(self, idx: torch.Tensor) -> None:
+    def _steps(self, block: torch.Tensor) -> None:
+        """What a graph records: one step per row of the block (indices, or with prioritized
+        replay the stratified offsets the step samples with)."""
         lr = self.learner
-        for row in idx:
-            lr.step(self.buffer.gather(row), stats=True)
+        for row in block:
+            if self.sampler is None:
+                lr.step(self.buffer.gather(row), stats=True)
+            else:
+                lr.prioritized_step(self.buffer, self.sampler, row, stats=True)
             if self.per_graph_target:
                 lr.update_target()
 
-    def __call__(self, idx: np.ndarray) -> None:
+    def _eager(self, block: np.ndarray | torch.Tensor) -> None:
+        """The same steps as eager torch ops (stats on every step, as the graphs record)."""
+        lr = self.learner
+        if self.sampler is None:
+            lr.eager_steps(lr.gather(self.buffer, block), stats=True)
+        else:
+            lr.prioritized_steps(self.buffer, self.sampler, block, stats=True)
+
+    def __call__(self, block: np.ndarray | torch.Tensor) -> None:
+        """K steps on `block`: a [K, B] index array, or [K, B] device offsets with PER."""
         with torch.cuda.device(self.device):
             if self.blocks_seen < self.WARMUP:
                 self.blocks_seen += 1
-                self._warm_up(idx)
-            elif self._shape(idx) in self.graphs:
-                self._replay(idx)
+                self._warm_up(block)
+            elif self._shape(block) in self.graphs:
+                self._replay(block)
             else:  # this block captures a graph: it must match eager ops before it is used
-                self.learner.prove_fast_route(self.buffer, idx, self._replay)
+                self.learner.prove_fast_route(self.buffer, block, self._replay, self._eager)
 
     def _shape(self, idx: np.ndarray) -> tuple[int, int]:
         """The (K, B) of the graph that runs `idx`: all of it, or one step at a time."""
         return (idx.shape[0] if self.per_graph_target else 1), idx.shape[1]
 
-    def _warm_up(self, idx: np.ndarray) -> None:
-        lr = self.learner
+    def _warm_up(self, block: np.ndarray | torch.Tensor) -> None:
         current = torch.cuda.current_stream(self.device)
         self.side.wait_stream(current)
         with torch.cuda.stream(self.side):
-            lr.eager_steps(lr.gather(self.buffer, idx), stats=True)
+            self._eager(block)
         current.wait_stream(self.side)
 
     def _stage(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
@@ -503,12 +629,15 @@ class GraphedSteps:
         host.numpy()[...] = idx
         return host, uploaded
 
-    def _replay(self, idx: np.ndarray) -> None:
+    def _replay(self, idx: np.ndarray | torch.Tensor) -> None:
         """K learner steps on the graphs, capturing a graph on its first use."""
         lr = self.learner
-        host, uploaded = self._stage(idx)
         current = torch.cuda.current_stream(self.device)
         graph, static_idx = self._graph(*self._shape(idx))
+        if self.sampler is not None:  # the offsets are already on the device
+            host, uploaded = idx, torch.cuda.Event()
+        else:
+            host, uploaded = self._stage(idx)
         if self.per_graph_target:
             static_idx.copy_(host, non_blocking=True)
             uploaded.record(current)
@@ -528,7 +657,8 @@ class GraphedSteps:
     def _graph(self, k: int, batch_size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         entry = self.graphs.get((k, batch_size))
         if entry is None:
-            static_idx = torch.zeros((k, batch_size), dtype=torch.int64, device=self.device)
+            static_idx = torch.zeros((k, batch_size), device=self.device,
+                                     dtype=torch.int64 if self.sampler is None else torch.float64)
             graph = torch.cuda.CUDAGraph()
             counts = self.learner.steps, self.learner.stat_count
             current = torch.cuda.current_stream(self.device)

@@ -35,7 +35,7 @@ class RunLogger:
         """Whether `progress` would print now (lets the caller skip preparing its figures)."""
         return self.progress_on and time.monotonic() - self._last_print >= self._interval
 
-    def progress(self, step: int, sps: float, mean_return: float | None, eps: float,
+    def progress(self, step: int, sps: float, mean_return: float | None, eps: float | None,
                  force: bool = False) -> None:
         """Print `steps  SPS  mean return  eps`, at most twice a second (once per 10 s to logs)."""
         if not self.progress_on:
@@ -48,7 +48,7 @@ class RunLogger:
         bar = "#" * int(frac * 20)
         ret = "   n/a" if mean_return is None else f"{mean_return:7.1f}"
         line = (f"[{bar:<20}] {step:>9,d}/{self.total:,d} steps  {sps:7.0f} SPS  "
-                f"return(100) {ret}  eps {eps:.3f}")
+                f"return(100) {ret}" + (f"  eps {eps:.3f}" if eps is not None else ""))
         if self.tty:
             sys.stderr.write("\r" + line)
         else:

@@ -4,8 +4,12 @@ Why flat: Adam, gradient clipping and the target update each become one kernel o
 contiguous tensor instead of a loop (or a foreach) over 2L tensors. Why a hand-written backward:
 for a small MLP, autograd's per-op bookkeeping costs more than the matrix products themselves on
 a CPU (measured: 1.0 ms vs 0.54 ms per DQN step at 128x128, batch 128). `to_module` exports the
-same weights as a plain `torch.nn.Sequential` for users, and the tests check the manual gradients
-against autograd.
+same weights as a plain torch module (`QNetwork`, the reference every learner route is checked
+against), and the tests check the manual gradients against autograd.
+
+Dueling (Wang et al. 2016): the last layer has n_actions + 1 outputs, [V, A_1..A_n], and
+Q = V + A - mean(A). V and A are linear heads on the same last hidden layer, so they are one
+matrix product here; the head and its backward are two small elementwise steps.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ class Layer:
 
 
 class MLP:
-    """Layout and math of an MLP `in -> hidden... -> n_actions` with ReLU between layers."""
+    """Layout and math of an MLP `in -> hidden... -> n_actions` with ReLU between layers
+    (with `dueling`, the last layer gives [V, A] and the head combines them)."""
 
-    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...],
+                 dueling: bool = False) -> None:
         self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
-        sizes = [in_dim, *hidden, n_actions]
+        self.dueling = bool(dueling)
+        self.n_out = n_actions + 1 if dueling else n_actions
+        sizes = [in_dim, *hidden, self.n_out]
         layers, offset = [], 0
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers.append(Layer(offset, offset + fan_in * fan_out, fan_in, fan_out))
@@ -55,19 +63,12 @@ class MLP:
             out.append((w, b))
         return out
 
-    @staticmethod
-    def forward(views: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    def forward(self, views: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor
+                ) -> torch.Tensor:
         """Q-values [B, n_actions] of float inputs x [B, in]."""
-        h = x
-        last = len(views) - 1
-        for i, (w, b) in enumerate(views):
-            h = torch.addmm(b, h, w.t())
-            if i < last:
-                h = h.relu_()
-        return h
+        return self.forward_train(views, x)[0]
 
-    @staticmethod
-    def forward_train(views: list[tuple[torch.Tensor, torch.Tensor]],
+    def forward_train(self, views: list[tuple[torch.Tensor, torch.Tensor]],
                       x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Q-values and the layer inputs that `backward` needs."""
         acts = [x]
@@ -78,13 +79,25 @@ class MLP:
             if i < last:
                 h = h.relu_()
                 acts.append(h)
-        return h, acts
+        return self.head(h), acts
 
-    @staticmethod
-    def backward(views: list[tuple[torch.Tensor, torch.Tensor]], acts: list[torch.Tensor],
-                 dout: torch.Tensor, grad_views: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Write dLoss/dparams into `grad_views` given dLoss/dQ `dout` (overwrites, no accumulate)."""
-        d = dout
+    def head(self, out: torch.Tensor) -> torch.Tensor:
+        """Q from the last layer's outputs: themselves, or V + A - mean(A) when dueling."""
+        if not self.dueling:
+            return out
+        adv = out[:, 1:]
+        return adv - adv.mean(1, keepdim=True) + out[:, :1]
+
+    def head_backward(self, dq: torch.Tensor) -> torch.Tensor:
+        """dLoss/d(last layer outputs) from dLoss/dQ: dV = sum_j dQ_j, dA = dQ - mean_j dQ_j."""
+        if not self.dueling:
+            return dq
+        return torch.cat([dq.sum(1, keepdim=True), dq - dq.mean(1, keepdim=True)], 1)
+
+    def backward(self, views: list[tuple[torch.Tensor, torch.Tensor]], acts: list[torch.Tensor],
+                 dq: torch.Tensor, grad_views: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write dLoss/dparams into `grad_views` given dLoss/dQ `dq` (overwrites, no accumulate)."""
+        d = self.head_backward(dq)
         for i in range(len(views) - 1, -1, -1):
             w, _ = views[i]
             gw, gb = grad_views[i]
@@ -94,18 +107,49 @@ class MLP:
                 # ReLU'(z) = 1 where the stored post-ReLU activation is positive: one fused op.
                 d = torch.ops.aten.threshold_backward(torch.mm(d, w), acts[i], 0)
 
-    def to_module(self, flat: torch.Tensor) -> torch.nn.Sequential:
-        """The same network as a standard torch module (a copy of the weights)."""
-        mods: list[torch.nn.Module] = []
-        for i, ((w, b), layer) in enumerate(zip(self.views(flat.detach()), self.layers)):
-            lin = torch.nn.Linear(layer.fan_in, layer.fan_out, device=flat.device)
-            with torch.no_grad():
+    def to_module(self, flat: torch.Tensor) -> torch.nn.Module:
+        """The same network as a `QNetwork` module (a copy of the weights)."""
+        module = QNetwork(self.in_dim, self.n_actions, self.hidden, self.dueling).to(flat.device)
+        with torch.no_grad():
+            for lin, (w, b) in zip(module.linears(), self.views(flat.detach())):
                 lin.weight.copy_(w)
                 lin.bias.copy_(b)
-            mods.append(lin)
-            if i < len(self.layers) - 1:
+        return module
+
+    def from_module(self, module: QNetwork) -> torch.Tensor:
+        """The flat parameter vector of a `QNetwork` of this shape (a copy, on its device)."""
+        parts = [t.detach().reshape(-1) for lin in module.linears() for t in (lin.weight, lin.bias)]
+        return torch.cat(parts)
+
+
+class QNetwork(torch.nn.Module):
+    """The reference Q-network: Linear/ReLU layers as a plain `nn.Module` (autograd, any device).
+
+    `body` is an `nn.Sequential`; with `dueling` its last Linear gives [V, A_1..A_n] and
+    `forward` returns V + A - mean(A). The flat MLP computes the same function (tests compare).
+    """
+
+    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...],
+                 dueling: bool = False) -> None:
+        super().__init__()
+        self.dueling = dueling
+        sizes = [in_dim, *hidden, n_actions + 1 if dueling else n_actions]
+        mods: list[torch.nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+            mods.append(torch.nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
                 mods.append(torch.nn.ReLU())
-        return torch.nn.Sequential(*mods)
+        self.body = torch.nn.Sequential(*mods)
+
+    def linears(self) -> list[torch.nn.Linear]:
+        return [m for m in self.body if isinstance(m, torch.nn.Linear)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if not self.dueling:
+            return out
+        adv = out[:, 1:]
+        return adv - adv.mean(1, keepdim=True) + out[:, :1]
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,11 @@
 One tensor per field, allocated once at full capacity. `add` writes the transitions of all N envs
 with a single indexed write per field; `gather` reads a whole block of sampled batches with a
 single index_select per field. Observations keep their dtype (uint8 images stay uint8).
+
+A row is (s, a, R, s', terminated, discount): the learner's target is
+R + discount * (1 - terminated) * Q(s', .), so 1-step rows (discount gamma) and n-step rows
+(R summed over k <= n steps, discount gamma^k; see nstep.py) are the same to everything
+downstream.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ class Batch:
     rewards: torch.Tensor
     next_obs: torch.Tensor
     dones: torch.Tensor
+    discounts: torch.Tensor
 
     def split(self, n: int) -> list[Batch]:
         """Cut a gathered [n*B] block into n batches (views, no copies)."""
-        parts = [t.chunk(n) for t in (self.obs, self.actions, self.rewards, self.next_obs,
-                                      self.dones)]
+        parts = [getattr(self, f).chunk(n) for f in FIELDS]
         return [Batch(*p) for p in zip(*parts)]
 
 
+FIELDS = ("obs", "actions", "rewards", "next_obs", "dones", "discounts")
+
+
 class ReplayBuffer:
-    """Ring buffer of (obs, action, reward, next_obs, terminated) on `device`."""
+    """Ring buffer of (obs, action, return, next_obs, terminated, discount) on `device`."""
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
                  device: torch.device | str = "cpu") -> None:
@@ -40,16 +48,20 @@ class ReplayBuffer:
         self.actions = torch.zeros(capacity, dtype=torch.int64, device=self.device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.dones = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+        self.discounts = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.pos = 0
         self.size = 0
         self._rows = torch.arange(capacity, device=self.device)
 
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-            next_obs: torch.Tensor, dones: torch.Tensor) -> None:
-        """Write N transitions (one per env) at the ring's head, wrapping at capacity."""
+            next_obs: torch.Tensor, dones: torch.Tensor, discounts: torch.Tensor
+            ) -> tuple[int, int]:
+        """Write n transitions at the ring's head, wrapping at capacity; returns (first row, n)
+        so that a prioritized sampler can give exactly these rows their first priority."""
         n = obs.shape[0]
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of {self.capacity}")
+        first = self.pos
         end = self.pos + n
         if end <= self.capacity:
             rows: torch.Tensor | slice = slice(self.pos, end)
@@ -60,18 +72,19 @@ class ReplayBuffer:
         self.rewards[rows] = rewards
         self.next_obs[rows] = next_obs
         self.dones[rows] = dones
+        self.discounts[rows] = discounts
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
+        return first, n
+
+    def rows(self, first: int, n: int) -> torch.Tensor:
+        """The ring rows of n transitions written from row `first` (wrapping), on the device."""
+        return (self._rows[first:first + n] if first + n <= self.capacity
+                else torch.cat([self._rows[first:], self._rows[: first + n - self.capacity]]))
 
     def gather(self, idx: torch.Tensor) -> Batch:
         """The transitions at `idx` (a flat index tensor on the buffer's device)."""
-        return Batch(
-            self.obs.index_select(0, idx),
-            self.actions.index_select(0, idx),
-            self.rewards.index_select(0, idx),
-            self.next_obs.index_select(0, idx),
-            self.dones.index_select(0, idx),
-        )
+        return Batch(*(getattr(self, f).index_select(0, idx) for f in FIELDS))
 
     def state_dict(self) -> dict:
         """Filled rows and the ring position (for --save-buffer checkpoints).
@@ -80,7 +93,7 @@ class ReplayBuffer:
         """
         n = self.size
         rows = {name: getattr(self, name)[:n].cpu().clone()
-                for name in ("obs", "actions", "rewards", "next_obs", "dones")}
+                for name in FIELDS}
         return {**rows, "pos": self.pos, "size": self.size, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
@@ -90,7 +103,10 @@ class ReplayBuffer:
         if state.get("capacity", self.capacity) != self.capacity:
             raise ValueError(f"saved buffer has capacity {state['capacity']}, "
                              f"this one {self.capacity}")
-        for name in ("obs", "actions", "rewards", "next_obs", "dones"):
+        for name in FIELDS:
+            if name == "discounts" and name not in state:
+                raise ValueError("saved buffer has no discounts (a fastdqn 0.1 checkpoint); "
+                                 "resume without its buffer")
             getattr(self, name)[:n] = state[name].to(self.device)
         self.pos, self.size = int(state["pos"]), n
 

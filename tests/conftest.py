@@ -110,12 +110,11 @@ def set_layers(net: MLP, flat: torch.Tensor, layers: list[tuple[list, list]]) ->
     return flat
 
 
-def module_grad(module: torch.nn.Sequential) -> torch.Tensor:
-    """The gradients of an exported MLP module in fastdqn's flat layout (w0, b0, w1, b1, ...)."""
+def module_grad(module: torch.nn.Module) -> torch.Tensor:
+    """The gradients of an exported QNetwork in fastdqn's flat layout (w0, b0, w1, b1, ...)."""
     parts = []
-    for m in module:
-        if isinstance(m, torch.nn.Linear):
-            parts += [m.weight.grad.reshape(-1), m.bias.grad.reshape(-1)]
+    for m in module.linears():
+        parts += [m.weight.grad.reshape(-1), m.bias.grad.reshape(-1)]
     return torch.cat(parts)
 
 
@@ -128,6 +127,7 @@ def random_batch(generator: torch.Generator, n: int, obs_dim: int, n_actions: in
         rewards=torch.randn(n, generator=generator) * reward_scale,
         next_obs=torch.randn(n, obs_dim, generator=generator),
         dones=(torch.rand(n, generator=generator) < 0.35).float(),
+        discounts=0.99 ** torch.randint(1, 4, (n,), generator=generator).float(),
     )
 
 

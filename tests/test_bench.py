@@ -62,12 +62,12 @@ def test_time_to_solve_refuses_flags_it_sets_itself() -> None:
     assert "--seed after -- would override" in r.stderr and "--seed-base" in r.stderr
 
 
-def test_learner_step_smoke_times_both_cpu_routes(tmp_path) -> None:
+def test_learner_step_smoke_times_every_cpu_route(tmp_path) -> None:
     out = tmp_path / "ls.json"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "learner_step.py"), "--steps", "40",
                         "--buffer-size", "2000", "--hidden", "16,16", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     us = json.loads(out.read_text())["us_per_step"]
-    assert set(us) == {"torch-ops", "cpu-fused"}
+    assert set(us) == {"torch-ops", "cpu-fused", "reference"}
     assert all(v > 0 for v in us.values())

@@ -68,7 +68,8 @@ def collect(mode_id: str, use_real_next_obs: bool = True):
                 else next_obs
             buffer.add(torch.as_tensor(obs), torch.as_tensor(actions),
                        torch.as_tensor(rewards, dtype=torch.float32),
-                       torch.as_tensor(stored_next), torch.as_tensor(terminated).float())
+                       torch.as_tensor(stored_next), torch.as_tensor(terminated).float(),
+                       torch.full((N_ENVS,), 0.99))
             flags.append((terminated.copy(), truncated.copy(), next_obs.copy()))
             obs = next_obs
     finally:

@@ -25,7 +25,7 @@ from fastdqn.evaluate import (
     run_episodes,
     save_gif,
 )
-from fastdqn.networks import MLP
+from fastdqn.networks import MLP, QNetwork
 
 
 class CountingPolicy:
@@ -149,7 +149,7 @@ def test_policy_call_is_argmax_of_q_values(gen):
 def test_policy_to_module_same_q_values(policy, gen):
     obs = torch.randn(20, 4, generator=gen)
     mod = policy.to_module()
-    assert isinstance(mod, torch.nn.Sequential)
+    assert isinstance(mod, QNetwork) and isinstance(mod.body, torch.nn.Sequential)
     with torch.no_grad():
         assert torch.allclose(mod(obs), policy.q_values(obs.numpy()), atol=1e-6)
 

@@ -24,31 +24,60 @@ DONES = [0.0, 0.0, 1.0, 0.0]
 GAMMA = np.float32(0.5)
 
 
+DISCOUNTS = [0.5, 0.5, 0.5, 0.25]  # row 3 is an n-step row: its discount is gamma^2
+WEIGHTS = np.array([1.0, 0.5, 1.0, 2.0], np.float32)  # PER importance weights per batch row
+
+
 def td_inputs(double: bool):
     q = [[s, 2.0] for s in S] + ([[s, 2.0] for s in S_NEXT] if double else [])
     q_target = [[2 * s, 10.0] for s in S_NEXT]
     actions, rewards, dones = np.zeros(4, np.int64), np.zeros(4, np.float32), np.zeros(4, np.float32)
-    actions[IDX], rewards[IDX], dones[IDX] = ACTIONS, REWARDS, DONES
-    return (np.array(q, np.float32), np.array(q_target, np.float32), IDX, actions, rewards, dones)
+    discounts = np.zeros(4, np.float32)
+    actions[IDX], rewards[IDX], dones[IDX], discounts[IDX] = ACTIONS, REWARDS, DONES, DISCOUNTS
+    return (np.array(q, np.float32), np.array(q_target, np.float32), IDX, actions, rewards, dones,
+            discounts)
 
 
 @pytest.mark.parametrize("double, y", [
     # double: target value at the online argmax of Q(s') (row 0: online says 0, target 1).
-    (True, [1.0 + 0.5 * 6, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.5 * 12]),
-    (False, [1.0 + 0.5 * 10, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.5 * 12]),
+    (True, [1.0 + 0.5 * 6, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.25 * 12]),
+    (False, [1.0 + 0.5 * 10, -2.0 + 0.5 * 10, 0.5, 0.25 + 0.25 * 12]),
 ])
 @pytest.mark.parametrize("huber", [True, False])
-def test_td_grad_hand_computed(double, y, huber):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_td_grad_hand_computed(double, y, huber, weighted):
     dq, grad_bias, stats = np.full((4, 2), 7.0, np.float32), np.full(2, 7.0, np.float32), np.zeros(3)
-    kernels.td_grad(*td_inputs(double), GAMMA, huber, double, dq, grad_bias, stats)
+    td_abs = np.zeros(4, np.float32)
+    w = WEIGHTS if weighted else np.ones(4, np.float32)
+    kernels.td_grad(*td_inputs(double), w, huber, double, False, dq, grad_bias, td_abs, stats)
     diff = np.array([1.0, 2.0, 6.0, 2.0]) - np.array(y)
-    g = np.clip(diff, -1, 1) / 4 if huber else 2 * diff / 4
+    g = w * (np.clip(diff, -1, 1) / 4 if huber else 2 * diff / 4)
     expected = np.zeros((4, 2))
     expected[np.arange(4), ACTIONS] = g
-    assert dq.tolist() == expected.tolist()
-    assert grad_bias.tolist() == [g[0] + g[2], g[1] + g[3]]
+    np.testing.assert_allclose(dq, expected, rtol=1e-6)
+    assert grad_bias.tolist() == pytest.approx([g[0] + g[2], g[1] + g[3]])
+    assert td_abs.tolist() == pytest.approx(np.abs(diff).tolist())
     loss = np.where(np.abs(diff) < 1, 0.5 * diff**2, np.abs(diff) - 0.5) if huber else diff**2
-    assert stats.tolist() == pytest.approx([loss.mean(), 2.75, 1.0])
+    assert stats.tolist() == pytest.approx([(w * loss).mean(), 2.75, 1.0])
+
+
+def test_td_grad_dueling_hand_computed():
+    """One row, 2 actions, outputs [V, A0, A1]: online s = [1, 3, 1] -> Q = 1 + A - 2 = [2, 0];
+    target s' = [0, 4, 8] -> Q' = [-2, 2]; double picks a* = argmax online Q(s') = [5, 3, 1]
+    -> Q = [6, 4], a* = 0 -> y = 1 + 0.5 * -2 = 0; taken action 0: diff = 2 - 0 = 2."""
+    out = np.array([[1, 3, 1], [5, 3, 1]], np.float32)
+    out_target = np.array([[0, 4, 8]], np.float32)
+    d_out, grad_bias, td_abs, stats = (np.zeros((1, 3), np.float32), np.zeros(3, np.float32),
+                                       np.zeros(1, np.float32), np.zeros(3))
+    kernels.td_grad(out, out_target, np.array([0]), np.array([0]), np.array([1.0], np.float32),
+                    np.zeros(1, np.float32), np.array([0.5], np.float32),
+                    np.ones(1, np.float32), False, True, True, d_out, grad_bias, td_abs, stats)
+    g = 2 * 2.0  # MSE gradient 2 * diff / B
+    assert td_abs.tolist() == [2.0]
+    # dV = g; dA = [g - g/2, -g/2]
+    assert d_out.tolist() == [[g, g / 2, -g / 2]]
+    assert grad_bias.tolist() == [g, g / 2, -g / 2]
+    assert stats.tolist() == [4.0, 2.0, 1.0]
 
 
 def test_relu_backward_masks_and_sums_columns():
@@ -103,7 +132,8 @@ def filled_buffer(obs_dtype=torch.float32, size=500) -> ReplayBuffer:
         else:
             o, o2 = torch.randn(2, 10, 6, generator=g)
         buf.add(o, torch.randint(3, (10,), generator=g), torch.randn(10, generator=g) * 3, o2,
-                (torch.rand(10, generator=g) < 0.2).float())
+                (torch.rand(10, generator=g) < 0.2).float(),
+                0.99 ** torch.randint(1, 4, (10,), generator=g).float())
     return buf
 
 
@@ -127,8 +157,8 @@ def test_cpu_fused_route_matches_torch_route(obs_dtype, kw):
     rng = np.random.default_rng(0)
     for _ in range(12):
         idx = rng.integers(0, buf.size, (4, 32))
-        fused.learn(buf, idx)
-        plain.learn(buf, idx)
+        fused.learn_block(buf, idx)
+        plain.learn_block(buf, idx)
     assert fused._cpu is not None and plain._cpu is None
     assert fused.steps == plain.steps == 48
     assert fused.optimizer.step_count.item() == 48
@@ -142,7 +172,7 @@ def test_cpu_fused_stats_are_the_mean_over_every_step():
     buf = filled_buffer()
     fused, plain = learner_pair()
     idx = np.random.default_rng(1).integers(0, buf.size, (5, 32))
-    fused.learn(buf, idx)
+    fused.learn_block(buf, idx)
     for row in idx:
         plain.step(buf.gather(torch.from_numpy(row)), stats=True)
         plain.maybe_update_target()
@@ -163,7 +193,7 @@ def test_learn_marks_every_stage():
     buf = filled_buffer()
     for learner in learner_pair():
         laps: list[str] = []
-        learner.learn(buf, np.zeros((2, 8), np.int64), laps.append)
+        learner.learn_block(buf, np.zeros((2, 8), np.int64), laps.append)
         assert laps == ["sample", "learn", "target", "learn", "target"]
 
 
@@ -193,8 +223,8 @@ def test_cuda_graph_route_matches_eager(kw, device):
         steps = 0
         for i in range(10):  # past the eager warm-up blocks, so most steps replay graphs
             idx = rng.integers(0, buf.size, (3 + i % 2, 32))  # K = 3 and 4: two captures
-            graphed.learn(buf, idx)
-            eager.learn(buf, idx)
+            graphed.learn_block(buf, idx)
+            eager.learn_block(buf, idx)
             steps += len(idx)
         torch.cuda.synchronize(device)
         assert torch.cuda.current_device() == 0
@@ -223,8 +253,8 @@ def test_cuda_graph_capture_failure_falls_back_to_eager(device, monkeypatch):
         with pytest.warns(RouteFallbackWarning) as caught:
             for _ in range(6):
                 idx = rng.integers(0, buf.size, (4, 32))
-                graphed.learn(buf, idx)
-                eager.learn(buf, idx)
+                graphed.learn_block(buf, idx)
+                eager.learn_block(buf, idx)
         torch.cuda.synchronize(device)
     assert [str(w.message) for w in caught if w.category is RouteFallbackWarning] == [
         "fastdqn: learner CUDA graphs failed the self-check (raised RuntimeError: boom); "
@@ -251,6 +281,6 @@ def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
     net = MLP(6, 3, (32, 16))
     learner = Learner(net, lr=3e-3, gamma=0.97, tau=0.05, target_update_interval=1, fused=False,
                       cuda_graphs=True)
-    learner.learn(buf, np.zeros((3, 8), np.int64))
+    learner.learn_block(buf, np.zeros((3, 8), np.int64))
     assert learner.steps == 3
     ActingQ(learner.net, learner.online_views, buf.obs[:4], graph=True)(buf.obs[:4])

@@ -105,7 +105,7 @@ def autograd_loss_and_grad(learner: Learner, batch, loss_kind: str, double: bool
             q_next = q_next_t.gather(1, online(x_next).argmax(1, keepdim=True)).squeeze(1)
         else:
             q_next = q_next_t.max(1).values
-        y = batch.rewards + learner.gamma * (1 - batch.dones) * q_next
+        y = batch.rewards + batch.discounts * (1 - batch.dones) * q_next
     q_a = online(preprocess(batch.obs)).gather(1, batch.actions[:, None]).squeeze(1)
     loss = F.smooth_l1_loss(q_a, y) if loss_kind == "huber" else F.mse_loss(q_a, y)
     loss.backward()
@@ -142,7 +142,7 @@ def test_grad_setup_exercises_every_branch(gen):
     assert (a_next_online != a_next_target).sum() >= 5  # double DQN differs from plain max
     assert (a_next_online != a_online_s).sum() >= 10  # Q(s') and Q(s) pick different actions
     y = td_target(net, online, target, batch.rewards, batch.next_obs, batch.dones,
-                  learner.gamma, True)
+                  batch.discounts, True)
     q = net.forward(online, batch.obs)
     err = (q.gather(1, batch.actions[:, None]).squeeze(1) - y).abs()
     assert (err > 1).sum() >= 5 and (err < 1).sum() >= 5  # both Huber regimes
@@ -470,7 +470,7 @@ def test_step_leaves_target_and_maybe_update_target_follows_interval(gen):
 def filled_buffer(gen: torch.Generator, n: int = 200) -> ReplayBuffer:
     buf = ReplayBuffer(n, (OBS_DIM,), torch.float32)
     b = random_batch(gen, n, OBS_DIM, N_ACTIONS, reward_scale=3.0)
-    buf.add(b.obs, b.actions, b.rewards, b.next_obs, b.dones)
+    buf.add(b.obs, b.actions, b.rewards, b.next_obs, b.dones, b.discounts)
     return buf
 
 
@@ -527,15 +527,15 @@ def test_self_check_decides_and_keeps_the_eager_trajectory(case, gen):
     blocks = [rng.integers(0, buf.size, (4, 16)) for _ in range(5)]
     cuda = torch.device("cuda")
     for lr in (learner, eager):
-        lr.learn(buf, blocks[0])
+        lr.learn_block(buf, blocks[0])
     start = learner.params.clone()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = learner.prove_fast_route(buf, blocks[1], route(learner, buf))
-        eager.learn(buf, blocks[1])
+        eager.learn_block(buf, blocks[1])
         for b in blocks[2:]:
-            learner.learn(buf, b)
-            eager.learn(buf, b)
+            learner.learn_block(buf, b)
+            eager.learn_block(buf, b)
     fallback_warnings = [str(w.message) for w in caught if w.category is RouteFallbackWarning]
     adam = f"Adam: {learner.adam_kind}"
     if reason is None:
@@ -565,7 +565,7 @@ def test_self_check_decides_and_keeps_the_eager_trajectory(case, gen):
 def eager_params_after(blocks: list[np.ndarray], buf: ReplayBuffer) -> torch.Tensor:
     lr = make_learner(fused=False, cuda_graphs=False)
     for b in blocks:
-        lr.learn(buf, b)
+        lr.learn_block(buf, b)
     return lr.params
 
 
@@ -602,7 +602,7 @@ def test_self_check_falls_back_once(gen):
         for _ in range(3):
             idx = rng.integers(0, buf.size, (2, 16))
             assert not learner.prove_fast_route(buf, idx, fast)
-            eager.learn(buf, idx)
+            eager.learn_block(buf, idx)
     assert calls == [2]
     assert [w.category for w in caught] == [RouteFallbackWarning]
     assert len(learner.fallbacks) == 1
@@ -612,10 +612,10 @@ def test_self_check_falls_back_once(gen):
 def test_snapshot_restore_round_trip(gen):
     buf = filled_buffer(gen)
     learner = make_learner(fused=False)
-    learner.learn(buf, np.arange(32).reshape(2, 16))
+    learner.learn_block(buf, np.arange(32).reshape(2, 16))
     snap = learner.snapshot()
     params = learner.params
-    learner.learn(buf, np.arange(32, 64).reshape(2, 16))
+    learner.learn_block(buf, np.arange(32, 64).reshape(2, 16))
     assert not torch.equal(learner.params, snap["params"])
     learner.restore(snap)
     assert learner.params is params  # in place: graphs keep their addresses

@@ -77,14 +77,42 @@ def test_to_module_structure_and_copy():
     net = MLP(4, 3, (8, 6))
     flat = net.init(torch.Generator().manual_seed(0))
     mod = net.to_module(flat)
-    kinds = [type(m).__name__ for m in mod]
+    kinds = [type(m).__name__ for m in mod.body]
     assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
-    assert [(m.in_features, m.out_features) for m in mod if isinstance(m, torch.nn.Linear)] == [
-        (4, 8), (8, 6), (6, 3)]
+    assert [(m.in_features, m.out_features) for m in mod.linears()] == [(4, 8), (8, 6), (6, 3)]
     before = flat.clone()
     with torch.no_grad():
-        mod[0].weight.add_(1.0)
+        mod.body[0].weight.add_(1.0)
     assert torch.equal(flat, before)  # a copy, not a view
+    assert torch.equal(net.from_module(net.to_module(flat)), flat)
+
+
+def test_dueling_head_by_hand():
+    """Last layer outputs [V, A1, A2, A3] = [1, 2, 4, 9]: Q = 1 + A - 5 = [-2, 0, 5]."""
+    net = MLP(1, 3, (), dueling=True)
+    assert net.n_out == 4 and net.num_params == 1 * 4 + 4
+    flat = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 9.0])
+    assert net.forward(net.views(flat), torch.zeros(1, 1)).tolist() == [[-2.0, 0.0, 5.0]]
+    assert net.to_module(flat)(torch.zeros(1, 1)).tolist() == [[-2.0, 0.0, 5.0]]
+    # dV = sum dQ = 6, dA = dQ - mean dQ = [1, 2, 3] - 2
+    assert net.head_backward(torch.tensor([[1.0, 2.0, 3.0]])).tolist() == [[6.0, -1.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("hidden", [(16,), (32, 16)])
+def test_dueling_backward_matches_autograd_through_the_reference_module(hidden, gen):
+    net = MLP(6, 4, hidden, dueling=True)
+    flat = net.init(gen)
+    x = torch.randn(25, 6, generator=gen)
+    dq = torch.randn(25, 4, generator=gen)
+    q, acts = net.forward_train(net.views(flat), x)
+    grad = torch.full((net.num_params,), float("nan"))
+    net.backward(net.views(flat), acts, dq, net.views(grad))
+    module = net.to_module(flat)
+    ref_q = module(x)
+    torch.testing.assert_close(q, ref_q, rtol=1e-5, atol=1e-6)
+    (ref_q * dq).sum().backward()
+    ref = torch.cat([t.grad.reshape(-1) for lin in module.linears() for t in (lin.weight, lin.bias)])
+    torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("hidden", [(16,), (32, 16)])

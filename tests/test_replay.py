@@ -19,7 +19,8 @@ def transitions(ids: list[int], obs_dtype=torch.float32) -> tuple[torch.Tensor, 
     rewards = 10.0 * k - 3.0
     next_obs = torch.stack([k + 100.0, k + 100.5], 1).to(obs_dtype)
     dones = (torch.tensor(ids) % 2).float()
-    return obs, actions, rewards, next_obs, dones
+    discounts = 0.5 ** (torch.tensor(ids, dtype=torch.float32) % 3 + 1)
+    return obs, actions, rewards, next_obs, dones, discounts
 
 
 def assert_row(buf: ReplayBuffer, row: int, k: int) -> None:
@@ -28,6 +29,7 @@ def assert_row(buf: ReplayBuffer, row: int, k: int) -> None:
     assert buf.rewards[row].item() == 10.0 * k - 3.0
     assert buf.next_obs[row].tolist() == [k + 100.0, k + 100.5]
     assert buf.dones[row].item() == float(k % 2)
+    assert buf.discounts[row].item() == 0.5 ** (k % 3 + 1)
 
 
 def assert_empty_row(buf: ReplayBuffer, row: int) -> None:
@@ -36,6 +38,7 @@ def assert_empty_row(buf: ReplayBuffer, row: int) -> None:
     assert buf.rewards[row].item() == 0.0
     assert buf.next_obs[row].tolist() == [0.0, 0.0]
     assert buf.dones[row].item() == 0.0
+    assert buf.discounts[row].item() == 0.0
 
 
 def test_wrap_around_contents_row_by_row():
@@ -94,7 +97,7 @@ def test_obs_dtype_kept(dtype):
     assert buf.next_obs.dtype == dtype
     obs = torch.full((2, 3, 2), 200).to(dtype)
     buf.add(obs, torch.tensor([1, 2]), torch.tensor([0.5, 1.5]), obs + 1,
-            torch.tensor([0.0, 1.0]))
+            torch.tensor([0.0, 1.0]), torch.tensor([0.9, 0.81]))
     assert buf.obs.dtype == dtype
     batch = buf.gather(torch.tensor([0, 1]))
     assert batch.obs.dtype == dtype and batch.next_obs.dtype == dtype
@@ -109,7 +112,8 @@ def test_obs_dtype_kept(dtype):
 def test_uint8_values_survive_exactly():
     buf = ReplayBuffer(3, (4,), torch.uint8)
     obs = torch.tensor([[0, 1, 254, 255], [7, 128, 200, 3]], dtype=torch.uint8)
-    buf.add(obs, torch.tensor([0, 1]), torch.zeros(2), obs.flip(1), torch.zeros(2))
+    buf.add(obs, torch.tensor([0, 1]), torch.zeros(2), obs.flip(1), torch.zeros(2),
+            torch.ones(2))
     assert buf.obs[:2].tolist() == obs.tolist()
     assert buf.next_obs[:2].tolist() == obs.flip(1).tolist()
 
@@ -234,7 +238,7 @@ def test_state_dict_holds_only_the_filled_rows():
 
     big = ReplayBuffer(100_000, (8,), torch.float32)
     big.add(torch.ones(4, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(4),
-            torch.ones(4, 8), torch.zeros(4))
+            torch.ones(4, 8), torch.zeros(4), torch.ones(4))
     f = io.BytesIO()
     torch.save(big.state_dict(), f)
     assert len(f.getvalue()) < 10_000  # the full obs tensor alone is 3.2 MB

@@ -73,16 +73,16 @@ def test_every_evaluation_records_its_episodes_and_seeds_and_writes_checkpoint_p
 
 def test_checkpoint_every_zero_still_checkpoints_at_each_evaluation(tmp_path, monkeypatch):
     """--checkpoint-every 0 promises checkpoints at evaluations and the end: both must happen."""
-    import fastdqn.trainer as trainer
+    import fastdqn.run as run_module
 
     written = []
-    real = trainer.save_checkpoint
+    real = run_module.save_checkpoint
 
     def spy(path, state):
         written.append((Path(path).name, state["counters"]["step"]))
         real(path, state)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", spy)
+    monkeypatch.setattr(run_module, "save_checkpoint", spy)
     train(env_id="CartPole-v1", **TINY, learning_starts=8, eval_every=16, eval_episodes=1,
           solve_episodes=1, total_timesteps=40, target_return=1e9, run_dir=str(tmp_path / "r"))
     assert [s for name, s in written if name == "checkpoint.pt"] == [16, 32, 40]

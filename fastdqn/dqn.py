@@ -1,0 +1,247 @@
+"""DQN: the agent (Q-network, learner route, replay with n-step and priorities, acting) and its
+loop. The run's lifecycle (run dir, envs, signals, logging, evaluation, checkpoints, summary)
+is `run.Run`'s; this file is what DQN adds to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError
+from .config import Config
+from .envs import real_next_obs
+from .evaluate import Policy
+from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
+from .learner import Learner
+from .networks import MLP, preprocess
+from .nstep import NStepWriter
+from .prioritized import PrioritizedSampler, TorchPrioritized, beta_at
+from .reference import ReferenceLearner
+from .replay import ReplayBuffer, torch_dtype
+from .run import Counters, Run, TrainingDiverged, divergence_message
+from .sampling import UniformSampler
+
+STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "add", "log")
+
+
+def train_dqn(run: Run, agent: DQN) -> None:
+    """The loop: act, step the envs while learning, add; then the run's maybe-hooks."""
+    c, envs, lap = run.c, run.envs, run.timer.lap
+    obs = agent.to_device(run.reset_envs())
+    while run.running():
+        eps = agent.epsilon(c)
+        actions = agent.act(obs, eps, c.step)
+        lap("act")
+        envs.step_async(actions.cpu().numpy())
+        lap("env_send")
+        agent.learn(c, lap)
+        next_obs, rewards, terminated, truncated, infos = envs.step_wait()
+        lap("env_wait")
+        agent.add(obs, actions, rewards, real_next_obs(next_obs, infos, agent.real_next),
+                  terminated, truncated)
+        lap("add")
+        obs = agent.to_device(next_obs)
+        lap("h2d")
+        run.count_step(rewards, terminated, truncated)
+        run.maybe_log(epsilon=eps)
+        if run.maybe_evaluate():
+            break
+        run.maybe_checkpoint()
+
+
+class DQN:
+    """Q-network and learner, replay buffer (+ n-step writer, + priorities), batched acting.
+
+    The learner route: `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch
+    ops elsewhere) for fastdqn's own MLP, dueling or not; `ReferenceLearner` (nn.Module +
+    autograd) for a network passed in from Python or with --learner reference.
+    """
+
+    def __init__(self, cfg: Config, obs_space, act_space, device: torch.device,
+                 q_network: torch.nn.Module | None = None) -> None:
+        self.cfg, self.device = cfg, device
+        n_envs, n_actions = cfg.num_envs, int(act_space.n)
+        self.obs_shape = tuple(obs_space.shape)
+        self.net = MLP(int(np.prod(self.obs_shape)), n_actions, tuple(cfg.hidden), cfg.dueling)
+        self.custom = q_network is not None
+        opts = dict(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, loss=cfg.loss,
+                    target_update_interval=cfg.target_update_interval,
+                    double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
+                    adam_eps=cfg.adam_eps, device=device)
+        init = self.net.init(torch.Generator().manual_seed(cfg.seed))
+        if self.custom or cfg.learner == "reference":
+            module = q_network if self.custom else self.net.to_module(init)
+            self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **opts)
+        else:
+            self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
+        obs_dtype = torch_dtype(obs_space.dtype)
+        self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_shape, obs_dtype, device)
+        self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(cfg.seed)
+        if cfg.prioritized and device.type == "cpu":  # the Numba sum tree
+            self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, cfg.seed)
+        elif cfg.prioritized:  # priorities on the device: sampled without a host sync
+            self.sampler = TorchPrioritized(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, device)
+            self.learner.per_generator.manual_seed(cfg.seed + 2)
+        self.nstep = (NStepWriter(cfg.n_step, cfg.gamma, n_envs, self.obs_shape, obs_dtype, device)
+                      if cfg.n_step > 1 else None)
+        self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
+                                        cfg.eps_decay_steps, cfg.eps_episode_decay)
+        self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
+        self.cuda = device.type == "cuda"
+        pin = self.cuda
+        self.stage_obs = torch.empty((n_envs, *self.obs_shape), dtype=obs_dtype, pin_memory=pin)
+        self.stage_next = torch.empty_like(self.stage_obs, pin_memory=pin)
+        self.stage_rew = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
+        self.stage_done = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
+        self.discounts = torch.full((n_envs,), cfg.gamma, dtype=torch.float32, device=device)
+        self.real_next = np.empty((n_envs, *self.obs_shape), dtype=obs_space.dtype)
+        self.eps_dev = torch.empty(n_envs, device=device)
+        self.acting_q: ActingQ | None = None
+
+    # -- the loop's steps ----------------------------------------------------------------------
+
+    def to_device(self, array: np.ndarray, stage: torch.Tensor | None = None) -> torch.Tensor:
+        stage = self.stage_obs if stage is None else stage
+        stage.numpy()[...] = array
+        return stage.to(self.device, non_blocking=True) if self.cuda else stage.to(self.device)
+
+    def epsilon(self, c: Counters) -> float:
+        return self.schedule(c.step, c.episodes)
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.learner, ReferenceLearner):
+            return self.learner.q_values(obs)
+        if self.acting_q is None:
+            self.acting_q = ActingQ(self.net, self.learner.online_views, obs, self.cfg.cuda_graphs)
+        return self.acting_q(obs)
+
+    def act(self, obs: torch.Tensor, eps: float, step: int) -> torch.Tensor:
+        """Batched epsilon-greedy or Boltzmann actions on the device."""
+        q = self.q_values(obs)
+        if self.cfg.exploration == "egreedy":
+            return epsilon_greedy(q, self.eps_dev.fill_(eps), self.act_gen)
+        if not bool(torch.isfinite(q).all()):  # softmax of NaN/inf has no samples
+            raise TrainingDiverged(divergence_message(self.cfg, step,
+                                                      "NaN or inf Q-values while acting"))
+        return boltzmann(q, self.cfg.temperature, self.act_gen)
+
+    def learn(self, c: Counters, lap) -> None:
+        """The learner steps due for the transitions collected so far (K per iteration)."""
+        cfg = self.cfg
+        if self.buffer.size < self.learning_starts:
+            return
+        c.due += cfg.num_envs * cfg.gradient_steps
+        k, c.due = divmod(c.due, cfg.train_every)
+        if k:
+            beta = beta_at(c.step, cfg.total_timesteps, cfg.per_beta)
+            self.learner.learn(self.buffer, self.sampler, k, cfg.batch_size, beta, lap)
+
+    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: np.ndarray,
+            next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
+        """Store the vector step (as n-step rows when n > 1); new rows get the top priority."""
+        next_dev = self.to_device(next_obs, self.stage_next)
+        if self.nstep is None:
+            first, n = self.buffer.add(obs, actions, self.to_device(rewards, self.stage_rew),
+                                       next_dev, self.to_device(terminated, self.stage_done),
+                                       self.discounts)
+        else:
+            rows = self.nstep.push(obs, actions.cpu().numpy(), rewards, next_dev, terminated,
+                                   truncated)
+            if not len(rows[0]):
+                return
+            first, n = self.buffer.add(*rows)
+        if isinstance(self.sampler, PrioritizedSampler):
+            self.sampler.on_add((first + np.arange(n)) % self.buffer.capacity)
+        elif isinstance(self.sampler, TorchPrioritized):
+            self.sampler.on_add(self.buffer.rows(first, n))
+
+    # -- what the run needs --------------------------------------------------------------------
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(obs, device=self.device)
+            return self.q_values_eval(x).argmax(1).cpu().numpy()
+
+    def q_values_eval(self, obs: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.learner, ReferenceLearner):
+            return self.learner.q_values(obs)
+        return self.net.forward(self.learner.online_views, preprocess(obs))
+
+    def pop_stats(self) -> dict[str, float] | None:
+        stats = self.learner.pop_stats()
+        if stats is None:
+            return None
+        return {"losses/td_loss": stats[0], "losses/q_values": stats[1]}
+
+    def all_finite(self) -> bool:
+        return self.learner.all_finite()
+
+    def policy(self) -> Policy:
+        if self.custom:
+            return Policy.of_module(self.learner.online, self.device)
+        return Policy(self.net, self.flat_params(), self.device)
+
+    def flat_params(self) -> torch.Tensor:
+        if isinstance(self.learner, ReferenceLearner):
+            return self.net.from_module(self.learner.online)
+        return self.learner.params
+
+    def summary(self) -> dict:
+        return {"learner_steps": self.learner.steps,
+                "learner_route": self.learner.route(self.device),
+                "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
+                + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
+
+    def net_spec(self) -> dict:
+        if self.custom:
+            return {"kind": "custom", "class": type(self.learner.online).__qualname__}
+        return {"kind": "mlp", "in_dim": self.net.in_dim, "n_actions": self.net.n_actions,
+                "hidden": list(self.net.hidden), "dueling": self.net.dueling}
+
+    def state_dict(self, with_buffer: bool) -> dict:
+        learner = self.learner.state_dict()
+        if not self.custom:
+            learner["params"] = self.flat_params().detach().cpu().clone()
+        state = {"net": self.net_spec(), "learner": learner,
+                 "rng": {"sampler": self.sampler.get_state(), "act": self.act_gen.get_state(),
+                         "per": self.learner.per_generator.get_state()}}
+        if with_buffer:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def check_checkpoint(self, ckpt: dict, path) -> None:
+        """A checkpoint must come from the same network shape and replay as this run."""
+        net = ckpt.get("net", {})
+        want = self.net_spec()
+        if net.get("kind", "mlp") != want["kind"]:
+            raise CheckpointError(f"{path} holds a {net.get('kind', 'mlp')} network, this run a "
+                                  f"{want['kind']} one; resume with the same network")
+        if want["kind"] == "mlp":
+            if tuple(net.get("hidden", ())) != tuple(want["hidden"]):
+                raise CheckpointError(f"{path} has hidden layers {net.get('hidden')}, "
+                                      f"not {want['hidden']}; pass --hidden to match")
+            if bool(net.get("dueling", False)) != want["dueling"]:
+                flag = "--dueling" if net.get("dueling") else "--no-dueling"
+                raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
+                                      f" a dueling head; pass {flag} to match")
+        saved = ckpt.get("buffer", {}).get("capacity", self.cfg.buffer_size)
+        if saved != self.cfg.buffer_size:
+            raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
+                                  f"--buffer-size {self.cfg.buffer_size}; resume with "
+                                  f"--buffer-size {saved}")
+        rng = ckpt.get("rng", {}).get("sampler")
+        if isinstance(rng, dict) != self.cfg.prioritized:
+            flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
+            raise CheckpointError(f"{path} was trained with{'' if isinstance(rng, dict) else 'out'}"
+                                  f" prioritized replay; pass {flag} to match")
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.learner.load_state_dict(ckpt["learner"])
+        self.sampler.set_state(ckpt["rng"]["sampler"])
+        self.act_gen.set_state(ckpt["rng"]["act"])
+        if "per" in ckpt["rng"]:
+            self.learner.per_generator.set_state(ckpt["rng"]["per"])
+        if "buffer" in ckpt:
+            self.buffer.load_state_dict(ckpt["buffer"])

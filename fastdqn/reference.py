@@ -1,0 +1,154 @@
+"""The reference learner: any `torch.nn.Module` Q-network, autograd, `torch.optim.Adam`.
+
+This is the definition of a DQN update in fastdqn, written as plainly as torch allows. The fast
+routes (the flat-MLP torch ops, the Numba-fused CPU step, the CUDA graphs) are optimizations of
+it for the networks they support, and the tests check each against it for every combination of
+options. It is also the route for networks users pass in from Python, and for any option a fast
+route does not support.
+
+One update on a batch of rows (s, a, R, s', terminated, discount) with importance weights w:
+    y = R + discount * (1 - terminated) * Q_target(s', a*),  a* = argmax_a Q_online(s', a) (double)
+                                                                  or argmax_a Q_target(s', a)
+    loss = mean_i w_i * l(Q_online(s_i, a_i) - y_i),  l = Huber(delta 1) or squared error
+then the gradient's global norm is clipped, Adam steps, and the target net moves toward the
+online one (tau < 1 every step, or a copy every `target_update_interval` steps).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .networks import preprocess
+from .prioritized import PrioritizedSampler, TorchPrioritized
+from .replay import Batch, ReplayBuffer
+from .sampling import UniformSampler
+
+
+def _no_lap(stage: str) -> None:
+    """The default `lap`: no timing."""
+
+
+class ReferenceLearner:
+    """Online and target copies of a module, its Adam, and `step(batch, weights)`."""
+
+    def __init__(self, module: torch.nn.Module, *, lr: float, gamma: float, tau: float,
+                 target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
+                 max_grad_norm: float = 10.0, adam_eps: float = 1e-8,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.online = module.to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        pairs = [(p, t) for p, t in zip(self.online.parameters(), self.target.parameters())
+                 if p.requires_grad]
+        self.params = [p for p, _ in pairs]
+        self.target_params = [t for _, t in pairs]
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps)
+        self.gamma, self.tau, self.interval = gamma, tau, target_update_interval
+        self.loss_kind, self.double, self.max_grad_norm = loss, double_dqn, max_grad_norm
+        self.steps = 0
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.q_sum = torch.zeros((), device=self.device)
+        self.stat_count = 0
+        self.per_generator = torch.Generator(self.device).manual_seed(0)
+
+    def learn(self, buffer: ReplayBuffer, sampler, k: int, batch_size: int, beta: float = 1.0,
+              lap: Callable[[str], None] = _no_lap) -> None:
+        """K steps on batches `sampler` draws from `buffer` (prioritized: priorities written
+        back after every step, for exactly the rows it sampled)."""
+        for _ in range(k):
+            if isinstance(sampler, UniformSampler):
+                idx = torch.from_numpy(sampler.sample(buffer.size, 1, batch_size)[0])
+                self.step(buffer.gather(idx.to(buffer.device)))
+            elif isinstance(sampler, PrioritizedSampler):
+                idx_np = np.empty(batch_size, dtype=np.int64)
+                w_np = np.empty(batch_size, dtype=np.float32)
+                sampler.sample(buffer.size, batch_size, beta, idx_np, w_np)
+                idx = torch.from_numpy(idx_np).to(buffer.device)
+                td_abs = self.step(buffer.gather(idx), torch.from_numpy(w_np).to(buffer.device))
+                sampler.update(idx_np, td_abs.cpu().numpy())
+            elif isinstance(sampler, TorchPrioritized):
+                u = torch.rand(batch_size, generator=self.per_generator, dtype=torch.float64,
+                               device=self.device)
+                idx, w = sampler.sample_from_uniforms(u, beta)
+                sampler.update(idx, self.step(buffer.gather(idx), w))
+            else:
+                raise TypeError(f"no sampling for {type(sampler).__name__}")
+            lap("learn")
+
+    def route(self, device: torch.device) -> str:
+        return "reference (nn.Module + autograd + torch.optim.Adam)"
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Online Q-values of a batch of raw observations (no gradient)."""
+        with torch.no_grad():
+            return self.online(preprocess(obs))
+
+    def step(self, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """One update on `batch`; returns |TD error| per row (the new PER priorities)."""
+        x, x_next = preprocess(batch.obs), preprocess(batch.next_obs)
+        q_a = self.online(x).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            q_next_all = self.target(x_next)
+            chooser = self.online(x_next) if self.double else q_next_all
+            q_next = q_next_all.gather(1, chooser.argmax(1, keepdim=True)).squeeze(1)
+            y = batch.rewards + batch.discounts * (1.0 - batch.dones) * q_next
+        per_row = (F.smooth_l1_loss(q_a, y, reduction="none") if self.loss_kind == "huber"
+                   else F.mse_loss(q_a, y, reduction="none"))
+        loss = (per_row * weights).mean() if weights is not None else per_row.mean()
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.steps += 1
+        if self.steps % self.interval == 0:
+            self.update_target()
+        with torch.no_grad():
+            self.loss_sum += loss.detach()
+            self.q_sum += q_a.detach().mean()
+        self.stat_count += 1
+        return (q_a.detach() - y).abs()
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        if self.tau >= 1.0:
+            torch._foreach_copy_(self.target_params, self.params)
+        else:
+            torch._foreach_lerp_(self.target_params, self.params, self.tau)
+
+    def pop_stats(self) -> tuple[float, float] | None:
+        """Mean loss and mean Q(s,a) since the last call (one host sync), or None."""
+        if self.stat_count == 0:
+            return None
+        stats = float(self.loss_sum) / self.stat_count, float(self.q_sum) / self.stat_count
+        self.loss_sum.zero_()
+        self.q_sum.zero_()
+        self.stat_count = 0
+        return stats
+
+    @torch.no_grad()
+    def all_finite(self) -> bool:
+        ok = torch.ones((), dtype=torch.bool, device=self.device)
+        for p in [*self.params, *self.target_params]:
+            ok &= torch.isfinite(p).all()
+        for state in self.optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v) and v.is_floating_point():
+                    ok &= torch.isfinite(v).all()
+        return bool(ok)
+
+    def state_dict(self) -> dict:
+        return {"online": {k: v.cpu().clone() for k, v in self.online.state_dict().items()},
+                "target": {k: v.cpu().clone() for k, v in self.target.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
