@@ -18,7 +18,7 @@ from .networks import MLP, preprocess
 from .nstep import NStepWriter
 from .prioritized import PrioritizedSampler, TorchPrioritized, beta_at
 from .reference import ReferenceLearner
-from .replay import ReplayBuffer, torch_dtype
+from .replay import OldBufferError, ReplayBuffer, torch_dtype
 from .run import Counters, Run, TrainingDiverged, divergence_message
 from .sampling import UniformSampler
 
@@ -244,4 +244,8 @@ class DQN:
         if "per" in ckpt["rng"]:
             self.learner.per_generator.set_state(ckpt["rng"]["per"])
         if "buffer" in ckpt:
-            self.buffer.load_state_dict(ckpt["buffer"])
+            try:
+                self.buffer.load_state_dict(ckpt["buffer"])
+            except OldBufferError as e:
+                raise CheckpointError(f"checkpoint.pt {e}; resume it without its buffer "
+                                      "(--no-save-buffer) or start a new run") from None

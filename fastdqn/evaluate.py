@@ -54,17 +54,29 @@ class EvalResult:
 class Policy:
     """The greedy policy of a trained Q-network: call it on a batch of observations."""
 
-    def __init__(self, net: MLP, params: torch.Tensor, device: torch.device | str = "cpu") -> None:
-        self.net = net
+    def __init__(self, net: MLP | None, params: torch.Tensor | None,
+                 device: torch.device | str = "cpu", module: torch.nn.Module | None = None
+                 ) -> None:
+        self.net, self.module = net, module
         self.device = torch.device(device)
-        self.params = params.detach().to(self.device, torch.float32).clone()
-        self.views = net.views(self.params)
+        if net is not None:
+            self.params = params.detach().to(self.device, torch.float32).clone()
+            self.views = net.views(self.params)
+
+    @classmethod
+    def of_module(cls, module: torch.nn.Module, device: torch.device | str = "cpu") -> Policy:
+        """The greedy policy of a network of your own (a copy of it)."""
+        import copy
+
+        return cls(None, None, device, copy.deepcopy(module).to(device).eval())
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Q-values [B, n_actions] of a batch of observations."""
-        x = torch.as_tensor(np.asarray(obs), device=self.device)
-        return self.net.forward(self.views, preprocess(x))
+        x = preprocess(torch.as_tensor(np.asarray(obs), device=self.device))
+        if self.module is not None:
+            return self.module(x)
+        return self.net.forward(self.views, x)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions for a batch of observations [B, *obs_shape]."""
@@ -76,6 +88,10 @@ class Policy:
 
     def to_module(self) -> torch.nn.Module:
         """The Q-network as a plain torch module, a `QNetwork` (a copy)."""
+        if self.module is not None:
+            import copy
+
+            return copy.deepcopy(self.module)
         return self.net.to_module(self.params)
 
 
@@ -144,7 +160,13 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
                               "it is damaged or from another program")
     try:
         spec = state["net"]
-        net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]))
+        if spec.get("kind", "mlp") == "custom":
+            raise CheckpointError(
+                f"{path} holds a network of your own ({spec.get('class')}); fastdqn cannot "
+                "rebuild it from a file: load it in Python with "
+                "module.load_state_dict(ckpt['learner']['online'])")
+        net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]),
+                  bool(spec.get("dueling", False)))
         params = state["learner"]["params"]
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "

@@ -36,6 +36,10 @@ class Batch:
 FIELDS = ("obs", "actions", "rewards", "next_obs", "dones", "discounts")
 
 
+class OldBufferError(ValueError):
+    """A saved buffer from before rows carried their discount."""
+
+
 class ReplayBuffer:
     """Ring buffer of (obs, action, return, next_obs, terminated, discount) on `device`."""
 
@@ -105,8 +109,7 @@ class ReplayBuffer:
                              f"this one {self.capacity}")
         for name in FIELDS:
             if name == "discounts" and name not in state:
-                raise ValueError("saved buffer has no discounts (a fastdqn 0.1 checkpoint); "
-                                 "resume without its buffer")
+                raise OldBufferError("holds a fastdqn 0.1 replay buffer (no discounts)")
             getattr(self, name)[:n] = state[name].to(self.device)
         self.pos, self.size = int(state["pos"]), n
 

@@ -241,10 +241,15 @@ def assert_same_run(a: dict, b: dict) -> None:
         assert torch.equal(la["optimizer"][k], lb["optimizer"][k]), k
     for k in ("step", "episodes", "due", "returns", "lengths", "end_steps"):
         assert a["counters"][k] == b["counters"][k], k
-    assert a["rng"]["sampler"] == b["rng"]["sampler"]
+    sa, sb = a["rng"]["sampler"], b["rng"]["sampler"]
+    if isinstance(sa, dict):  # prioritized: the tree's leaves, its max and its RNG
+        assert sa["rng"] == sb["rng"] and sa["max_priority"] == sb["max_priority"]
+        assert torch.equal(sa["priorities"], sb["priorities"])
+    else:
+        assert sa == sb
     assert torch.equal(a["rng"]["act"], b["rng"]["act"])
     assert a["env_starts"] == b["env_starts"]
-    for k in ("obs", "actions", "rewards", "next_obs", "dones"):
+    for k in ("obs", "actions", "rewards", "next_obs", "dones", "discounts"):
         assert torch.equal(a["buffer"][k], b["buffer"][k]), k
 
 
@@ -252,6 +257,26 @@ def assert_same_run(a: dict, b: dict) -> None:
 def test_resume_with_save_buffer_equals_an_uninterrupted_run(tmp_path, uninterrupted, vector):
     assert HALF % (EPISODE_LENGTH * NUM_ENVS) == 0
     assert_same_run(uninterrupted, interrupted_run(tmp_path, vector, save_buffer=True))
+
+
+RAINBOW = dict(n_step=3, prioritized=True, dueling=True, per_beta=1.0)
+"""per_beta 1: beta anneals over --total-timesteps, which the two legs here set differently."""
+
+
+def test_resume_with_n_step_priorities_and_dueling_equals_an_uninterrupted_run(tmp_path):
+    """The sum tree, the beta schedule and the n-step writer resume too: no window is open at an
+    episode boundary, and the priorities come back with the buffer."""
+    run_dir = tmp_path / "A"
+    train(**EXACT, **RAINBOW, vector="sync", total_timesteps=2 * HALF, run_dir=str(run_dir))
+    a = final_state(run_dir)
+    b_dir = tmp_path / "B"
+    train(**EXACT, **RAINBOW, vector="sync", total_timesteps=HALF, run_dir=str(b_dir))
+    train(**EXACT, **RAINBOW, vector="sync", total_timesteps=2 * HALF, run_dir=str(b_dir),
+          resume=True)
+    b = final_state(b_dir)
+    assert_same_run(a, b)
+    assert a["rng"]["sampler"]["max_priority"] > 1.0  # priorities were written back
+    assert a["net"]["dueling"] is True and a["buffer"]["discounts"].unique().numel() == 3
 
 
 def test_resume_without_save_buffer_differs(tmp_path, uninterrupted):
