@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5_000, help="untimed env steps first")
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prioritized", action="store_true", help="prioritized replay")
+    p.add_argument("--n-step", type=int, default=1, help="n-step returns")
+    p.add_argument("--dueling", action="store_true", help="dueling head")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="write a torch.profiler Chrome trace and top-ops table of the loop")
@@ -89,6 +92,7 @@ def bench_config(args: argparse.Namespace, device: torch.device, run_dir: str):
         total_timesteps=args.warmup + args.steps, seed=args.seed, run_dir=run_dir,
         eval_every=0, checkpoint_every=0, solve_episodes=1, eval_episodes=1, progress=False,
         num_threads=args.num_threads, log_every=5_000, target_return="none",
+        prioritized=args.prioritized, n_step=args.n_step, dueling=args.dueling,
     )
 
 
@@ -188,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         "stages_us_per_iter": {k: round(v, 1) for k, v in stages.items()},
         "stages_share": {k: round(v / total, 3) for k, v in stages.items()},
     })
+    extras = [name for name, on in (("prioritized", args.prioritized), ("dueling", args.dueling),
+                                    (f"{args.n_step}-step", args.n_step > 1)) if on]
     print(f"{args.env}, {args.num_envs} envs ({args.vector}), device {device}, "
           f"batch {args.batch_size}, MLP {args.hidden}, {args.gradient_steps} update(s) per "
-          f"{args.train_every} transitions, {args.steps:,d} timed steps")
+          f"{args.train_every} transitions, {args.steps:,d} timed steps"
+          + (f", {' + '.join(extras)}" if extras else ""))
     print(f"  env only (random actions): {env_sps:10,.0f} SPS")
     print(f"  training loop            : {plain_sps:10,.0f} SPS  "
           f"({100 * plain_sps / env_sps:.0f}% of env-only); learner: {summary['learner_route']}")
