@@ -1,4 +1,5 @@
-"""Crash-safe files: atomic writes (temp file, fsync, rename) and a loader that runs no code.
+"""Crash-safe files: atomic writes (temp file, fsync, rename) and a loader that treats a file
+as data: it runs no code from it and sizes no memory by what it merely declares.
 
 `kill -9` at any moment leaves either the previous complete file or the new complete file,
 never a torn one, because the rename is the only step that touches the real name.
@@ -22,6 +23,11 @@ import torch
 from .config import ConfigError
 
 FORMAT = "fastdqn-checkpoint/1"
+
+MAX_NESTING = 32
+"""Deepest nesting of containers a checkpoint may hold. fastdqn writes 5 levels at most; a
+crafted file nested thousands deep (or a list holding itself) would send anything that walks
+it recursively, such as json.dumps of the config, past Python's recursion limit."""
 
 
 class CheckpointError(ConfigError):
@@ -80,6 +86,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a file; pass the .pt file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (truncated); use another checkpoint")
+    inflated = _oversized_zip(path)
+    if inflated:
+        raise CheckpointError(f"checkpoint {path}: {inflated}; the file is crafted or damaged")
     damaged = _failed_crc(path)
     if damaged:
         raise CheckpointError(f"checkpoint {path} is corrupted ({damaged} fails its CRC check); "
@@ -101,12 +110,103 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     except Exception as e:  # weights_only ran no code: whatever broke, the bytes are bad
+        if "not resizable" in str(e):  # torch refused a view beyond its storage's bytes
+            raise CheckpointError(f"checkpoint {path}: a tensor declares more elements than its "
+                                  "stored data holds; the file is crafted or damaged") from None
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
+    _check_contents(path, state)
     return state
+
+
+def _oversized_zip(path: Path) -> str | None:
+    """Why a torch zip file's members would unpack into more bytes than the file holds, if so.
+
+    torch writes every member stored, so its members' sizes add up to less than the file's.
+    torch.load inflates deflated members too, and the CRC check reads every member: a crafted
+    50 KB member can inflate to 50 MB (and one of a few MB to gigabytes) before either ends.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except Exception:  # unreadable as a zip (any way): the checks below report it
+        return None
+    for m in members:
+        if m.compress_type != zipfile.ZIP_STORED:
+            return (f"zip member {m.filename.split('/', 1)[-1]} is compressed "
+                    f"({m.file_size:,d} bytes once inflated), which torch never writes")
+    total, size = sum(m.file_size for m in members), path.stat().st_size
+    if total > size:
+        return (f"its zip members declare {total:,d} bytes in all, more than the whole file "
+                f"({size:,d} bytes)")
+    return None
+
+
+def _check_contents(path: Path, state: dict) -> None:
+    """Every tensor in `state` is a dense CPU tensor over its own bytes of the file, and
+    containers nest at most MAX_NESTING deep; a one-line CheckpointError otherwise.
+
+    weights_only runs no code, but it rebuilds each tensor exactly as the file declares it: 4
+    real bytes viewed with stride 0 as a billion elements load fine, and the first copy of them
+    allocates 4 GB. Checked here, once, every consumer (eval, resume, the Python API) can size
+    copies by a tensor's shape.
+    """
+    heights: dict[int, int] = {}  # id -> containers nested in it: a shared one is walked once
+
+    def walk(obj: object, where: str, depth: int) -> int:
+        if isinstance(obj, torch.Tensor):
+            _check_tensor(path, obj, where)
+            return 0
+        if depth + heights.get(id(obj), 1) - 1 > MAX_NESTING:  # its deepest container
+            top = where.split(".", 1)[0].split("[", 1)[0]
+            raise CheckpointError(f"checkpoint {path} nests containers more than {MAX_NESTING} "
+                                  f"deep (under {top}); the file is crafted or damaged")
+        if id(obj) not in heights:
+            pairs = (((c, k) for k, v in obj.items() for c in (k, v)) if isinstance(obj, dict)
+                     else ((c, i) for i, c in enumerate(obj)))  # type: ignore[attr-defined]
+            heights[id(obj)] = 1 + max((walk(c, _child(where, k), depth + 1) for c, k in pairs
+                                        if isinstance(c, _NESTED)), default=0)
+        return heights[id(obj)]
+
+    walk(state, "", 0)
+
+
+_NESTED = (torch.Tensor, dict, list, tuple, set, frozenset)
+"""What can hold a tensor, or more containers, in a weights_only load."""
+
+
+def _child(where: str, key: object) -> str:
+    """The name of `where[key]` in messages: learner.params, counters.evals[0], x['a b']."""
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    if isinstance(key, str) and key.isidentifier():
+        return f"{where}.{key}" if where else key
+    return f"{where}[{repr(key)[:40]}]"
+
+
+def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
+    """`t` is what fastdqn writes: a plain, contiguous CPU tensor backed by real bytes."""
+    kind = (type(t).__name__ if type(t) not in (torch.Tensor, torch.nn.Parameter)
+            else str(t.layout).removeprefix("torch.") if t.layout != torch.strided
+            else "nested" if t.is_nested else "quantized" if t.is_quantized
+            else t.device.type if t.device.type != "cpu" else None)
+    if kind is not None:
+        raise CheckpointError(f"checkpoint {path}: {where} is a {kind} tensor, not the dense CPU "
+                              "tensor fastdqn writes; the file is crafted or damaged")
+    size = t.element_size()
+    declared, stored = t.numel() * size, t.untyped_storage().nbytes()
+    if declared > stored - t.storage_offset() * size:
+        raise CheckpointError(f"checkpoint {path}: {where} is a view of {stored:,d} bytes "
+                              f"declaring {declared:,d} bytes; the file is crafted or damaged")
+    if not t.is_contiguous():
+        raise CheckpointError(f"checkpoint {path}: {where} is a strided view (shape "
+                              f"{list(t.shape)}, strides {list(t.stride())}), not the dense "
+                              "tensor fastdqn writes; the file is crafted or damaged")
 
 
 def _reason(e: Exception) -> str:
