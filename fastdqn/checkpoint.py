@@ -21,8 +21,18 @@ from typing import Any
 import torch
 
 from .config import ConfigError
+from .networks import MLP
 
 FORMAT = "fastdqn-checkpoint/1"
+
+MAX_NETWORK_PARAMS = 2**28
+"""Most parameters a checkpoint's network may declare (268M: 1 GiB of float32 per copy, and the
+learner keeps five copies). DQN's MLPs have 10^4 to 10^7; a network this big is a crafted or
+damaged file, and sizing memory by it would exhaust the machine before any other check."""
+
+MAX_HIDDEN_LAYERS = 64
+"""Most hidden layers a checkpoint's network may declare (DQN uses 1 to 3): beyond it the layer
+list alone makes the forward pass a loop of thousands of tiny steps."""
 
 MAX_NESTING = 32
 """Deepest nesting of containers a checkpoint may hold. fastdqn writes 5 levels at most; a
@@ -207,6 +217,35 @@ def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
         raise CheckpointError(f"checkpoint {path}: {where} is a strided view (shape "
                               f"{list(t.shape)}, strides {list(t.stride())}), not the dense "
                               "tensor fastdqn writes; the file is crafted or damaged")
+
+
+def network_of(path: str | os.PathLike, spec: object) -> MLP:
+    """The network a checkpoint's "net" entry declares, checked before anything is sized by it.
+
+    An MLP only lays out offsets, but every consumer then allocates num_params floats (or
+    compares a tensor with it), so the declared sizes are capped here, in one place for eval
+    and resume alike.
+    """
+    def size(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    hidden = spec.get("hidden") if isinstance(spec, dict) else None
+    if (not isinstance(spec, dict) or not size(spec.get("in_dim")) or not size(spec.get("n_actions"))
+            or not isinstance(hidden, (list, tuple)) or not all(size(h) for h in hidden)):
+        raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; it is damaged or "
+                              "from another program")
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise CheckpointError(f"checkpoint {path} declares a network of {len(hidden)} hidden "
+                              f"layers, over the limit of {MAX_HIDDEN_LAYERS}; refusing to load it")
+    in_dim, n_actions = spec["in_dim"], spec["n_actions"]
+    sizes = [in_dim, *hidden, n_actions]
+    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    if n > MAX_NETWORK_PARAMS:
+        raise CheckpointError(
+            f"checkpoint {path} declares a network of {n:,d} parameters ({in_dim} inputs, hidden "
+            f"{','.join(map(str, hidden))}, {n_actions} actions), over the limit of "
+            f"{MAX_NETWORK_PARAMS:,d}; refusing to load it")
+    return MLP(in_dim, n_actions, tuple(hidden))
 
 
 def _reason(e: Exception) -> str:

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
 from .config import ConfigError
 from .networks import MLP, preprocess
 
@@ -137,8 +137,7 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
     damaged = CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
                               "it is damaged or from another program")
     try:
-        spec = state["net"]
-        net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]))
+        net = network_of(path, state.get("net"))
         params = state["learner"]["params"]
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "

@@ -17,6 +17,7 @@ from .checkpoint import (
     CheckpointError,
     atomic_write_json,
     load_checkpoint,
+    network_of,
     remove_temp_files,
     save_checkpoint,
 )
@@ -139,29 +140,69 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
                      path: Path) -> None:
-    """A checkpoint must come from the same env and network shape as the run resuming it."""
+    """A checkpoint must come from the same env and network shape as the run resuming it, and
+    every tensor it restores must have the shape of the one it is copied into (copy_ would
+    broadcast a wrong one, or fail with a traceback)."""
     missing = [k for k in ("config", "env", "net", "learner", "counters", "rng") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged or from another "
                               "program")
-    env = ckpt.get("env", {})
+    net = network_of(path, ckpt["net"])
+    env = ckpt["env"] if isinstance(ckpt["env"], dict) else {}
     if env.get("id") != cfg.env_id:
         raise CheckpointError(f"{path} is from env {env.get('id')!r}, not {cfg.env_id!r}; "
                               "pass the matching --env or another checkpoint")
     if tuple(env.get("obs_shape", ())) != tuple(obs_shape) or env.get("n_actions") != n_actions:
         raise CheckpointError(f"{path} was trained on other spaces than {cfg.env_id} has now")
-    if tuple(ckpt.get("net", {}).get("hidden", ())) != tuple(cfg.hidden):
-        raise CheckpointError(f"{path} has hidden layers {ckpt['net']['hidden']}, "
+    if net.hidden != tuple(cfg.hidden):
+        raise CheckpointError(f"{path} has hidden layers {list(net.hidden)}, "
                               f"not {list(cfg.hidden)}; pass --hidden to match")
-    params = ckpt["learner"].get("params")
-    if not isinstance(params, torch.Tensor) or params.numel() != MLP(
-            int(np.prod(obs_shape)), n_actions, tuple(cfg.hidden)).num_params:
+    learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
+    params = learner.get("params")
+    if (not isinstance(params, torch.Tensor) or params.shape != (net.num_params,)
+            or (net.in_dim, net.n_actions) != (int(np.prod(obs_shape)), n_actions)):
         raise CheckpointError(f"{path}: its parameters do not fit its network shape; the file is "
                               "damaged")
-    saved = ckpt.get("buffer", {}).get("capacity", cfg.buffer_size)
+    optimizer = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
+    _check_shapes(path, {"learner.target": (learner.get("target"), params.shape),
+                         "learner.optimizer.exp_avg": (optimizer.get("exp_avg"), params.shape),
+                         "learner.optimizer.exp_avg_sq": (optimizer.get("exp_avg_sq"),
+                                                          params.shape),
+                         "learner.optimizer.step": (optimizer.get("step"), ())})
+    buffer = ckpt.get("buffer", {})
+    saved = buffer.get("capacity", cfg.buffer_size) if isinstance(buffer, dict) else None
     if saved != cfg.buffer_size:
         raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
                               f"--buffer-size {cfg.buffer_size}; resume with --buffer-size {saved}")
+    if "buffer" in ckpt:
+        _check_buffer(path, buffer, cfg.buffer_size, tuple(obs_shape))
+
+
+def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:
+    """Each named tensor exists and has its expected shape; a one-line CheckpointError if not."""
+    for name, (t, shape) in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is missing; the file is damaged")
+        if tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: {name} has shape {list(t.shape)}, not {list(shape)}; "
+                                  "the file is damaged")
+
+
+def _check_buffer(path: Path, buffer: dict, capacity: int, obs_shape: tuple) -> None:
+    """A --save-buffer checkpoint's rows: as many as it says it holds, each of the env's shape."""
+    size, pos = buffer.get("size"), buffer.get("pos")
+    if not (isinstance(size, int) and isinstance(pos, int) and 0 <= size <= capacity
+            and 0 <= pos < capacity):
+        raise CheckpointError(f"{path}: its replay buffer's size {size!r} and position {pos!r} do "
+                              f"not fit its capacity {capacity}; the file is damaged")
+    for name, shape in (("obs", (size, *obs_shape)), ("next_obs", (size, *obs_shape)),
+                        ("actions", (size,)), ("rewards", (size,)), ("dones", (size,))):
+        t = buffer.get(name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            held = f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else "no tensor"
+            raise CheckpointError(f"{path}: its replay buffer says it holds {size} rows, but "
+                                  f"buffer.{name} has {held}, not {list(shape)}; the file is "
+                                  "damaged")
 
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,

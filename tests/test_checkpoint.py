@@ -454,6 +454,32 @@ def test_containers_nest_a_bounded_depth(tmp_path):
     assert load_checkpoint(path)["counters"]["evals"][0][1][0] is not None
 
 
+@pytest.mark.parametrize(("hidden", "problem"), [
+    ([100_000, 100_000], "a network of 10,000,800,002 parameters (4 inputs, hidden "
+                         "100000,100000, 2 actions), over the limit of 268,435,456"),
+    ([8] * 65, "a network of 65 hidden layers, over the limit of 64"),
+])
+def test_oversized_network_is_refused_before_it_is_built(tmp_path, hidden, problem):
+    state = sample_state()
+    state["net"]["hidden"] = hidden
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as info:
+        load_policy(str(path))
+    assert str(info.value) == f"checkpoint {path} declares {problem}; refusing to load it"
+
+
+@pytest.mark.parametrize("spec", [{"in_dim": 4, "n_actions": 2, "hidden": [0]},
+                                  {"in_dim": -4, "n_actions": 2, "hidden": [8]},
+                                  {"in_dim": 4.5, "n_actions": 2, "hidden": [8]}])
+def test_malformed_network_description_is_damage(tmp_path, spec):
+    state = sample_state()
+    state["net"] = spec
+    save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match="lacks fields a fastdqn checkpoint has"):
+        load_policy(str(tmp_path / "c.pt"))
+
+
 def rewrite_zip(src, dst, deflate: str | None = None) -> None:
     """Copy a torch zip member by member (streamed), deflating the member named `deflate`."""
     import zipfile

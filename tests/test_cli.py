@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DICT_OBS_ENV_ID, run_fastdqn
+from conftest import DICT_OBS_ENV_ID, fastdqn_command, run_fastdqn, subprocess_env
 from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.cli import main
@@ -394,6 +394,31 @@ def damage(path: Path, how: str, good: Path) -> None:
                 return (os.system, (f"touch {path.parent / 'pwned'}",))
 
         path.write_bytes(pickle.dumps({"format": "fastdqn-checkpoint/1", "x": Evil()}))
+    elif how == "stride-0":  # the real network's size, in 4 bytes of the file
+        state = torch.load(good, weights_only=True)
+        n = state["learner"]["params"].numel()
+        state["learner"]["params"] = state["learner"]["target"] = torch.zeros(1).expand(n)
+        torch.save(state, path)
+    elif how == "huge-network":
+        state = torch.load(good, weights_only=True)
+        state["net"]["hidden"] = state["config"]["hidden"] = [100_000, 100_000]
+        torch.save(state, path)
+    elif how == "huge-buffer":  # 10**15 rows: no machine can hold it, whatever the rows hold
+        state = torch.load(good, weights_only=True)
+        state["config"]["buffer_size"] = 10**15
+        torch.save(state, path)
+    elif how == "buffer-rows":  # a --save-buffer checkpoint claiming rows it does not hold
+        state = torch.load(good, weights_only=True)
+        rows = {"obs": torch.zeros(5, 4), "next_obs": torch.zeros(5, 4),
+                "actions": torch.zeros(5, dtype=torch.int64), "rewards": torch.zeros(5),
+                "dones": torch.zeros(5)}
+        state["buffer"] = {**rows, "pos": 10, "size": 10,
+                           "capacity": state["config"]["buffer_size"]}
+        torch.save(state, path)
+    elif how == "target-shape":
+        state = torch.load(good, weights_only=True)
+        state["learner"]["target"] = torch.zeros(3)
+        torch.save(state, path)
     elif how == "other-env-version":  # same fields, but its network cannot play its env
         state = torch.load(good, weights_only=True)
         state["env"]["id"] = "Acrobot-v1"
@@ -411,6 +436,10 @@ BAD_FILES = {
     "code": "contains code or objects a checkpoint must not hold; refusing to load it",
     "other-env-version": "its network takes 4 inputs and gives 2 actions, but Acrobot-v1 has 6 "
                          "observation values and 3 actions",
+    "stride-0": ": learner.params is a view of 4 bytes declaring 69,640 bytes; the file is "
+                "crafted or damaged",
+    "huge-network": " declares a network of 10,000,800,002 parameters (4 inputs, hidden "
+                    "100000,100000, 2 actions), over the limit of 268,435,456; refusing to load it",
 }
 
 
@@ -441,6 +470,11 @@ RESUME_CASES = {
                   "another checkpoint"),
     "other-hidden": (["--hidden", "64"],
                      "has hidden layers [128, 128], not [64]; pass --hidden to match"),
+    "stride-0": ([], BAD_FILES["stride-0"]),
+    "huge-network": ([], BAD_FILES["huge-network"]),
+    "buffer-rows": ([], ": its replay buffer says it holds 10 rows, but buffer.obs has shape "
+                        "[5, 4], not [10, 4]; the file is damaged"),
+    "target-shape": ([], ": learner.target has shape [3], not [17410]; the file is damaged"),
 }
 
 
@@ -464,3 +498,40 @@ def test_resume_from_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tm
     assert message in err, err
     assert snapshot(d) == before
     assert not (d / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint never sizes memory by itself
+# ---------------------------------------------------------------------------------------------
+
+
+def peak_rss_mb(*args: str) -> tuple[int, float]:
+    """Exit code and peak resident memory (MB) of `python -m fastdqn ...` in a child process."""
+    proc = subprocess.Popen(fastdqn_command(*args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=subprocess_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def test_stride_0_bomb_costs_eval_no_memory(run_dir, tmp_path) -> None:
+    """324 MB of parameters declared by a small file: eval refuses it before copying them."""
+    from fastdqn.networks import MLP
+
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    hidden = [9000, 9000]
+    n = MLP(4, 2, tuple(hidden)).num_params
+    state["net"]["hidden"] = state["config"]["hidden"] = hidden
+    state["learner"]["params"] = state["learner"]["target"] = torch.zeros(1).expand(n)
+    state["learner"]["optimizer"]["exp_avg"] = torch.zeros(1).expand(n)
+    state["learner"]["optimizer"]["exp_avg_sq"] = torch.zeros(1).expand(n)
+    bomb = tmp_path / "bomb.pt"
+    torch.save(state, bomb)
+    assert bomb.stat().st_size < 20_000
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    code, baseline = peak_rss_mb("eval", str(other), "--episodes", "1")
+    assert code == 2
+    code, peak = peak_rss_mb("eval", str(bomb), "--episodes", "1")
+    assert code == 2
+    assert peak < baseline + 100, (peak, baseline)
