@@ -136,8 +136,13 @@ def _train(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt.get("config"), dict):
             raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
-        base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
-        base.update({"resume": False, "overwrite": False})
+        try:  # the file's settings alone first, so that a refusal blames the file, not a flag
+            base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
+            base.update({"resume": False, "overwrite": False})
+            make_config(**base)
+        except ConfigError as e:
+            raise CheckpointError(f"{path} holds settings fastdqn refuses ({e}); it is damaged or "
+                                  "crafted") from None
         if args.config:
             base.update(load_toml(args.config))
         cfg = make_config(**{**base, **explicit})

@@ -472,6 +472,8 @@ RESUME_CASES = {
                      "has hidden layers [128, 128], not [64]; pass --hidden to match"),
     "stride-0": ([], BAD_FILES["stride-0"]),
     "huge-network": ([], BAD_FILES["huge-network"]),
+    "huge-buffer": ([], " holds settings fastdqn refuses (--buffer-size must be <= "
+                        "1,073,741,824, got 1000000000000000); it is damaged or crafted"),
     "buffer-rows": ([], ": its replay buffer says it holds 10 rows, but buffer.obs has shape "
                         "[5, 4], not [10, 4]; the file is damaged"),
     "target-shape": ([], ": learner.target has shape [3], not [17410]; the file is damaged"),
