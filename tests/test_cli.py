@@ -503,8 +503,102 @@ def test_resume_from_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tm
 
 
 # ---------------------------------------------------------------------------------------------
-# A checkpoint never sizes memory by itself
+# A checkpoint is data: it never picks a module to import, and never sizes memory by itself
 # ---------------------------------------------------------------------------------------------
+
+
+def evil_module(folder: Path) -> tuple[str, Path]:
+    """A module in `folder` that leaves a marker file when imported: what an attacker would put
+    next to a checkpoint (`python -m` puts the working directory on sys.path)."""
+    import uuid
+
+    name = f"evil_{uuid.uuid4().hex[:8]}"
+    marker = folder / f"{name}.imported"
+    (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return name, marker
+
+
+def naming_module(good: Path, path: Path, module: str) -> str:
+    """Write `good` at `path` with its env id turned into `module:<the id>`; return the new id."""
+    state = torch.load(good, weights_only=True)
+    env_id = f"{module}:{state['env']['id']}"
+    state["env"]["id"] = state["config"]["env_id"] = env_id
+    torch.save(state, path)
+    return env_id
+
+
+def fastdqn_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m fastdqn ...` run from `folder`, as a user in that folder would run it."""
+    return subprocess.run(fastdqn_command(*args), capture_output=True, text=True, timeout=240,
+                          env=subprocess_env(), cwd=folder)
+
+
+def refusal(path: Path, env_id: str) -> str:
+    module = env_id.split(":", 1)[0]
+    return (f"error: checkpoint {path} names env {env_id!r}, which would import module "
+            f"{module!r} (running its code); a checkpoint never chooses what gets imported: "
+            f"pass --env {env_id} on the command line if you trust that module\n")
+
+
+def test_eval_never_imports_a_module_the_checkpoint_names(run_dir, tmp_path) -> None:
+    module, marker = evil_module(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    env_id = naming_module(run_dir / "checkpoint.pt", path, module)
+    before = snapshot(tmp_path)
+    r = fastdqn_in(tmp_path, "eval", str(path), "--episodes", "2")
+    assert r.returncode == 2
+    assert r.stderr == refusal(path, env_id) and r.stdout == ""
+    assert not marker.exists()
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_env_flag_names_the_env_and_its_module(run_dir, tmp_path, capsys,
+                                                    monkeypatch) -> None:
+    module, marker = evil_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "checkpoint.pt"
+    env_id = naming_module(run_dir / "checkpoint.pt", path, module)
+    assert main(["eval", str(path), "--episodes", "2", "--env", "CartPole-v1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert not marker.exists()
+    assert main(["eval", str(path), "--episodes", "2", "--env", env_id]) == 0  # trusted by you
+    assert capsys.readouterr().out.startswith(f"{env_id}: mean ")
+    assert marker.exists()
+    assert main(["eval", str(path), "--episodes", "2", "--env", "Acrobot-v1"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: its network takes 4 inputs and gives 2 actions, but Acrobot-v1 has 6 "
+        "observation values and 3 actions; the checkpoint is from another env version\n")
+
+
+def test_resume_imports_only_a_module_you_name(run_dir, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    module, marker = evil_module(tmp_path)
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    env_id = naming_module(run_dir / "checkpoint.pt", d / "checkpoint.pt", module)
+    before = snapshot(d)
+    r = fastdqn_in(tmp_path, "train", "--resume", "--run-dir", str(d), "--no-progress")
+    assert r.returncode == 2
+    assert r.stderr == refusal(d / "checkpoint.pt", env_id) and r.stdout == ""
+    assert not marker.exists()
+    assert snapshot(d) == before
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--resume", "--run-dir", str(d), "--env", env_id, "--no-progress"]) == 0
+    assert marker.exists()  # named on the command line: your decision, so it is imported
+    assert json.loads((d / "summary.json").read_text())["env_id"] == env_id
+
+
+def test_a_stopped_module_env_run_says_how_to_resume_it(tmp_path, capsys) -> None:
+    """The printed resume command names the env again, since resume will not import it alone."""
+    d = tmp_path / "run"
+    env_id = scripted_env_id("Crash-v0")
+    code = main(["train", "--env", env_id, "--vector", "sync", "--num-envs", "2", "--hidden", "8",
+                 "--learning-starts", "8", "--checkpoint-every", "16", "--eval-every", "0",
+                 "--total-timesteps", "1000", "--run-dir", str(d), "--no-progress"])
+    assert code == 1
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"(resume with: fastdqn train --resume --run-dir {d} --env {env_id})")
 
 
 def peak_rss_mb(*args: str) -> tuple[int, float]:
