@@ -96,9 +96,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a file; pass the .pt file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (truncated); use another checkpoint")
-    inflated = _oversized_zip(path)
-    if inflated:
-        raise CheckpointError(f"checkpoint {path}: {inflated}; the file is crafted or damaged")
+    crafted = _zip_problem(path)
+    if crafted:
+        raise CheckpointError(f"checkpoint {path}: {crafted}; the file is crafted or damaged")
     damaged = _failed_crc(path)
     if damaged:
         raise CheckpointError(f"checkpoint {path} is corrupted ({damaged} fails its CRC check); "
@@ -106,16 +106,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if _cut_off_zip(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted (its zip directory is "
                               "missing: the end of the file is cut off); use another checkpoint")
+    if _imports_foreign_code(path):  # checked first: weights_only itself calls bytearray(n)
+        raise CheckpointError(
+            f"checkpoint {path} contains code or objects a checkpoint must not hold; "
+            "refusing to load it (only load files you trust)"
+        )
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if _imports_foreign_code(path):
-            raise CheckpointError(
-                f"checkpoint {path} contains code or objects a checkpoint must not hold; "
-                "refusing to load it (only load files you trust)"
-            ) from None
         raise CheckpointError(
             f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
         ) from None
@@ -132,12 +132,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def _oversized_zip(path: Path) -> str | None:
-    """Why a torch zip file's members would unpack into more bytes than the file holds, if so.
+def _zip_problem(path: Path) -> str | None:
+    """What in a torch zip file's directory torch never writes, if anything.
 
-    torch writes every member stored, so its members' sizes add up to less than the file's.
-    torch.load inflates deflated members too, and the CRC check reads every member: a crafted
-    50 KB member can inflate to 50 MB (and one of a few MB to gigabytes) before either ends.
+    torch stores every member uncompressed, once, so the members add up to less than the file.
+    A deflated member would be inflated by torch.load (and by the CRC check before it): 50 KB
+    can become 50 MB, a few MB gigabytes. A name given twice could make the pickle scanned for
+    code here another than the one torch loads.
     """
     try:
         if not zipfile.is_zipfile(path):
@@ -146,10 +147,15 @@ def _oversized_zip(path: Path) -> str | None:
             members = z.infolist()
     except Exception:  # unreadable as a zip (any way): the checks below report it
         return None
+    seen: set[str] = set()
     for m in members:
+        name = m.filename.split("/", 1)[-1]
         if m.compress_type != zipfile.ZIP_STORED:
-            return (f"zip member {m.filename.split('/', 1)[-1]} is compressed "
-                    f"({m.file_size:,d} bytes once inflated), which torch never writes")
+            return (f"zip member {name} is compressed ({m.file_size:,d} bytes once inflated), "
+                    "which torch never writes")
+        if m.filename.lower() in seen:
+            return f"zip member {name} appears twice, which torch never writes"
+        seen.add(m.filename.lower())
     total, size = sum(m.file_size for m in members), path.stat().st_size
     if total > size:
         return (f"its zip members declare {total:,d} bytes in all, more than the whole file "
@@ -158,13 +164,14 @@ def _oversized_zip(path: Path) -> str | None:
 
 
 def _check_contents(path: Path, state: dict) -> None:
-    """Every tensor in `state` is a dense CPU tensor over its own bytes of the file, and
-    containers nest at most MAX_NESTING deep; a one-line CheckpointError otherwise.
+    """Every tensor in `state` is dense over its own bytes of the file, and containers nest at
+    most MAX_NESTING deep; a one-line CheckpointError otherwise.
 
     weights_only runs no code, but it rebuilds each tensor exactly as the file declares it: 4
     real bytes viewed with stride 0 as a billion elements load fine, and the first copy of them
-    allocates 4 GB. Checked here, once, every consumer (eval, resume, the Python API) can size
-    copies by a tensor's shape.
+    allocates 4 GB. (A tensor's storage can only be one of the file's members: the pickle scan
+    admits no constructor.) Checked here, once, every consumer (eval, resume, the Python API)
+    can size copies by a tensor's shape.
     """
     heights: dict[int, int] = {}  # id -> containers nested in it: a shared one is walked once
 
@@ -200,14 +207,7 @@ def _child(where: str, key: object) -> str:
 
 
 def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
-    """`t` is what fastdqn writes: a plain, contiguous CPU tensor backed by real bytes."""
-    kind = (type(t).__name__ if type(t) not in (torch.Tensor, torch.nn.Parameter)
-            else str(t.layout).removeprefix("torch.") if t.layout != torch.strided
-            else "nested" if t.is_nested else "quantized" if t.is_quantized
-            else t.device.type if t.device.type != "cpu" else None)
-    if kind is not None:
-        raise CheckpointError(f"checkpoint {path}: {where} is a {kind} tensor, not the dense CPU "
-                              "tensor fastdqn writes; the file is crafted or damaged")
+    """`t` is what fastdqn writes: contiguous, and no larger than the storage it views."""
     size = t.element_size()
     declared, stored = t.numel() * size, t.untyped_storage().nbytes()
     if declared > stored - t.storage_offset() * size:
@@ -284,26 +284,34 @@ def _failed_crc(path: Path) -> str | None:
 
 
 def _is_torch_data(module: str, name: str) -> bool:
-    """The globals a torch.save of tensors and plain containers refers to, and nothing else."""
+    """The globals a torch.save of plain tensors and containers refers to, and nothing else.
+
+    Narrower than weights_only's own list, which also admits callables that allocate whatever
+    the file asks (bytearray(n), torch.FloatTensor(n)) and tensors without bytes in the file
+    (meta, sparse, quantized, nested).
+    """
     if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
         return True
+    if module == "torch._utils":
+        return name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3")
     if not module.split(".")[0] == "torch":
         return False
-    import torch
-
-    return (name.startswith("_rebuild") or name.endswith("Storage") or name == "Size"
+    return (name.endswith("Storage") or name == "Size"  # storages: types, not callable here
             or isinstance(getattr(torch, name, None), torch.dtype))
+
+
+def _pickle_of(path: Path) -> bytes:
+    """The pickle stream torch.load reads: data.pkl under the zip's first folder, or the file."""
+    if not zipfile.is_zipfile(path):
+        return path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        return z.read(f"{z.namelist()[0].split('/', 1)[0]}/data.pkl")
 
 
 def _imports_foreign_code(path: Path) -> bool:
     """Does the file's pickle stream name a callable beyond tensor data (without running it)?"""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-                data = z.read(name)
-        else:
-            data = path.read_bytes()
+        data = _pickle_of(path)
         strings: list[str] = []
         for op, arg, _ in pickletools.genops(data):
             if isinstance(arg, str):

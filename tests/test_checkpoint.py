@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -383,20 +384,54 @@ def test_strided_view_is_refused(tmp_path):
                                "the file is crafted or damaged")
 
 
-@pytest.mark.parametrize("kind", ["meta", "sparse_coo"])
-def test_tensors_without_their_bytes_in_the_file_are_refused(tmp_path, kind):
-    state = sample_state()
+def what_weights_only_builds(kind: str) -> object:
+    """Objects torch.load(weights_only=True) rebuilds from a file although fastdqn never writes
+    them: callables that allocate what the file asks, tensors without bytes in the file."""
+    if kind == "bytearray":
+        return Payload(bytearray, 100_000_000)  # zero-filled inside torch.load: 100 MB
+    if kind == "FloatTensor":
+        return Payload(torch.FloatTensor, 100_000_000)  # 400 MB of uninitialized memory
     if kind == "meta":
-        state["learner"]["params"] = torch.empty(10**9, device="meta")
-    else:
-        state["learner"]["params"] = torch.sparse_coo_tensor(torch.tensor([[0]]),
-                                                             torch.tensor([1.0]), (10**9,))
+        return torch.empty(10**9, device="meta")
+    return torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([1.0]), (10**9,))
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "FloatTensor", "meta", "sparse"])
+def test_objects_beyond_plain_tensors_are_refused_before_torch_load(tmp_path, monkeypatch,
+                                                                     kind):
+    state = sample_state()
+    state["learner"]["params"] = what_weights_only_builds(kind)
     path = tmp_path / "c.pt"
     save_checkpoint(path, state)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load ran")
+
+    monkeypatch.setattr(torch, "load", no_load)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == (f"checkpoint {path}: learner.params is a {kind} tensor, not the "
-                               "dense CPU tensor fastdqn writes; the file is crafted or damaged")
+    assert str(info.value) == (f"checkpoint {path} contains code or objects a checkpoint must not "
+                               "hold; refusing to load it (only load files you trust)")
+
+
+def test_zip_member_named_twice_is_refused(tmp_path):
+    """Two data.pkl: the one scanned for code could be another than the one torch loads."""
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, sample_state())
+    path = tmp_path / "c.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(path, "w") as zout:
+        pkl = next(n for n in zin.namelist() if n.endswith("/data.pkl"))
+        zout.writestr(pkl, zin.read(pkl))
+        for info in zin.infolist():
+            with pytest.warns(UserWarning, match="Duplicate name") if info.filename == pkl \
+                    else contextlib.nullcontext():
+                zout.writestr(info.filename, zin.read(info))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: zip member data.pkl appears twice, which "
+                               "torch never writes; the file is crafted or damaged")
 
 
 class TensorSpec:
