@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import pickletools
 import tempfile
 import warnings
 import zipfile
@@ -106,11 +105,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if _cut_off_zip(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted (its zip directory is "
                               "missing: the end of the file is cut off); use another checkpoint")
-    if _imports_foreign_code(path):  # checked first: weights_only itself calls bytearray(n)
-        raise CheckpointError(
-            f"checkpoint {path} contains code or objects a checkpoint must not hold; "
-            "refusing to load it (only load files you trust)"
-        )
+    _dry_run(path)  # first: weights_only itself calls bytearray(n), OrderedDict(memo), ...
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -283,46 +278,71 @@ def _failed_crc(path: Path) -> str | None:
     return bad.split("/", 1)[-1] if bad else None  # torch's members sit under one top folder
 
 
-def _is_torch_data(module: str, name: str) -> bool:
-    """The globals a torch.save of plain tensors and containers refers to, and nothing else.
+class _Foreign(Exception):
+    """The pickle names a callable beyond plain tensor data, or calls one with contents."""
 
-    Narrower than weights_only's own list, which also admits callables that allocate whatever
-    the file asks (bytearray(n), torch.FloatTensor(n)) and tensors without bytes in the file
-    (meta, sparse, quantized, nested).
+
+def _inert(*args: object, **kwargs: object) -> None:
+    """Stands in for a tensor rebuild (and for storage types and dtypes) in a dry run."""
+
+
+def _empty_ordered_dict(*args: object, **kwargs: object) -> dict:
+    """torch.save writes OrderedDict() (a tensor's hooks), never one built from contents: that
+    would copy an argument the pickle memo can hand to any number of calls."""
+    if args or kwargs:
+        raise _Foreign
+    return {}
+
+
+class _DryRun(pickle.Unpickler):
+    """Unpickles a stream with inert stand-ins, to learn what it holds before torch.load does.
+
+    It resolves every global the way pickle does (GLOBAL, STACK_GLOBAL, INST, extension codes),
+    so none escapes a name check, and it copies nothing the stream does not spell out.
     """
-    if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
+
+    def find_class(self, module: str, name: str) -> object:
+        if not _is_torch_data(module, name):
+            raise _Foreign
+        return _empty_ordered_dict if (module, name) == ("collections", "OrderedDict") else _inert
+
+    def persistent_load(self, pid: object) -> None:
+        return None
+
+
+def _is_torch_data(module: str, name: str) -> bool:
+    """The globals a torch.save of fastdqn's state refers to (plain tensors, OrderedDict()), and
+    nothing else.
+
+    Narrower than weights_only's own list, which also admits callables that allocate what the
+    file asks (bytearray(n), torch.FloatTensor(n)) or copy an argument (torch.Size,
+    _codecs.encode), and tensors without bytes in the file (meta, sparse, quantized, nested).
+    """
+    if (module, name) == ("collections", "OrderedDict"):
         return True
     if module == "torch._utils":
         return name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3")
-    if not module.split(".")[0] == "torch":
-        return False
-    return (name.endswith("Storage") or name == "Size"  # storages: types, not callable here
-            or isinstance(getattr(torch, name, None), torch.dtype))
+    return module == "torch" and (name.endswith("Storage")  # storage types, not callable here
+                                  or isinstance(getattr(torch, name, None), torch.dtype))
 
 
-def _pickle_of(path: Path) -> bytes:
-    """The pickle stream torch.load reads: data.pkl under the zip's first folder, or the file."""
-    if not zipfile.is_zipfile(path):
-        return path.read_bytes()
-    with zipfile.ZipFile(path) as z:
-        return z.read(f"{z.namelist()[0].split('/', 1)[0]}/data.pkl")
-
-
-def _imports_foreign_code(path: Path) -> bool:
-    """Does the file's pickle stream name a callable beyond tensor data (without running it)?"""
+def _dry_run(path: Path) -> None:
+    """Refuse the file unless its pickle holds only fastdqn's kind of data; only then may
+    torch.load read it. Non-zip files are refused here too: fastdqn writes torch's zip format,
+    and the legacy one hides its data pickle behind others."""
+    zipped = zipfile.is_zipfile(path)
     try:
-        data = _pickle_of(path)
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str):
-                strings.append(arg)
-            ref = None
-            if op.name in ("GLOBAL", "INST"):
-                ref = tuple(str(arg).split(" ", 1))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                ref = (strings[-2], strings[-1])
-            if ref is not None and not _is_torch_data(*ref):
-                return True
-    except Exception:  # an unreadable stream is corruption, not code
-        return False
-    return False
+        if zipped:
+            with zipfile.ZipFile(path) as z:
+                data = z.read(f"{z.namelist()[0].split('/', 1)[0]}/data.pkl")
+        else:
+            data = path.read_bytes()
+        _DryRun(io.BytesIO(data)).load()
+    except _Foreign:
+        raise CheckpointError(f"checkpoint {path} contains code or objects a checkpoint must not "
+                              "hold; refusing to load it (only load files you trust)") from None
+    except Exception as e:  # the stream is broken: ran nothing, so it is damage
+        raise CheckpointError(f"checkpoint {path} is corrupted ({_reason(e)}); use another "
+                              "checkpoint") from None
+    if not zipped:
+        raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")

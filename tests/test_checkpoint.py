@@ -393,16 +393,29 @@ def what_weights_only_builds(kind: str) -> object:
         return Payload(torch.FloatTensor, 100_000_000)  # 400 MB of uninitialized memory
     if kind == "meta":
         return torch.empty(10**9, device="meta")
-    return torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([1.0]), (10**9,))
+    if kind == "sparse":
+        return torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([1.0]), (10**9,))
+    # The pickle memo lets one stored argument feed many calls, each of which copies it:
+    # 100 calls on one 10,000-item list build 1,000,000 items from a file of ~100 KB.
+    import _codecs
+    from collections import OrderedDict
+
+    pairs = [(i, 0) for i in range(10_000)]
+    text = "x" * 1_000_000
+    func, arg = {"OrderedDict": (OrderedDict, (pairs,)), "Size": (torch.Size, (pairs,)),
+                 "encode": (_codecs.encode, (text, "latin1"))}[kind]
+    return [Payload(func, *arg) for _ in range(100)]
 
 
-@pytest.mark.parametrize("kind", ["bytearray", "FloatTensor", "meta", "sparse"])
+@pytest.mark.parametrize("kind", ["bytearray", "FloatTensor", "meta", "sparse", "OrderedDict",
+                                  "Size", "encode"])
 def test_objects_beyond_plain_tensors_are_refused_before_torch_load(tmp_path, monkeypatch,
                                                                      kind):
     state = sample_state()
     state["learner"]["params"] = what_weights_only_builds(kind)
     path = tmp_path / "c.pt"
     save_checkpoint(path, state)
+    assert path.stat().st_size < 1_100_000
 
     def no_load(*args, **kwargs):
         raise AssertionError("torch.load ran")
