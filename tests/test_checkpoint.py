@@ -246,6 +246,17 @@ def test_non_fastdqn_torch_file(tmp_path, obj):
                                "pass a checkpoint.pt or best.pt")
 
 
+def test_legacy_torch_format_is_refused(tmp_path):
+    """Its data pickle sits behind others, so it could not be checked before torch.load reads
+    it; fastdqn never writes it."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"format": FORMAT, **sample_state()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path} is not a fastdqn checkpoint; "
+                               "pass a checkpoint.pt or best.pt")
+
+
 class Payload:
     """Unpickling this calls `func(*args)`: a checkpoint that executes code."""
 
