@@ -22,7 +22,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError
-from .envs import EnvFactory, make_vector_env, probe_env, real_next_obs
+from .envs import EnvFactory, bit_generator_class, make_vector_env, probe_env, real_next_obs
 from .evaluate import EvalResult, Policy, eval_seed, run_episodes
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
 from .learner import Learner
@@ -176,6 +176,25 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
                               f"--buffer-size {cfg.buffer_size}; resume with --buffer-size {saved}")
     if "buffer" in ckpt:
         _check_buffer(path, buffer, cfg.buffer_size, tuple(obs_shape))
+    if ckpt.get("env_starts") is not None:
+        _check_env_starts(path, ckpt["env_starts"])
+
+
+def _check_env_starts(path: Path, starts: object) -> None:
+    """Each saved episode start is a seed or a numpy bit generator state, whose class the env
+    workers look up by name and call: the name must be a bit generator's."""
+    for i, start in enumerate(starts if isinstance(starts, list) else [None]):
+        seed = start.get("seed") if isinstance(start, dict) else "?"
+        rng = start.get("rng") if isinstance(start, dict) else None
+        name = rng.get("bit_generator") if isinstance(rng, dict) else None
+        if isinstance(rng, dict) and bit_generator_class(name) is None:
+            raise CheckpointError(f"{path}: env_starts[{i}] names bit generator "
+                                  f"{repr(name)[:60]}, which numpy does not have; the file is "
+                                  "damaged or crafted")
+        if not ((seed is None or type(seed) is int) and (rng is None or isinstance(rng, dict))
+                and (seed, rng) != (None, None)):
+            raise CheckpointError(f"{path}: env_starts[{i}] is not an episode start (a seed or a "
+                                  "bit generator state); the file is damaged or crafted")
 
 
 def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:

@@ -415,6 +415,10 @@ def damage(path: Path, how: str, good: Path) -> None:
         state["buffer"] = {**rows, "pos": 10, "size": 10,
                            "capacity": state["config"]["buffer_size"]}
         torch.save(state, path)
+    elif how == "env-starts-call":  # numpy.random.<name>() is called: np.random.test() would
+        state = torch.load(good, weights_only=True)  # run numpy's test suite
+        state["env_starts"] = [{"seed": None, "rng": {"bit_generator": "seed"}}] * 4
+        torch.save(state, path)
     elif how == "target-shape":
         state = torch.load(good, weights_only=True)
         state["learner"]["target"] = torch.zeros(3)
@@ -477,6 +481,8 @@ RESUME_CASES = {
     "buffer-rows": ([], ": its replay buffer says it holds 10 rows, but buffer.obs has shape "
                         "[5, 4], not [10, 4]; the file is damaged"),
     "target-shape": ([], ": learner.target has shape [3], not [17410]; the file is damaged"),
+    "env-starts-call": ([], ": env_starts[0] names bit generator 'seed', which numpy does not "
+                            "have; the file is damaged or crafted"),
 }
 
 
