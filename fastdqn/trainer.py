@@ -6,7 +6,7 @@ import math
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +178,35 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
         _check_buffer(path, buffer, cfg.buffer_size, tuple(obs_shape))
     if ckpt.get("env_starts") is not None:
         _check_env_starts(path, ckpt["env_starts"])
+    saved_every = ckpt["config"].get("train_every") if isinstance(ckpt["config"], dict) else None
+    _check_counters(path, ckpt["counters"],
+                    saved_every if type(saved_every) is int and saved_every >= 1
+                    else cfg.train_every)
+
+
+def _check_counters(path: Path, counters: object, train_every: int) -> None:
+    """The counters resume continues from: known names, whole numbers, one entry per episode,
+    and `due` below the saving run's --train-every, as its saves leave it (due sizes the next
+    block of sampled batches: 10^12 from a file would be a terabyte of indices)."""
+    names = {f.name for f in fields(Counters)}
+    if not isinstance(counters, dict) or not set(counters) <= names:
+        raise CheckpointError(f"{path}: its counters are not fastdqn's; the file is damaged or "
+                              "crafted")
+    c = Counters(**counters)
+    whole = ("step", "iteration", "episodes", "due", "next_eval", "next_checkpoint", "next_log")
+    problem = None
+    if not all(type(getattr(c, n)) is int for n in whole):
+        problem = "a count is not a whole number"
+    elif not all(isinstance(v, list) for v in (c.returns, c.lengths, c.end_steps, c.evals)):
+        problem = "an episode list is not a list"
+    elif not c.episodes == len(c.returns) == len(c.lengths) == len(c.end_steps):
+        problem = (f"{c.episodes} episodes but {len(c.returns)} returns, {len(c.lengths)} "
+                   f"lengths and {len(c.end_steps)} end steps")
+    elif not 0 <= c.due < train_every:
+        problem = f"due {c.due}, not in [0, {train_every}) as --train-every {train_every} leaves it"
+    if problem:
+        raise CheckpointError(f"{path}: its counters are inconsistent ({problem}); the file is "
+                              "damaged or crafted")
 
 
 def _check_env_starts(path: Path, starts: object) -> None:

@@ -419,6 +419,10 @@ def damage(path: Path, how: str, good: Path) -> None:
         state = torch.load(good, weights_only=True)  # run numpy's test suite
         state["env_starts"] = [{"seed": None, "rng": {"bit_generator": "seed"}}] * 4
         torch.save(state, path)
+    elif how == "counters-due":  # the next block of sampled batches would be 10**12 / 4 long
+        state = torch.load(good, weights_only=True)
+        state["counters"]["due"] = 10**12
+        torch.save(state, path)
     elif how == "target-shape":
         state = torch.load(good, weights_only=True)
         state["learner"]["target"] = torch.zeros(3)
@@ -483,6 +487,9 @@ RESUME_CASES = {
     "target-shape": ([], ": learner.target has shape [3], not [17410]; the file is damaged"),
     "env-starts-call": ([], ": env_starts[0] names bit generator 'seed', which numpy does not "
                             "have; the file is damaged or crafted"),
+    "counters-due": (["--total-timesteps", "4000"],
+                     ": its counters are inconsistent (due 1000000000000, not in [0, 4) as "
+                     "--train-every 4 leaves it); the file is damaged or crafted"),
 }
 
 
