@@ -1,4 +1,5 @@
-"""Crash-safe files: atomic writes (temp file, fsync, rename) and a loader that runs no code.
+"""Crash-safe files: atomic writes (temp file, fsync, rename) and a loader that treats a file
+as data: it runs no code from it and sizes no memory by what it merely declares.
 
 `kill -9` at any moment leaves either the previous complete file or the new complete file,
 never a torn one, because the rename is the only step that touches the real name.
@@ -10,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import pickletools
 import tempfile
 import warnings
 import zipfile
@@ -20,8 +20,23 @@ from typing import Any
 import torch
 
 from .config import ConfigError
+from .networks import MLP
 
 FORMAT = "fastdqn-checkpoint/1"
+
+MAX_NETWORK_PARAMS = 2**28
+"""Most parameters a checkpoint's network may declare (268M: 1 GiB of float32 per copy, and the
+learner keeps five copies). DQN's MLPs have 10^4 to 10^7; a network this big is a crafted or
+damaged file, and sizing memory by it would exhaust the machine before any other check."""
+
+MAX_HIDDEN_LAYERS = 64
+"""Most hidden layers a checkpoint's network may declare (DQN uses 1 to 3): beyond it the layer
+list alone makes the forward pass a loop of thousands of tiny steps."""
+
+MAX_NESTING = 32
+"""Deepest nesting of containers a checkpoint may hold. fastdqn writes 5 levels at most; a
+crafted file nested thousands deep (or a list holding itself) would send anything that walks
+it recursively, such as json.dumps of the config, past Python's recursion limit."""
 
 
 class CheckpointError(ConfigError):
@@ -80,6 +95,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a file; pass the .pt file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (truncated); use another checkpoint")
+    crafted = _zip_problem(path)
+    if crafted:
+        raise CheckpointError(f"checkpoint {path}: {crafted}; the file is crafted or damaged")
     damaged = _failed_crc(path)
     if damaged:
         raise CheckpointError(f"checkpoint {path} is corrupted ({damaged} fails its CRC check); "
@@ -87,26 +105,152 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if _cut_off_zip(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted (its zip directory is "
                               "missing: the end of the file is cut off); use another checkpoint")
+    _dry_run(path)  # first: weights_only itself calls bytearray(n), OrderedDict(memo), ...
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if _imports_foreign_code(path):
-            raise CheckpointError(
-                f"checkpoint {path} contains code or objects a checkpoint must not hold; "
-                "refusing to load it (only load files you trust)"
-            ) from None
         raise CheckpointError(
             f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     except Exception as e:  # weights_only ran no code: whatever broke, the bytes are bad
+        if "not resizable" in str(e):  # torch refused a view beyond its storage's bytes
+            raise CheckpointError(f"checkpoint {path}: a tensor declares more elements than its "
+                                  "stored data holds; the file is crafted or damaged") from None
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted ({_reason(e)}); use another checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")
+    _check_contents(path, state)
     return state
+
+
+def _zip_problem(path: Path) -> str | None:
+    """What in a torch zip file's directory torch never writes, if anything.
+
+    torch stores every member uncompressed, once, so the members add up to less than the file.
+    A deflated member would be inflated by torch.load (and by the CRC check before it): 50 KB
+    can become 50 MB, a few MB gigabytes. A name given twice could make the pickle scanned for
+    code here another than the one torch loads.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except Exception:  # unreadable as a zip (any way): the checks below report it
+        return None
+    seen: set[str] = set()
+    for m in members:
+        name = m.filename.split("/", 1)[-1]
+        if m.compress_type != zipfile.ZIP_STORED:
+            return (f"zip member {name} is compressed ({m.file_size:,d} bytes once inflated), "
+                    "which torch never writes")
+        if m.filename.lower() in seen:
+            return f"zip member {name} appears twice, which torch never writes"
+        seen.add(m.filename.lower())
+    total, size = sum(m.file_size for m in members), path.stat().st_size
+    if total > size:
+        return (f"its zip members declare {total:,d} bytes in all, more than the whole file "
+                f"({size:,d} bytes)")
+    return None
+
+
+def _check_contents(path: Path, state: dict) -> None:
+    """Every tensor in `state` is dense over its own bytes of the file, and containers nest at
+    most MAX_NESTING deep; a one-line CheckpointError otherwise.
+
+    weights_only runs no code, but it rebuilds each tensor exactly as the file declares it: 4
+    real bytes viewed with stride 0 as a billion elements load fine, and the first copy of them
+    allocates 4 GB. (A tensor's storage can only be one of the file's members: the pickle scan
+    admits no constructor.) Checked here, once, every consumer (eval, resume, the Python API)
+    can size copies by a tensor's shape.
+    """
+    heights: dict[int, int] = {}  # id -> containers nested in it: a shared one is walked once
+
+    def walk(obj: object, where: str, depth: int) -> int:
+        if isinstance(obj, torch.Tensor):
+            _check_tensor(path, obj, where)
+            return 0
+        if depth + heights.get(id(obj), 1) - 1 > MAX_NESTING:  # its deepest container
+            top = where.split(".", 1)[0].split("[", 1)[0]
+            raise CheckpointError(f"checkpoint {path} nests containers more than {MAX_NESTING} "
+                                  f"deep (under {top}); the file is crafted or damaged")
+        if id(obj) not in heights:
+            pairs = (((c, k) for k, v in obj.items() for c in (k, v)) if isinstance(obj, dict)
+                     else ((c, i) for i, c in enumerate(obj)))  # type: ignore[attr-defined]
+            heights[id(obj)] = 1 + max((walk(c, _child(where, k), depth + 1) for c, k in pairs
+                                        if isinstance(c, _NESTED)), default=0)
+        return heights[id(obj)]
+
+    walk(state, "", 0)
+
+
+_NESTED = (torch.Tensor, dict, list, tuple, set, frozenset)
+"""What can hold a tensor, or more containers, in a weights_only load."""
+
+
+def _child(where: str, key: object) -> str:
+    """The name of `where[key]` in messages: learner.params, counters.evals[0], x['a b']."""
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    if isinstance(key, str) and key.isidentifier():
+        return f"{where}.{key}" if where else key
+    return f"{where}[{repr(key)[:40]}]"
+
+
+def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
+    """`t` is what fastdqn writes: contiguous, and no larger than the storage it views."""
+    size = t.element_size()
+    declared, stored = t.numel() * size, t.untyped_storage().nbytes()
+    if declared > stored - t.storage_offset() * size:
+        raise CheckpointError(f"checkpoint {path}: {where} is a view of {stored:,d} bytes "
+                              f"declaring {declared:,d} bytes; the file is crafted or damaged")
+    if not t.is_contiguous():
+        raise CheckpointError(f"checkpoint {path}: {where} is a strided view (shape "
+                              f"{list(t.shape)}, strides {list(t.stride())}), not the dense "
+                              "tensor fastdqn writes; the file is crafted or damaged")
+
+
+def network_of(path: str | os.PathLike, spec: object) -> MLP:
+    """The network a checkpoint's "net" entry declares, checked before anything is sized by it.
+
+    An MLP only lays out offsets, but every consumer then allocates num_params floats (or
+    compares a tensor with it), so the declared sizes are capped here, in one place for eval
+    and resume alike.
+    """
+    def size(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if isinstance(spec, dict) and spec.get("kind", "mlp") == "custom":
+        name = spec.get("class") if isinstance(spec.get("class"), str) else "?"
+        raise CheckpointError(
+            f"{path} holds a network of your own ({name[:80]}); fastdqn cannot rebuild it from a "
+            "file: load it in Python with module.load_state_dict(ckpt['learner']['online'])")
+    if isinstance(spec, dict) and spec.get("kind", "mlp") != "mlp":
+        raise CheckpointError(f"{path} holds a network fastdqn does not know; it is damaged or "
+                              "from a newer fastdqn")
+    dueling = spec.get("dueling", False) if isinstance(spec, dict) else None
+    hidden = spec.get("hidden") if isinstance(spec, dict) else None
+    if (not isinstance(spec, dict) or not isinstance(dueling, bool)
+            or not size(spec.get("in_dim")) or not size(spec.get("n_actions"))
+            or not isinstance(hidden, (list, tuple)) or not all(size(h) for h in hidden)):
+        raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; it is damaged or "
+                              "from another program")
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise CheckpointError(f"checkpoint {path} declares a network of {len(hidden)} hidden "
+                              f"layers, over the limit of {MAX_HIDDEN_LAYERS}; refusing to load it")
+    in_dim, n_actions = spec["in_dim"], spec["n_actions"]
+    sizes = [in_dim, *hidden, n_actions + dueling]
+    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    if n > MAX_NETWORK_PARAMS:
+        raise CheckpointError(
+            f"checkpoint {path} declares a network of {n:,d} parameters ({in_dim} inputs, hidden "
+            f"{','.join(map(str, hidden))}, {n_actions} actions), over the limit of "
+            f"{MAX_NETWORK_PARAMS:,d}; refusing to load it")
+    return MLP(in_dim, n_actions, tuple(hidden), dueling)
 
 
 def _reason(e: Exception) -> str:
@@ -144,38 +288,71 @@ def _failed_crc(path: Path) -> str | None:
     return bad.split("/", 1)[-1] if bad else None  # torch's members sit under one top folder
 
 
+class _Foreign(Exception):
+    """The pickle names a callable beyond plain tensor data, or calls one with contents."""
+
+
+def _inert(*args: object, **kwargs: object) -> None:
+    """Stands in for a tensor rebuild (and for storage types and dtypes) in a dry run."""
+
+
+def _empty_ordered_dict(*args: object, **kwargs: object) -> dict:
+    """torch.save writes OrderedDict() (a tensor's hooks), never one built from contents: that
+    would copy an argument the pickle memo can hand to any number of calls."""
+    if args or kwargs:
+        raise _Foreign
+    return {}
+
+
+class _DryRun(pickle.Unpickler):
+    """Unpickles a stream with inert stand-ins, to learn what it holds before torch.load does.
+
+    It resolves every global the way pickle does (GLOBAL, STACK_GLOBAL, INST, extension codes),
+    so none escapes a name check, and it copies nothing the stream does not spell out.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if not _is_torch_data(module, name):
+            raise _Foreign
+        return _empty_ordered_dict if (module, name) == ("collections", "OrderedDict") else _inert
+
+    def persistent_load(self, pid: object) -> None:
+        return None
+
+
 def _is_torch_data(module: str, name: str) -> bool:
-    """The globals a torch.save of tensors and plain containers refers to, and nothing else."""
-    if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
+    """The globals a torch.save of fastdqn's state refers to (plain tensors, OrderedDict()), and
+    nothing else.
+
+    Narrower than weights_only's own list, which also admits callables that allocate what the
+    file asks (bytearray(n), torch.FloatTensor(n)) or copy an argument (torch.Size,
+    _codecs.encode), and tensors without bytes in the file (meta, sparse, quantized, nested).
+    """
+    if (module, name) == ("collections", "OrderedDict"):
         return True
-    if not module.split(".")[0] == "torch":
-        return False
-    import torch
-
-    return (name.startswith("_rebuild") or name.endswith("Storage") or name == "Size"
-            or isinstance(getattr(torch, name, None), torch.dtype))
+    if module == "torch._utils":
+        return name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3")
+    return module == "torch" and (name.endswith("Storage")  # storage types, not callable here
+                                  or isinstance(getattr(torch, name, None), torch.dtype))
 
 
-def _imports_foreign_code(path: Path) -> bool:
-    """Does the file's pickle stream name a callable beyond tensor data (without running it)?"""
+def _dry_run(path: Path) -> None:
+    """Refuse the file unless its pickle holds only fastdqn's kind of data; only then may
+    torch.load read it. Non-zip files are refused here too: fastdqn writes torch's zip format,
+    and the legacy one hides its data pickle behind others."""
+    zipped = zipfile.is_zipfile(path)
     try:
-        if zipfile.is_zipfile(path):
+        if zipped:
             with zipfile.ZipFile(path) as z:
-                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-                data = z.read(name)
+                data = z.read(f"{z.namelist()[0].split('/', 1)[0]}/data.pkl")
         else:
             data = path.read_bytes()
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str):
-                strings.append(arg)
-            ref = None
-            if op.name in ("GLOBAL", "INST"):
-                ref = tuple(str(arg).split(" ", 1))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                ref = (strings[-2], strings[-1])
-            if ref is not None and not _is_torch_data(*ref):
-                return True
-    except Exception:  # an unreadable stream is corruption, not code
-        return False
-    return False
+        _DryRun(io.BytesIO(data)).load()
+    except _Foreign:
+        raise CheckpointError(f"checkpoint {path} contains code or objects a checkpoint must not "
+                              "hold; refusing to load it (only load files you trust)") from None
+    except Exception as e:  # the stream is broken: ran nothing, so it is damage
+        raise CheckpointError(f"checkpoint {path} is corrupted ({_reason(e)}); use another "
+                              "checkpoint") from None
+    if not zipped:
+        raise CheckpointError(f"{path} is not a fastdqn checkpoint; pass a checkpoint.pt or best.pt")

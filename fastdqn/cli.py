@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the first episode (default: the run's eval seeds)")
     e.add_argument("--num-envs", type=int, default=16, help="envs stepped together")
     e.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
+    e.add_argument("--env", default=None, metavar="ENV_ID",
+                   help="env to evaluate on instead of the checkpoint's, e.g. my_module:MyEnv-v0 "
+                        "(a module-qualified id is only imported when named here); its spaces "
+                        "must fit the network")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.add_argument("--compare", action="store_true",
                    help="also run a random policy and gymnasium's heuristic controller (LunarLander) "
@@ -111,16 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resume_command(run_dir) -> str:
-    return f"fastdqn train --resume --run-dir {shlex.quote(str(run_dir))}"
+def _resume_command(run_dir, env_id: str) -> str:
+    """The command that continues a run; it names a `module:Env-v0` env again, because resume
+    imports no module that only the checkpoint names."""
+    env = f" --env {shlex.quote(env_id)}" if ":" in env_id else ""
+    return f"fastdqn train --resume --run-dir {shlex.quote(str(run_dir))}{env}"
 
 
-def _kept(run_dir: str, which: str = "complete") -> str:
+def _kept(cfg: Config, which: str = "complete") -> str:
     """What a stopped run leaves behind: the last complete checkpoint, if there is one."""
-    if (Path(run_dir) / "checkpoint.pt").exists():
+    if (Path(cfg.run_dir) / "checkpoint.pt").exists():
         return (f"the last {which} checkpoint is kept (resume with: "
-                f"{_resume_command(run_dir)})")
+                f"{_resume_command(cfg.run_dir, cfg.env_id)})")
     return "no checkpoint was written yet"
+
+
+def checkpoint_env(path: str | os.PathLike, env_id: str) -> str:
+    """The env id a checkpoint names, refused if building it would import a module.
+
+    gymnasium imports `module` to build `module:Env-v0`, and importing runs the module's code: a
+    file must never choose that (a module placed next to a checkpoint is importable from there).
+    Only an id the user names on the command line is imported.
+    """
+    if ":" not in env_id:
+        return env_id
+    module = env_id.split(":", 1)[0]
+    named = shlex.quote(env_id) if env_id.isprintable() else "MODULE:ENV_ID"
+    raise CheckpointError(f"checkpoint {path} names env {env_id!r}, which would import module "
+                          f"{module!r} (running its code); a checkpoint never chooses what gets "
+                          f"imported: pass --env {named} on the command line if you trust that "
+                          "module")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -136,11 +160,17 @@ def _train(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt.get("config"), dict):
             raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
-        base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
-        base.update({"resume": False, "overwrite": False})
-        if args.config:
-            base.update(load_toml(args.config))
-        cfg = make_config(**{**base, **explicit})
+        try:  # the file's settings alone first, so that a refusal blames the file, not a flag
+            base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
+            base.update({"resume": False, "overwrite": False})
+            make_config(**base)
+        except ConfigError as e:
+            raise CheckpointError(f"{path} holds settings fastdqn refuses ({e}); it is damaged or "
+                                  "crafted") from None
+        chosen = load_toml(args.config) if args.config else {}  # your file: yours to trust
+        if "env_id" not in explicit and "env_id" not in chosen:
+            checkpoint_env(path, base.get("env_id", Config.env_id))
+        cfg = make_config(**{**base, **chosen, **explicit})
     else:
         cfg = make_config(args.config, **explicit)
     if not cfg.run_dir:  # fixed here so that every message can name it
@@ -148,9 +178,9 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(cfg)
     except (EnvError, TrainingDiverged) as e:
-        return _fail(f"{e}; stopped, {_kept(cfg.run_dir, 'good')}", 1)
+        return _fail(f"{e}; stopped, {_kept(cfg, 'good')}", 1)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        sys.stderr.write(f"interrupted: stopped at once, {_kept(cfg.run_dir)}\n")
+        sys.stderr.write(f"interrupted: stopped at once, {_kept(cfg)}\n")
         return 130
     s = result.summary
     solved = (f"solved in {s['time_to_solve_s']:.1f} s, {s['steps_to_solve']:,d} steps"
@@ -159,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
     evals = f"; eval {fe['mean']:.1f} ± {fe['std']:.1f} ({fe['episodes']} episodes)" if fe else ""
     if result.signal is not None:
         sys.stderr.write(f"interrupted at {s['total_env_steps']:,d} steps; checkpoint saved. "
-                         f"Resume with: {_resume_command(result.run_dir)}\n")
+                         f"Resume with: {_resume_command(result.run_dir, cfg.env_id)}\n")
         return 128 + int(result.signal)
     print(f"{s['env_id']}: {s['total_env_steps']:,d} steps in {s['wall_time_s']:.1f} s "
           f"({s['sps']:.0f} SPS), {solved}{evals}; run dir {result.run_dir}")
@@ -204,7 +234,7 @@ def _eval(args: argparse.Namespace) -> int:
     gif = _output(args.gif, "--gif", ["gif"]) if args.gif else None
     device = resolve_device(args.device)
     policy, ckpt = load_policy(args.checkpoint, str(device))
-    env_id = ckpt["env"]["id"]
+    env_id = args.env if args.env is not None else checkpoint_env(args.checkpoint, ckpt["env"]["id"])
     check_fits_env(args.checkpoint, policy.net, env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     plot = None

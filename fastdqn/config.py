@@ -29,6 +29,12 @@ class ConfigError(ValueError):
     """A user error in the settings: the message names the problem and the fix."""
 
 
+MAX_BUFFER_SIZE = 2**30
+"""Largest --buffer-size: a thousand times the 1M-transition replay of the Atari DQN papers.
+The buffer is allocated whole at start, so a bigger value (a typo, or a resumed checkpoint's
+crafted config) would only exhaust memory."""
+
+
 @dataclass
 class Config:
     """Settings of one training run."""
@@ -164,6 +170,8 @@ class Config:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.buffer_size > MAX_BUFFER_SIZE:
+            raise ConfigError(f"--buffer-size must be <= {MAX_BUFFER_SIZE:,d}, got {self.buffer_size}")
         for name in ["learning_starts", "eval_every", "checkpoint_every", "num_workers",
                      "eps_decay_steps"]:
             if getattr(self, name) < 0:

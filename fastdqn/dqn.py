@@ -5,10 +5,12 @@ is `run.Run`'s; this file is what DQN adds to it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, network_of
 from .config import Config
 from .envs import real_next_obs
 from .evaluate import Policy
@@ -212,8 +214,13 @@ class DQN:
         return state
 
     def check_checkpoint(self, ckpt: dict, path) -> None:
-        """A checkpoint must come from the same network shape and replay as this run."""
-        net = ckpt.get("net", {})
+        """A checkpoint must come from the same network shape and replay as this run, and every
+        tensor it restores must have the shape of the one it is copied into (copy_ would
+        broadcast a wrong one, or fail with a traceback)."""
+        if "net" not in ckpt or "learner" not in ckpt:
+            raise CheckpointError(f"{path} lacks its network; it is damaged or from another "
+                                  "program")
+        net = ckpt["net"] if isinstance(ckpt["net"], dict) else {}
         want = self.net_spec()
         if net.get("kind", "mlp") != want["kind"]:
             raise CheckpointError(f"{path} holds a {net.get('kind', 'mlp')} network, this run a "
@@ -226,11 +233,30 @@ class DQN:
                 flag = "--dueling" if net.get("dueling") else "--no-dueling"
                 raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
                                       f" a dueling head; pass {flag} to match")
-        saved = ckpt.get("buffer", {}).get("capacity", self.cfg.buffer_size)
+        if want["kind"] == "mlp":
+            flat = network_of(path, net)
+            learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
+            params = learner.get("params")
+            if (not isinstance(params, torch.Tensor) or params.shape != (flat.num_params,)
+                    or (flat.in_dim, flat.n_actions) != (self.net.in_dim, self.net.n_actions)):
+                raise CheckpointError(f"{path}: its parameters do not fit its network shape; the "
+                                      "file is damaged")
+            if isinstance(self.learner, Learner):
+                opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
+                _check_shapes(path, {"learner.target": (learner.get("target"), params.shape),
+                                     "learner.optimizer.exp_avg": (opt.get("exp_avg"),
+                                                                   params.shape),
+                                     "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"),
+                                                                      params.shape),
+                                     "learner.optimizer.step": (opt.get("step"), ())})
+        buffer = ckpt.get("buffer", {})
+        saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
         if saved != self.cfg.buffer_size:
             raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
                                   f"--buffer-size {self.cfg.buffer_size}; resume with "
                                   f"--buffer-size {saved}")
+        if "buffer" in ckpt:
+            _check_buffer(path, buffer, self.cfg.buffer_size, self.obs_shape)
         rng = ckpt.get("rng", {}).get("sampler")
         if isinstance(rng, dict) != self.cfg.prioritized:
             flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
@@ -238,7 +264,12 @@ class DQN:
                                   f" prioritized replay; pass {flag} to match")
 
     def load_state_dict(self, ckpt: dict) -> None:
-        self.learner.load_state_dict(ckpt["learner"])
+        try:
+            self.learner.load_state_dict(ckpt["learner"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a module's own checks
+            raise CheckpointError(f"checkpoint.pt: its network state does not load into this "
+                                  f"run's network ({str(e).splitlines()[0][:120]}); the file is "
+                                  "damaged or from another network") from None
         self.sampler.set_state(ckpt["rng"]["sampler"])
         self.act_gen.set_state(ckpt["rng"]["act"])
         if "per" in ckpt["rng"]:
@@ -249,3 +280,33 @@ class DQN:
             except OldBufferError as e:
                 raise CheckpointError(f"checkpoint.pt {e}; resume it without its buffer "
                                       "(--no-save-buffer) or start a new run") from None
+
+
+def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:
+    """Each named tensor exists and has its expected shape; a one-line CheckpointError if not."""
+    for name, (t, shape) in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: {name} is missing; the file is damaged")
+        if tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: {name} has shape {list(t.shape)}, not {list(shape)}; "
+                                  "the file is damaged")
+
+
+def _check_buffer(path: Path, buffer: dict, capacity: int, obs_shape: tuple) -> None:
+    """A --save-buffer checkpoint's rows: as many as it says it holds, each of the env's shape."""
+    size, pos = buffer.get("size"), buffer.get("pos")
+    if not (isinstance(size, int) and isinstance(pos, int) and 0 <= size <= capacity
+            and 0 <= pos < capacity):
+        raise CheckpointError(f"{path}: its replay buffer's size {size!r} and position {pos!r} do "
+                              f"not fit its capacity {capacity}; the file is damaged")
+    for name, shape in (("obs", (size, *obs_shape)), ("next_obs", (size, *obs_shape)),
+                        ("actions", (size,)), ("rewards", (size,)), ("dones", (size,)),
+                        ("discounts", (size,))):
+        if name == "discounts" and name not in buffer:
+            continue  # a fastdqn 0.1 buffer: refused with its own message when loaded
+        t = buffer.get(name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            held = f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else "no tensor"
+            raise CheckpointError(f"{path}: its replay buffer says it holds {size} rows, but "
+                                  f"buffer.{name} has {held}, not {list(shape)}; the file is "
+                                  "damaged")

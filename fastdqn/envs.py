@@ -173,8 +173,18 @@ def _plain(value):
     return value
 
 
+def bit_generator_class(name: object) -> type | None:
+    """numpy's bit generator class called `name`, or None: a checkpoint names the class that
+    is then called, and np.random holds other callables (np.random.test runs a test suite)."""
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    return cls if isinstance(cls, type) and issubclass(cls, np.random.BitGenerator) else None
+
+
 def _generator(state: dict) -> np.random.Generator:
-    bit_generator = getattr(np.random, state["bit_generator"])()
+    cls = bit_generator_class(state["bit_generator"])
+    if cls is None:
+        raise ValueError(f"{state['bit_generator']!r} is not a numpy bit generator")
+    bit_generator = cls()
     bit_generator.state = state
     return np.random.Generator(bit_generator)
 

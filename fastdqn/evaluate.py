@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
 from .config import ConfigError
 from .networks import MLP, preprocess
 from .seeds import TEST, episode_seed
@@ -159,14 +159,7 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
     damaged = CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
                               "it is damaged or from another program")
     try:
-        spec = state["net"]
-        if spec.get("kind", "mlp") == "custom":
-            raise CheckpointError(
-                f"{path} holds a network of your own ({spec.get('class')}); fastdqn cannot "
-                "rebuild it from a file: load it in Python with "
-                "module.load_state_dict(ckpt['learner']['online'])")
-        net = MLP(int(spec["in_dim"]), int(spec["n_actions"]), tuple(spec["hidden"]),
-                  bool(spec.get("dueling", False)))
+        net = network_of(path, state.get("net"))
         params = state["learner"]["params"]
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "

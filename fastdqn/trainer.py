@@ -5,16 +5,18 @@ an agent to the algorithm's loop (`dqn.train_dqn`).
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, remove_temp_files
+from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
-from .envs import EnvFactory, probe_env
+from .envs import EnvFactory, bit_generator_class, probe_env
 from .logger import StageTimer
 from .run import (
+    Counters,
     Run,
     TrainingDiverged,
     TrainResult,
@@ -63,12 +65,66 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
     if ckpt.get("algo", "dqn") != cfg.algo:
         raise CheckpointError(f"{path} is a {ckpt.get('algo')} run, not --algo {cfg.algo}; "
                               f"pass --algo {ckpt.get('algo')} or another checkpoint")
-    env = ckpt.get("env", {})
+    env = ckpt["env"] if isinstance(ckpt["env"], dict) else {}
     if env.get("id") != cfg.env_id:
         raise CheckpointError(f"{path} is from env {env.get('id')!r}, not {cfg.env_id!r}; "
                               "pass the matching --env or another checkpoint")
     if tuple(env.get("obs_shape", ())) != tuple(obs_shape) or env.get("n_actions") != n_actions:
         raise CheckpointError(f"{path} was trained on other spaces than {cfg.env_id} has now")
+    net = ckpt.get("net")
+    if isinstance(net, dict) and net.get("kind", "mlp") == "mlp":  # sized before it allocates
+        declared = network_of(path, net)
+        if declared.hidden != tuple(cfg.hidden):
+            raise CheckpointError(f"{path} has hidden layers {list(declared.hidden)}, "
+                                  f"not {list(cfg.hidden)}; pass --hidden to match")
+    if ckpt.get("env_starts") is not None:
+        _check_env_starts(path, ckpt["env_starts"])
+    saved_every = ckpt["config"].get("train_every") if isinstance(ckpt["config"], dict) else None
+    _check_counters(path, ckpt["counters"],
+                    saved_every if type(saved_every) is int and saved_every >= 1
+                    else cfg.train_every)
+
+
+def _check_counters(path: Path, counters: object, train_every: int) -> None:
+    """The counters resume continues from: known names, whole numbers, one entry per episode,
+    and `due` below the saving run's --train-every, as its saves leave it (due sizes the next
+    block of sampled batches: 10^12 from a file would be a terabyte of indices)."""
+    names = {f.name for f in fields(Counters)}
+    if not isinstance(counters, dict) or not set(counters) <= names:
+        raise CheckpointError(f"{path}: its counters are not fastdqn's; the file is damaged or "
+                              "crafted")
+    c = Counters(**counters)
+    whole = ("step", "iteration", "episodes", "due", "next_eval", "next_checkpoint", "next_log")
+    problem = None
+    if not all(type(getattr(c, n)) is int for n in whole):
+        problem = "a count is not a whole number"
+    elif not all(isinstance(v, list) for v in (c.returns, c.lengths, c.end_steps, c.evals)):
+        problem = "an episode list is not a list"
+    elif not c.episodes == len(c.returns) == len(c.lengths) == len(c.end_steps):
+        problem = (f"{c.episodes} episodes but {len(c.returns)} returns, {len(c.lengths)} "
+                   f"lengths and {len(c.end_steps)} end steps")
+    elif not 0 <= c.due < train_every:
+        problem = f"due {c.due}, not in [0, {train_every}) as --train-every {train_every} leaves it"
+    if problem:
+        raise CheckpointError(f"{path}: its counters are inconsistent ({problem}); the file is "
+                              "damaged or crafted")
+
+
+def _check_env_starts(path: Path, starts: object) -> None:
+    """Each saved episode start is a seed or a numpy bit generator state, whose class the env
+    workers look up by name and call: the name must be a bit generator's."""
+    for i, start in enumerate(starts if isinstance(starts, list) else [None]):
+        seed = start.get("seed") if isinstance(start, dict) else "?"
+        rng = start.get("rng") if isinstance(start, dict) else None
+        name = rng.get("bit_generator") if isinstance(rng, dict) else None
+        if isinstance(rng, dict) and bit_generator_class(name) is None:
+            raise CheckpointError(f"{path}: env_starts[{i}] names bit generator "
+                                  f"{repr(name)[:60]}, which numpy does not have; the file is "
+                                  "damaged or crafted")
+        if not ((seed is None or type(seed) is int) and (rng is None or isinstance(rng, dict))
+                and (seed, rng) != (None, None)):
+            raise CheckpointError(f"{path}: env_starts[{i}] is not an episode start (a seed or a "
+                                  "bit generator state); the file is damaged or crafted")
 
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,

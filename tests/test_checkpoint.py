@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -245,6 +246,17 @@ def test_non_fastdqn_torch_file(tmp_path, obj):
                                "pass a checkpoint.pt or best.pt")
 
 
+def test_legacy_torch_format_is_refused(tmp_path):
+    """Its data pickle sits behind others, so it could not be checked before torch.load reads
+    it; fastdqn never writes it."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"format": FORMAT, **sample_state()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path} is not a fastdqn checkpoint; "
+                               "pass a checkpoint.pt or best.pt")
+
+
 class Payload:
     """Unpickling this calls `func(*args)`: a checkpoint that executes code."""
 
@@ -317,6 +329,279 @@ def test_code_executing_pickle_is_called_unsafe(tmp_path, kind, how):
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory bombs: what a file declares is checked before anything is sized from it
+# ---------------------------------------------------------------------------------------------
+
+
+def expand_bomb(hidden: tuple[int, ...]) -> tuple[dict, int]:
+    """A well-formed state whose parameters are 4 real bytes viewed with stride 0 as a network
+    of `hidden` layers; returns it and its parameter count."""
+    n = MLP(4, 2, hidden).num_params
+    state = sample_state()
+    state["net"]["hidden"] = state["config"]["hidden"] = list(hidden)
+    state["learner"]["params"] = torch.zeros(1).expand(n)
+    state["learner"]["target"] = torch.zeros(1).expand(n)
+    return state, n
+
+
+def test_stride_0_bomb_is_refused_by_the_loader(tmp_path):
+    """Cloning these parameters (as Policy does) would allocate 324 MB from an 8 KB file."""
+    state, n = expand_bomb((9000, 9000))
+    path = tmp_path / "bomb.pt"
+    save_checkpoint(path, state)
+    assert path.stat().st_size < 10_000
+    message = (f"checkpoint {path}: learner.params is a view of 4 bytes declaring {4 * n:,d} "
+               "bytes; the file is crafted or damaged")
+    for load in (load_checkpoint, load_policy):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("where", "name"), [
+    (("learner", "target"), "learner.target"),
+    (("learner", "optimizer", "exp_avg"), "learner.optimizer.exp_avg"),
+    (("buffer", "obs"), "buffer.obs"),
+    (("counters", "evals", 0, "x"), "counters.evals[0].x"),
+    (("rng", "extra", "two words"), "rng.extra['two words']"),
+])
+def test_every_tensor_anywhere_in_the_file_must_be_dense(tmp_path, where, name):
+    state = sample_state()
+    state.setdefault("buffer", {})
+    state["learner"]["optimizer"] = {}
+    state["counters"]["evals"] = [{}]
+    state["rng"]["extra"] = {}
+    node = state
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = torch.zeros(1).expand(1_000_000)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: {name} is a view of 4 bytes declaring "
+                               "4,000,000 bytes; the file is crafted or damaged")
+
+
+def test_strided_view_is_refused(tmp_path):
+    state = sample_state()
+    state["learner"]["params"] = torch.zeros(4, 3).t()  # all its bytes, in another order
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: learner.params is a strided view (shape "
+                               "[3, 4], strides [1, 3]), not the dense tensor fastdqn writes; "
+                               "the file is crafted or damaged")
+
+
+def what_weights_only_builds(kind: str) -> object:
+    """Objects torch.load(weights_only=True) rebuilds from a file although fastdqn never writes
+    them: callables that allocate what the file asks, tensors without bytes in the file."""
+    if kind == "bytearray":
+        return Payload(bytearray, 100_000_000)  # zero-filled inside torch.load: 100 MB
+    if kind == "FloatTensor":
+        return Payload(torch.FloatTensor, 100_000_000)  # 400 MB of uninitialized memory
+    if kind == "meta":
+        return torch.empty(10**9, device="meta")
+    if kind == "sparse":
+        return torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([1.0]), (10**9,))
+    # The pickle memo lets one stored argument feed many calls, each of which copies it:
+    # 100 calls on one 10,000-item list build 1,000,000 items from a file of ~100 KB.
+    import _codecs
+    from collections import OrderedDict
+
+    pairs = [(i, 0) for i in range(10_000)]
+    text = "x" * 1_000_000
+    func, arg = {"OrderedDict": (OrderedDict, (pairs,)), "Size": (torch.Size, (pairs,)),
+                 "encode": (_codecs.encode, (text, "latin1"))}[kind]
+    return [Payload(func, *arg) for _ in range(100)]
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "FloatTensor", "meta", "sparse", "OrderedDict",
+                                  "Size", "encode"])
+def test_objects_beyond_plain_tensors_are_refused_before_torch_load(tmp_path, monkeypatch,
+                                                                     kind):
+    state = sample_state()
+    state["learner"]["params"] = what_weights_only_builds(kind)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    assert path.stat().st_size < 1_100_000
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load ran")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} contains code or objects a checkpoint must not "
+                               "hold; refusing to load it (only load files you trust)")
+
+
+def test_zip_member_named_twice_is_refused(tmp_path):
+    """Two data.pkl: the one scanned for code could be another than the one torch loads."""
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, sample_state())
+    path = tmp_path / "c.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(path, "w") as zout:
+        pkl = next(n for n in zin.namelist() if n.endswith("/data.pkl"))
+        zout.writestr(pkl, zin.read(pkl))
+        for info in zin.infolist():
+            with pytest.warns(UserWarning, match="Duplicate name") if info.filename == pkl \
+                    else contextlib.nullcontext():
+                zout.writestr(info.filename, zin.read(info))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: zip member data.pkl appears twice, which "
+                               "torch never writes; the file is crafted or damaged")
+
+
+class TensorSpec:
+    """Pickles as a tensor of any shape over a given storage, as a crafted file can declare."""
+
+    def __init__(self, storage, size: tuple[int, ...]) -> None:
+        self.storage, self.size = storage, size
+
+    def __reduce_ex__(self, protocol):
+        from collections import OrderedDict
+
+        stride = tuple(int(np.prod(self.size[i + 1:])) for i in range(len(self.size)))
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, self.size, stride, False, OrderedDict()))
+
+
+def test_tensor_larger_than_its_storage_is_refused(tmp_path):
+    import warnings
+
+    state = sample_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage is deprecated, and what torch.save writes
+        state["learner"]["params"] = TensorSpec(torch.zeros(1).storage(), (1_000_000,))
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: a tensor declares more elements than its "
+                               "stored data holds; the file is crafted or damaged")
+
+
+def test_containers_nest_a_bounded_depth(tmp_path):
+    """Too deep (or a cycle, which is endless) is refused; lists shared 2**30 ways are fine,
+    because a walk of the file visits each container once."""
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    cycle: list = []
+    cycle.append(cycle)
+    shared: list = [1.0]
+    for _ in range(30):
+        shared = [shared, shared]
+    path = tmp_path / "c.pt"
+    for nested in (deep, cycle):
+        state = sample_state()
+        state["counters"]["evals"] = nested
+        save_checkpoint(path, state)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(info.value) == (f"checkpoint {path} nests containers more than 32 deep "
+                                   "(under counters); the file is crafted or damaged")
+    state = sample_state()
+    state["counters"]["evals"] = shared
+    save_checkpoint(path, state)
+    assert load_checkpoint(path)["counters"]["evals"][0][1][0] is not None
+
+
+@pytest.mark.parametrize(("hidden", "problem"), [
+    ([100_000, 100_000], "a network of 10,000,800,002 parameters (4 inputs, hidden "
+                         "100000,100000, 2 actions), over the limit of 268,435,456"),
+    ([8] * 65, "a network of 65 hidden layers, over the limit of 64"),
+])
+def test_oversized_network_is_refused_before_it_is_built(tmp_path, hidden, problem):
+    state = sample_state()
+    state["net"]["hidden"] = hidden
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as info:
+        load_policy(str(path))
+    assert str(info.value) == f"checkpoint {path} declares {problem}; refusing to load it"
+
+
+@pytest.mark.parametrize("spec", [{"in_dim": 4, "n_actions": 2, "hidden": [0]},
+                                  {"in_dim": -4, "n_actions": 2, "hidden": [8]},
+                                  {"in_dim": 4.5, "n_actions": 2, "hidden": [8]}])
+def test_malformed_network_description_is_damage(tmp_path, spec):
+    state = sample_state()
+    state["net"] = spec
+    save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match="lacks fields a fastdqn checkpoint has"):
+        load_policy(str(tmp_path / "c.pt"))
+
+
+def rewrite_zip(src, dst, deflate: str | None = None) -> None:
+    """Copy a torch zip member by member (streamed), deflating the member named `deflate`."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            out = zipfile.ZipInfo(info.filename)
+            if info.filename == deflate:
+                out.compress_type = zipfile.ZIP_DEFLATED
+            with zin.open(info) as r, zout.open(out, "w") as w:
+                while chunk := r.read(1 << 20):
+                    w.write(chunk)
+
+
+def test_compressed_zip_member_is_refused_before_it_is_inflated(tmp_path):
+    """torch.load inflates deflated members: 50 MB of memory from a 50 KB file."""
+    import zipfile
+
+    # numpy's zeros: a torch fill this big would start torch's thread pool, and the fork in the
+    # kill -9 test below hangs in a child that inherits a started pool
+    state = {**sample_state(), "blob": torch.from_numpy(np.zeros(50_000_000, dtype=np.uint8))}
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, state)
+    del state
+    path = tmp_path / "c.pt"
+    with zipfile.ZipFile(plain) as z:
+        blob = next(i for i in z.infolist() if i.file_size == 50_000_000).filename
+    rewrite_zip(plain, path, deflate=blob)
+    assert path.stat().st_size < 200_000
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: zip member {blob.split('/', 1)[1]} is "
+                               "compressed (50,000,000 bytes once inflated), which torch never "
+                               "writes; the file is crafted or damaged")
+
+
+def test_zip_members_declaring_more_than_the_file_are_refused(tmp_path):
+    import struct
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, sample_state())
+    data = bytearray(good.read_bytes())
+    at = data.index(b"PK\x01\x02")  # the central directory's first entry
+    while data[at:at + 4] == b"PK\x01\x02":
+        csize, usize, nlen, xlen, clen = struct.unpack_from("<IIHHH", data, at + 20)
+        name = bytes(data[at + 46: at + 46 + nlen])
+        if name.endswith(b"/data/0"):
+            struct.pack_into("<II", data, at + 20, 0xF000_0000, 0xF000_0000)
+        at += 46 + nlen + xlen + clen
+    path = tmp_path / "c.pt"
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as z:
+        total = sum(i.file_size for i in z.infolist())
+    assert total > 0xF000_0000
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path}: its zip members declare {total:,d} bytes in "
+                               f"all, more than the whole file ({len(data):,d} bytes); the file "
+                               "is crafted or damaged")
+
+
+# ---------------------------------------------------------------------------------------------
 # kill -9 at any moment
 # ---------------------------------------------------------------------------------------------
 
@@ -338,12 +623,14 @@ def test_kill_9_during_a_checkpoint_write_loop_leaves_a_loadable_checkpoint(tmp_
 
     path = tmp_path / "checkpoint.pt"
     blob = torch.randn(1_000_000)  # 4 MB: each write takes a while, so kills land mid-write
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child inherits torch's intra-op thread pool in whatever state
+    # earlier tests left it, and can hang in its first torch call
+    ctx = mp.get_context("spawn")
     rng = random.Random(5)
     for _ in range(8):
         p = ctx.Process(target=_save_forever, args=(str(path), blob), daemon=True)
         p.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.15))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DICT_OBS_ENV_ID, run_fastdqn
+from conftest import DICT_OBS_ENV_ID, fastdqn_command, run_fastdqn, subprocess_env
 from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.cli import main
@@ -424,6 +424,39 @@ def damage(path: Path, how: str, good: Path) -> None:
                 return (os.system, (f"touch {path.parent / 'pwned'}",))
 
         path.write_bytes(pickle.dumps({"format": "fastdqn-checkpoint/1", "x": Evil()}))
+    elif how == "stride-0":  # the real network's size, in 4 bytes of the file
+        state = torch.load(good, weights_only=True)
+        n = state["learner"]["params"].numel()
+        state["learner"]["params"] = state["learner"]["target"] = torch.zeros(1).expand(n)
+        torch.save(state, path)
+    elif how == "huge-network":
+        state = torch.load(good, weights_only=True)
+        state["net"]["hidden"] = state["config"]["hidden"] = [100_000, 100_000]
+        torch.save(state, path)
+    elif how == "huge-buffer":  # 10**15 rows: no machine can hold it, whatever the rows hold
+        state = torch.load(good, weights_only=True)
+        state["config"]["buffer_size"] = 10**15
+        torch.save(state, path)
+    elif how == "buffer-rows":  # a --save-buffer checkpoint claiming rows it does not hold
+        state = torch.load(good, weights_only=True)
+        rows = {"obs": torch.zeros(5, 4), "next_obs": torch.zeros(5, 4),
+                "actions": torch.zeros(5, dtype=torch.int64), "rewards": torch.zeros(5),
+                "dones": torch.zeros(5)}
+        state["buffer"] = {**rows, "pos": 10, "size": 10,
+                           "capacity": state["config"]["buffer_size"]}
+        torch.save(state, path)
+    elif how == "env-starts-call":  # numpy.random.<name>() is called: np.random.test() would
+        state = torch.load(good, weights_only=True)  # run numpy's test suite
+        state["env_starts"] = [{"seed": None, "rng": {"bit_generator": "seed"}}] * 4
+        torch.save(state, path)
+    elif how == "counters-due":  # the next block of sampled batches would be 10**12 / 4 long
+        state = torch.load(good, weights_only=True)
+        state["counters"]["due"] = 10**12
+        torch.save(state, path)
+    elif how == "target-shape":
+        state = torch.load(good, weights_only=True)
+        state["learner"]["target"] = torch.zeros(3)
+        torch.save(state, path)
     elif how == "other-env-version":  # same fields, but its network cannot play its env
         state = torch.load(good, weights_only=True)
         state["env"]["id"] = "Acrobot-v1"
@@ -441,6 +474,10 @@ BAD_FILES = {
     "code": "contains code or objects a checkpoint must not hold; refusing to load it",
     "other-env-version": "its network takes 4 inputs and gives 2 actions, but Acrobot-v1 has 6 "
                          "observation values and 3 actions",
+    "stride-0": ": learner.params is a view of 4 bytes declaring 69,640 bytes; the file is "
+                "crafted or damaged",
+    "huge-network": " declares a network of 10,000,800,002 parameters (4 inputs, hidden "
+                    "100000,100000, 2 actions), over the limit of 268,435,456; refusing to load it",
 }
 
 
@@ -471,6 +508,18 @@ RESUME_CASES = {
                   "another checkpoint"),
     "other-hidden": (["--hidden", "64"],
                      "has hidden layers [128, 128], not [64]; pass --hidden to match"),
+    "stride-0": ([], BAD_FILES["stride-0"]),
+    "huge-network": ([], BAD_FILES["huge-network"]),
+    "huge-buffer": ([], " holds settings fastdqn refuses (--buffer-size must be <= "
+                        "1,073,741,824, got 1000000000000000); it is damaged or crafted"),
+    "buffer-rows": ([], ": its replay buffer says it holds 10 rows, but buffer.obs has shape "
+                        "[5, 4], not [10, 4]; the file is damaged"),
+    "target-shape": ([], ": learner.target has shape [3], not [17410]; the file is damaged"),
+    "env-starts-call": ([], ": env_starts[0] names bit generator 'seed', which numpy does not "
+                            "have; the file is damaged or crafted"),
+    "counters-due": (["--total-timesteps", "4000"],
+                     ": its counters are inconsistent (due 1000000000000, not in [0, 4) as "
+                     "--train-every 4 leaves it); the file is damaged or crafted"),
 }
 
 
@@ -494,3 +543,136 @@ def test_resume_from_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tm
     assert message in err, err
     assert snapshot(d) == before
     assert not (d / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint is data: it never picks a module to import, and never sizes memory by itself
+# ---------------------------------------------------------------------------------------------
+
+
+def evil_module(folder: Path) -> tuple[str, Path]:
+    """A module in `folder` that leaves a marker file when imported: what an attacker would put
+    next to a checkpoint (`python -m` puts the working directory on sys.path)."""
+    import uuid
+
+    name = f"evil_{uuid.uuid4().hex[:8]}"
+    marker = folder / f"{name}.imported"
+    (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return name, marker
+
+
+def naming_module(good: Path, path: Path, module: str) -> str:
+    """Write `good` at `path` with its env id turned into `module:<the id>`; return the new id."""
+    state = torch.load(good, weights_only=True)
+    env_id = f"{module}:{state['env']['id']}"
+    state["env"]["id"] = state["config"]["env_id"] = env_id
+    torch.save(state, path)
+    return env_id
+
+
+def fastdqn_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m fastdqn ...` run from `folder`, as a user in that folder would run it."""
+    return subprocess.run(fastdqn_command(*args), capture_output=True, text=True, timeout=240,
+                          env=subprocess_env(), cwd=folder)
+
+
+def refusal(path: Path, env_id: str) -> str:
+    module = env_id.split(":", 1)[0]
+    return (f"error: checkpoint {path} names env {env_id!r}, which would import module "
+            f"{module!r} (running its code); a checkpoint never chooses what gets imported: "
+            f"pass --env {env_id} on the command line if you trust that module\n")
+
+
+def test_eval_never_imports_a_module_the_checkpoint_names(run_dir, tmp_path) -> None:
+    module, marker = evil_module(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    env_id = naming_module(run_dir / "checkpoint.pt", path, module)
+    before = snapshot(tmp_path)
+    r = fastdqn_in(tmp_path, "eval", str(path), "--episodes", "2")
+    assert r.returncode == 2
+    assert r.stderr == refusal(path, env_id) and r.stdout == ""
+    assert not marker.exists()
+    assert snapshot(tmp_path) == before
+
+
+def test_eval_env_flag_names_the_env_and_its_module(run_dir, tmp_path, capsys,
+                                                    monkeypatch) -> None:
+    module, marker = evil_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "checkpoint.pt"
+    env_id = naming_module(run_dir / "checkpoint.pt", path, module)
+    assert main(["eval", str(path), "--episodes", "2", "--env", "CartPole-v1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
+    assert not marker.exists()
+    assert main(["eval", str(path), "--episodes", "2", "--env", env_id]) == 0  # trusted by you
+    assert capsys.readouterr().out.startswith(f"{env_id}: mean ")
+    assert marker.exists()
+    assert main(["eval", str(path), "--episodes", "2", "--env", "Acrobot-v1"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: its network takes 4 inputs and gives 2 actions, but Acrobot-v1 has 6 "
+        "observation values and 3 actions; the checkpoint is from another env version\n")
+
+
+def test_resume_imports_only_a_module_you_name(run_dir, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    module, marker = evil_module(tmp_path)
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    env_id = naming_module(run_dir / "checkpoint.pt", d / "checkpoint.pt", module)
+    before = snapshot(d)
+    r = fastdqn_in(tmp_path, "train", "--resume", "--run-dir", str(d), "--no-progress")
+    assert r.returncode == 2
+    assert r.stderr == refusal(d / "checkpoint.pt", env_id) and r.stdout == ""
+    assert not marker.exists()
+    assert snapshot(d) == before
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--resume", "--run-dir", str(d), "--env", env_id, "--no-progress"]) == 0
+    assert marker.exists()  # named on the command line: your decision, so it is imported
+    assert json.loads((d / "summary.json").read_text())["env_id"] == env_id
+
+
+def test_a_stopped_module_env_run_says_how_to_resume_it(tmp_path, capsys) -> None:
+    """The printed resume command names the env again, since resume will not import it alone."""
+    d = tmp_path / "run"
+    env_id = scripted_env_id("Crash-v0")
+    # --seed 0: training resets use seeds 0, 1, ... (seeds.py), and env 1's seed 1 crashes
+    code = main(["train", "--env", env_id, "--vector", "sync", "--num-envs", "2", "--hidden", "8",
+                 "--seed", "0",
+                 "--learning-starts", "8", "--checkpoint-every", "16", "--eval-every", "0",
+                 "--total-timesteps", "1000", "--run-dir", str(d), "--no-progress"])
+    assert code == 1
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"(resume with: fastdqn train --resume --run-dir {d} --env {env_id})")
+
+
+def peak_rss_mb(*args: str) -> tuple[int, float]:
+    """Exit code and peak resident memory (MB) of `python -m fastdqn ...` in a child process."""
+    proc = subprocess.Popen(fastdqn_command(*args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=subprocess_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def test_stride_0_bomb_costs_eval_no_memory(run_dir, tmp_path) -> None:
+    """324 MB of parameters declared by a small file: eval refuses it before copying them."""
+    from fastdqn.networks import MLP
+
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    hidden = [9000, 9000]
+    n = MLP(4, 2, tuple(hidden)).num_params
+    state["net"]["hidden"] = state["config"]["hidden"] = hidden
+    state["learner"]["params"] = state["learner"]["target"] = torch.zeros(1).expand(n)
+    state["learner"]["optimizer"]["exp_avg"] = torch.zeros(1).expand(n)
+    state["learner"]["optimizer"]["exp_avg_sq"] = torch.zeros(1).expand(n)
+    bomb = tmp_path / "bomb.pt"
+    torch.save(state, bomb)
+    assert bomb.stat().st_size < 40_000
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    code, baseline = peak_rss_mb("eval", str(other), "--episodes", "1")
+    assert code == 2
+    code, peak = peak_rss_mb("eval", str(bomb), "--episodes", "1")
+    assert code == 2
+    assert peak < baseline + 100, (peak, baseline)

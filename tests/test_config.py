@@ -47,6 +47,7 @@ RULES = [
     ({"hidden": ()}, "--hidden needs positive layer sizes"),
     ({"hidden": (64, 0)}, "--hidden needs positive layer sizes"),
     ({"batch_size": 200, "buffer_size": 100}, "--batch-size 200 is larger than --buffer-size 100"),
+    ({"buffer_size": 2**30 + 1}, "--buffer-size must be <= 1,073,741,824, got 1073741825"),
     ({"lr": 0.0}, "--lr must be > 0"),
     ({"lr": -1e-3}, "--lr must be > 0"),
     ({"lr": float("nan")}, "--lr must be > 0"),

@@ -118,7 +118,7 @@ def test_second_sigint_exits_at_once_and_keeps_the_last_complete_checkpoint(tmp_
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
         "interrupted: stopped at once, the last complete checkpoint is kept "
-        f"(resume with: fastdqn train --resume --run-dir {run_dir})")
+        f"(resume with: fastdqn train --resume --run-dir {run_dir} --env {env_id('Slow-v0')})")
     assert "Traceback" not in err
     step = load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"]
     assert step >= 4 and step % 4 == 0
@@ -148,7 +148,7 @@ def test_failing_env_stops_with_one_line_naming_it_and_keeps_the_checkpoint(env,
     assert r.returncode == 1, r.stderr
     assert error_lines(r.stderr) == [
         f"{error}; stopped, the last good checkpoint is kept "
-        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
+        f"(resume with: fastdqn train --resume --run-dir {run_dir} --env {env_id(env)})"]
     assert "Traceback" not in r.stderr
     assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 128
     assert wait_for_no_tagged(tag) == []
@@ -168,7 +168,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         "learning rate too high (--lr 0.00063, try 3-10x lower) or rewards too large (scale "
         "them down, e.g. with gymnasium.wrappers.TransformReward); --max-grad-norm 10 is on, a "
         "lower value damps the updates; stopped, the last good checkpoint is kept "
-        f"(resume with: fastdqn train --resume --run-dir {run_dir})"]
+        f"(resume with: fastdqn train --resume --run-dir {run_dir} "
+        f"--env {env_id('HugeReward-v0')})"]
     assert "Traceback" not in r.stderr
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["counters"]["step"] == 32  # saved before learning started; 48 was refused
