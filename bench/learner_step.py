@@ -17,18 +17,21 @@ import torch
 
 from fastdqn.learner import Learner
 from fastdqn.networks import MLP
+from fastdqn.prioritized import PrioritizedSampler
 from fastdqn.reference import ReferenceLearner
 from fastdqn.replay import ReplayBuffer
 
 
 def time_route(learner: Learner | ReferenceLearner, buffer: ReplayBuffer, steps: int, batch: int,
-               seed: int) -> float:
+               seed: int, per: PrioritizedSampler | None = None) -> float:
     """µs per learner step (gather, gradient, Adam, target) over `steps` after a warm-up."""
     rng = np.random.default_rng(seed)
     blocks = [rng.integers(0, buffer.size, (4, batch)) for _ in range(steps // 4 + 50)]
 
     def learn(idx: np.ndarray) -> None:
-        if isinstance(learner, ReferenceLearner):
+        if per is not None:
+            learner.learn(buffer, per, 4, batch, 0.5)
+        elif isinstance(learner, ReferenceLearner):
             for row in idx:
                 learner.step(buffer.gather(torch.from_numpy(row).to(buffer.device)))
         else:
@@ -74,16 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         routes["cpu-fused"] = {"fused": True}
     if device.type == "cuda":
         routes["cuda-graphs"] = {"cuda_graphs": True}
+    if device.type == "cpu":  # the same fused step drawing from the sum tree, |TD| written back
+        routes["cpu-fused+per"] = {"fused": True}
     routes["reference"] = {}
     us = {}
     opts = dict(lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1, device=device)
     for name, kw in routes.items():
         learner = (ReferenceLearner(net.to_module(init), **opts) if name == "reference"
                    else Learner(net, init=init, **opts, **kw))
-        us[name] = time_route(learner, buffer, a.steps, a.batch_size, a.seed)
+        per = None
+        if name.endswith("+per"):
+            per = PrioritizedSampler(buffer.capacity, 0.6, 1e-6, a.seed)
+            per.on_add(np.arange(buffer.size))
+        us[name] = time_route(learner, buffer, a.steps, a.batch_size, a.seed, per)
         print(f"  {name:<12} {us[name]:8.1f} us per step")
     fastest = min(us, key=us.get)
     print(f"  {fastest} is {us['torch-ops'] / us[fastest]:.2f}x the speed of torch-ops")
+    if "cpu-fused+per" in us:
+        print(f"  prioritized replay keeps {100 * us['cpu-fused'] / us['cpu-fused+per']:.0f}% "
+              "of the fused step's speed")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": str(device), "us_per_step": us}) + "\n")
     return 0
