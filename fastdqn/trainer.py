@@ -14,6 +14,8 @@ from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envs import EnvFactory, probe_env
 from .logger import StageTimer
+from .pqn import PQN, train_pqn
+from .pqn import STAGES as PQN_STAGES
 from .run import (
     Run,
     TrainingDiverged,
@@ -80,8 +82,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     scripted envs); evaluations, and so "solved", run on `eval_env_factory`, by default the
     same factory: a run is judged on what it was trained on. `q_network` is your own
     `torch.nn.Module` (float observations in, one Q-value per action out), trained on the
-    reference route. `timer` receives the per-stage timings (the benchmark passes a syncing
-    one); `overrides` are Config fields, applied on top of `cfg`.
+    reference route (--algo dqn only). `timer` receives the per-stage timings (the benchmark
+    passes a syncing one); `overrides` are Config fields, applied on top of `cfg`.
     """
     from .config import make_config
 
@@ -89,6 +91,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         base = cfg.to_dict() if cfg is not None else {}
         cfg = make_config(**{**base, **overrides})
     cfg.validate()
+    if q_network is not None and cfg.algo != "dqn":
+        raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
+                          "network (set its layers with --hidden)")
     device = resolve_device(cfg.device)
     if env_factory is None:
         obs_space, act_space, threshold = probe_env(cfg.env_id)
@@ -110,7 +115,12 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
     try:
-        agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+        if cfg.algo == "pqn":
+            agent: DQN | PQN = PQN(cfg, obs_space, act_space, device)
+            loop, stages = train_pqn, PQN_STAGES
+        else:
+            agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+            loop, stages = train_dqn, STAGES
         if ckpt is not None:
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
@@ -118,11 +128,11 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
-                  timer=timer or StageTimer(STAGES), env_factory=env_factory,
+                  timer=timer or StageTimer(stages), env_factory=env_factory,
                   eval_env_factory=eval_env_factory or env_factory)
         run.attach(agent)
         with run:
-            train_dqn(run, agent)
+            loop(run, agent)
         return run.finish(epsilon=agent.epsilon(run.c))
     finally:
         torch.set_num_threads(prev_threads)
