@@ -158,6 +158,27 @@ def test_flat_parameters_update_like_per_tensor_radam(gen) -> None:
     assert not net(torch.randn(2, 4)).any()
 
 
+def test_anneal_lr_uses_the_rate_at_the_rollout_start() -> None:
+    from fastdqn.run import Counters
+
+    cfg = make_config(algo="pqn", num_envs=2, pqn_rollout=4, total_timesteps=1000, lr=0.01,
+                      pqn_anneal_lr=True)
+    agent = PQN(cfg, *_spaces(), torch.device("cpu"))
+    agent.learn(np.zeros((2, 4), dtype=np.float32), 4, Counters(step=258))  # rollout from 250
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.75)
+    agent.learn(np.zeros((2, 4), dtype=np.float32), 2, Counters(step=1004))  # from 1000
+    assert agent.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_a_resume_uses_its_own_learning_rate() -> None:
+    cfg = make_config(algo="pqn", num_envs=2, pqn_rollout=4)
+    saved = PQN(cfg, *_spaces(), torch.device("cpu")).state_dict(False)
+    resumed = PQN(make_config(algo="pqn", num_envs=2, pqn_rollout=4, lr=3e-5), *_spaces(),
+                  torch.device("cpu"))
+    resumed.load_state_dict(saved)
+    assert resumed.optimizer.param_groups[0]["lr"] == 3e-5
+
+
 def test_layernorm_network_shape_and_count() -> None:
     net = LayerNormQNetwork(4, 2, (120, 84))
     kinds = [type(m).__name__ for m in net.body]
