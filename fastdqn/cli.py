@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import (
+    ALGO_DEFAULTS,
     Config,
     ConfigError,
     coerce,
@@ -63,7 +64,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = SHORT.get(f.name, "--" + f.name.replace("_", "-"))
         names = [flag] if f.name not in SHORT else [flag, "--" + f.name.replace("_", "-")]
-        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)})"
+        per_algo = "".join(f"; {algo}: {_show(d[f.name])}" for algo, d in ALGO_DEFAULTS.items()
+                           if f.name in d)
+        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)}{per_algo})"
         if isinstance(f.default, bool):
             p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=helptext)
@@ -235,7 +238,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = args.env if args.env is not None else checkpoint_env(args.checkpoint, ckpt["env"]["id"])
-    check_fits_env(args.checkpoint, policy.net, env_id)
+    check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module, env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     plot = None
     if args.compare:
@@ -284,7 +287,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:
-    """The checkpoint's network must match its env's spaces here (same ids can change shape)."""
+    """The checkpoint's network (an MLP, or a module with in_dim and n_actions) must match its
+    env's spaces here (same ids can change shape)."""
     import numpy as np
 
     from .envs import probe_env

@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
 from .config import ConfigError
-from .networks import MLP, preprocess
+from .networks import MLP, LayerNormQNetwork, preprocess
 from .seeds import TEST, episode_seed
 
 
@@ -159,16 +159,41 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
     damaged = CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; "
                               "it is damaged or from another program")
     try:
-        net = network_of(path, state.get("net"))
+        spec = state["net"]
+        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
+            raise damaged
+        if isinstance(spec, dict) and spec.get("kind") == "layernorm_mlp":
+            net = _layernorm_net(path, spec, state["learner"]["online"])
+            return Policy(None, None, device, net.to(device).eval()), state
+        net = network_of(path, spec)
         params = state["learner"]["params"]
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                                   "the file is damaged")
-        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
-            raise damaged
         return Policy(net, params, device), state
     except (KeyError, TypeError, AttributeError):
         raise damaged from None
+
+
+def _layernorm_net(path: str, spec: dict, weights: dict) -> LayerNormQNetwork:
+    """PQN's network from a checkpoint's spec and weights, every size checked before the
+    network is allocated: its parameter count must equal that of the tensors already loaded."""
+    sizes = [spec["in_dim"], spec["n_actions"], *spec["hidden"]]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        raise CheckpointError(f"{path}: its network sizes {sizes} are not positive integers; "
+                              "the file is damaged")
+    stored = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    want = LayerNormQNetwork.count_params(spec["in_dim"], spec["n_actions"], tuple(spec["hidden"]))
+    if stored != want or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path}: parameter count does not match its network shape; "
+                              "the file is damaged")
+    net = LayerNormQNetwork(spec["in_dim"], spec["n_actions"], tuple(spec["hidden"]))
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(f"{path}: its weights do not fit its network shape; "
+                              "the file is damaged") from None
+    return net
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,3 +158,43 @@ def preprocess(obs: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     return x if x.dtype == torch.float32 else x.float()
+
+
+class LayerNormQNetwork(torch.nn.Module):
+    """PQN's Q-network (Gallici et al. 2024): Linear -> LayerNorm -> ReLU per hidden layer, then
+    a Linear head giving one Q-value per action.
+
+    LayerNorm is what lets PQN drop the target network: the paper shows it keeps off-policy TD
+    with function approximation from diverging, so the bootstrap can use the online network.
+    Linear weights get orthogonal init with gain sqrt(2) (the head gain 1), biases zero, as in
+    CleanRL's pqn.py; `generator` makes the init independent of the global torch seed.
+    """
+
+    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...],
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
+        sizes = [in_dim, *self.hidden]
+        mods: list[torch.nn.Module] = []
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            mods += [torch.nn.Linear(fan_in, fan_out), torch.nn.LayerNorm(fan_out), torch.nn.ReLU()]
+        mods.append(torch.nn.Linear(sizes[-1], n_actions))
+        self.body = torch.nn.Sequential(*mods)
+        linears = [m for m in self.body if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            for i, lin in enumerate(linears):
+                gain = 1.0 if i == len(linears) - 1 else math.sqrt(2.0)
+                torch.nn.init.orthogonal_(lin.weight, gain, generator=generator)
+                lin.bias.zero_()
+
+    @staticmethod
+    def count_params(in_dim: int, n_actions: int, hidden: tuple[int, ...]) -> int:
+        """Parameters of a network of this shape, computed without building it (a checkpoint's
+        sizes are checked against its tensors before anything is allocated)."""
+        sizes = [in_dim, *hidden]
+        n = sum(a * b + b + 2 * b for a, b in zip(sizes, sizes[1:]))  # Linear + LayerNorm
+        return n + sizes[-1] * n_actions + n_actions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Q-values [B, n_actions] of float inputs [B, in_dim]."""
+        return self.body(x)

@@ -15,6 +15,8 @@ from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envs import EnvFactory, bit_generator_class, probe_env
 from .logger import StageTimer
+from .pqn import PQN, train_pqn
+from .pqn import STAGES as PQN_STAGES
 from .run import (
     Counters,
     Run,
@@ -72,8 +74,10 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
     if tuple(env.get("obs_shape", ())) != tuple(obs_shape) or env.get("n_actions") != n_actions:
         raise CheckpointError(f"{path} was trained on other spaces than {cfg.env_id} has now")
     net = ckpt.get("net")
-    if isinstance(net, dict) and net.get("kind", "mlp") == "mlp":  # sized before it allocates
-        declared = network_of(path, net)
+    if isinstance(net, dict) and net.get("kind", "mlp") in ("mlp", "layernorm_mlp"):
+        # sized before anything allocates: the resumed settings come from the same file
+        declared = network_of(path, {k: net.get(k) for k in ("in_dim", "n_actions", "hidden")}
+                              | {"dueling": net.get("dueling", False)})
         if declared.hidden != tuple(cfg.hidden):
             raise CheckpointError(f"{path} has hidden layers {list(declared.hidden)}, "
                                   f"not {list(cfg.hidden)}; pass --hidden to match")
@@ -136,8 +140,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     scripted envs); evaluations, and so "solved", run on `eval_env_factory`, by default the
     same factory: a run is judged on what it was trained on. `q_network` is your own
     `torch.nn.Module` (float observations in, one Q-value per action out), trained on the
-    reference route. `timer` receives the per-stage timings (the benchmark passes a syncing
-    one); `overrides` are Config fields, applied on top of `cfg`.
+    reference route (--algo dqn only). `timer` receives the per-stage timings (the benchmark
+    passes a syncing one); `overrides` are Config fields, applied on top of `cfg`.
     """
     from .config import make_config
 
@@ -145,6 +149,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         base = cfg.to_dict() if cfg is not None else {}
         cfg = make_config(**{**base, **overrides})
     cfg.validate()
+    if q_network is not None and cfg.algo != "dqn":
+        raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
+                          "network (set its layers with --hidden)")
     device = resolve_device(cfg.device)
     if env_factory is None:
         obs_space, act_space, threshold = probe_env(cfg.env_id)
@@ -166,7 +173,12 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
     try:
-        agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+        if cfg.algo == "pqn":
+            agent: DQN | PQN = PQN(cfg, obs_space, act_space, device)
+            loop, stages = train_pqn, PQN_STAGES
+        else:
+            agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+            loop, stages = train_dqn, STAGES
         if ckpt is not None:
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
@@ -174,11 +186,11 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
-                  timer=timer or StageTimer(STAGES), env_factory=env_factory,
+                  timer=timer or StageTimer(stages), env_factory=env_factory,
                   eval_env_factory=eval_env_factory or env_factory)
         run.attach(agent)
         with run:
-            train_dqn(run, agent)
+            loop(run, agent)
         return run.finish(epsilon=agent.epsilon(run.c))
     finally:
         torch.set_num_threads(prev_threads)
