@@ -34,7 +34,9 @@ class Config:
     """Settings of one training run."""
 
     algo: str = "dqn"
-    """Algorithm: dqn (deep Q-network with replay; double, dueling, n-step, prioritized)."""
+    """Algorithm: dqn (deep Q-network with replay; double, dueling, n-step, prioritized) or
+    reinforce (Monte-Carlo policy gradient on whole episodes). Some defaults differ per algo
+    (ALGO_DEFAULTS; --help shows them): they apply where a flag or preset does not set the field."""
     env_id: str = "LunarLander-v3"
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16
@@ -56,7 +58,7 @@ class Config:
     """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold."""
 
     hidden: tuple[int, ...] = (128, 128)
-    """Hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256."""
+    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256."""
     lr: float = 6.3e-4
     """Adam learning rate."""
     adam_eps: float = 1e-8
@@ -68,7 +70,8 @@ class Config:
     double_dqn: bool = True
     """Double DQN: the online net picks the next action, the target net values it."""
     max_grad_norm: float = 10.0
-    """Clip the global gradient norm to this; 0 disables clipping."""
+    """Clip the global gradient norm to this; 0 disables clipping (reinforce: the policy's and
+    the value network's norms are clipped separately)."""
     batch_size: int = 128
     """Transitions per gradient step."""
     buffer_size: int = 10_000
@@ -105,6 +108,19 @@ class Config:
     """Learner route: auto (the fastest route that supports the network and options: fused on
     the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
     the route every fast one is tested against)."""
+
+    policy_hidden: tuple[int, ...] = (64, 64)
+    """reinforce: hidden layer sizes of the policy network (tanh), e.g. 64,64; empty ("" or
+    none) makes it a linear softmax policy. The value network, when on, has the same sizes."""
+    reinforce_episodes: int = 16
+    """reinforce: finished episodes per update. The N envs play episodes in parallel; once this
+    many have ended (over all envs) one gradient step uses all of them."""
+    reinforce_baseline: str = "value"
+    """reinforce: what is subtracted from the returns-to-go G: none (G itself, plain REINFORCE),
+    normalize (G standardized over the batch) or value (G - V(s), V a separate network trained
+    by mean squared error on G; time-limit truncations then bootstrap from V)."""
+    entropy_coef: float = 0.0
+    """reinforce: weight of the entropy bonus (loss -= entropy_coef * mean policy entropy)."""
 
     exploration: str = "egreedy"
     """Exploration: egreedy (epsilon-greedy) or boltzmann (softmax over Q / temperature)."""
@@ -168,7 +184,15 @@ class Config:
                      "eps_decay_steps"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        _choice("algo", self.algo, ["dqn"])
+        _choice("algo", self.algo, ["dqn", "reinforce"])
+        _choice("reinforce_baseline", self.reinforce_baseline, ["none", "normalize", "value"])
+        if self.reinforce_episodes < 1:
+            raise ConfigError(f"--reinforce-episodes must be >= 1, got {self.reinforce_episodes}")
+        if not 0 <= self.entropy_coef < float("inf"):
+            raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
+        if any(h < 1 for h in self.policy_hidden):
+            raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
+                              f"a linear policy), got {self.policy_hidden}")
         _choice("vector", self.vector, ["sharded", "async", "sync"])
         _choice("learner", self.learner, ["auto", "reference"])
         if self.n_step < 1:
@@ -233,7 +257,16 @@ class Config:
         """Plain JSON/TOML-friendly values (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["policy_hidden"] = list(self.policy_hidden)
         return d
+
+
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "reinforce": {"lr": 1e-3},
+}
+"""Per-algo defaults of shared fields, where the algo's sensible value differs from the dataclass
+default (DQN's). `make_config` fills them in only for fields that no preset or flag set, so an
+explicit value always wins; a `Config(...)` built directly keeps the dataclass defaults."""
 
 
 def _flag(name: str) -> str:
@@ -267,9 +300,10 @@ def coerce(name: str, value: Any) -> Any:
     kind = {f.name: f for f in fields(Config)}[name]
     default = kind.default
     try:
-        if name == "hidden":
+        if name in ("hidden", "policy_hidden"):
             if isinstance(value, str):
-                value = [v for v in value.replace(" ", ",").split(",") if v]
+                text = "" if value.strip().lower() == "none" else value
+                value = [v for v in text.replace(" ", ",").split(",") if v]
             if isinstance(value, int):
                 value = [value]
             return tuple(int(v) for v in value)
@@ -305,7 +339,7 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def _type_word(name: str) -> str:
-    if name == "hidden":
+    if name in ("hidden", "policy_hidden"):
         return "layer sizes like 128,128"
     if name == "target_return":
         return "a number or none"
@@ -375,4 +409,7 @@ def make_config(config_file: str | None = None, **overrides: Any) -> Config:
             hint = f"; did you mean {close[0]!r}" if close else ""
             raise ConfigError(f"unknown setting {k!r}{hint}")
         values[k] = coerce(k, v)
+    algo = values.get("algo", Config.algo)
+    for k, v in ALGO_DEFAULTS.get(algo, {}).items():
+        values.setdefault(k, v)
     return Config(**values).validate()
