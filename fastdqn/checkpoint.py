@@ -23,6 +23,15 @@ from .config import ConfigError
 
 FORMAT = "fastdqn-checkpoint/1"
 
+MAX_NETWORK_PARAMS = 2**28
+"""Most parameters a checkpoint's network may declare (268M: 1 GiB of float32 per copy, and the
+learner keeps five copies). DQN's MLPs have 10^4 to 10^7; a network this big is a crafted or
+damaged file, and sizing memory by it would exhaust the machine before any other check."""
+
+MAX_HIDDEN_LAYERS = 64
+"""Most hidden layers a checkpoint's network may declare (DQN uses 1 to 3): beyond it the layer
+list alone makes the forward pass a loop of thousands of tiny steps."""
+
 
 class CheckpointError(ConfigError):
     """A checkpoint that is missing, damaged, unsafe or from another run (a user error)."""

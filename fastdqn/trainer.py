@@ -1,6 +1,6 @@
 """`train`: settings in, a finished run out. It checks the settings and the env, prepares the
 run dir (and the checkpoint of a resumed run), then hands the run's lifecycle (`run.Run`) and
-an agent to the algorithm's loop (`dqn.train_dqn`).
+an agent to the algorithm's loop (`dqn.train_dqn`, `reinforce.train_reinforce`).
 """
 
 from __future__ import annotations
@@ -110,7 +110,18 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
     try:
-        agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+        if cfg.algo == "reinforce":
+            from .reinforce import STAGES as REINFORCE_STAGES
+            from .reinforce import Reinforce, train_reinforce
+
+            if q_network is not None:
+                raise ConfigError("q_network is a Q-network for --algo dqn; REINFORCE builds its "
+                                  "policy from --policy-hidden")
+            agent, loop, stages = (Reinforce(cfg, obs_space, act_space, device), train_reinforce,
+                                   REINFORCE_STAGES)
+        else:
+            agent, loop, stages = (DQN(cfg, obs_space, act_space, device, q_network=q_network),
+                                   train_dqn, STAGES)
         if ckpt is not None:
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
@@ -118,12 +129,14 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
-                  timer=timer or StageTimer(STAGES), env_factory=env_factory,
+                  timer=timer or StageTimer(stages), env_factory=env_factory,
                   eval_env_factory=eval_env_factory or env_factory)
         run.attach(agent)
         with run:
-            train_dqn(run, agent)
-        return run.finish(epsilon=agent.epsilon(run.c))
+            loop(run, agent)
+        if isinstance(agent, DQN):
+            return run.finish(epsilon=agent.epsilon(run.c))
+        return run.finish()
     finally:
         torch.set_num_threads(prev_threads)
         if flush:
