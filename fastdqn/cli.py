@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import (
+    ALGO_DEFAULTS,
     Config,
     ConfigError,
     coerce,
@@ -63,7 +64,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = SHORT.get(f.name, "--" + f.name.replace("_", "-"))
         names = [flag] if f.name not in SHORT else [flag, "--" + f.name.replace("_", "-")]
-        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)})"
+        per_algo = "".join(f"; {algo}: {_show(d[f.name])}" for algo, d in ALGO_DEFAULTS.items()
+                           if f.name in d)
+        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)}{per_algo})"
         if isinstance(f.default, bool):
             p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=helptext)
@@ -74,7 +77,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _show(value) -> str:
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) or '""'
     return "none" if value is None else str(value)
 
 
@@ -82,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastdqn", description="Fast DQN on vectorized gymnasium envs.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     t = sub.add_parser("train", help="train an agent (defaults: LunarLander-v3, 16 envs)",
-                       description="Train a DQN agent. Every setting is a flag; "
-                                   "--config takes a preset name or a TOML file.")
+                       description="Train a DQN or REINFORCE agent. Every setting is a flag; "
+                                   "--config takes a preset name or a TOML file. A default "
+                                   "shown as 'reinforce: X' is that algo's own, used unless "
+                                   "a flag or the preset sets the field.")
     t.add_argument("--config", default=None, metavar="PRESET_OR_TOML",
                    help=f"preset ({', '.join(preset_names()) or 'none'}) or TOML file; "
                         "flags override it")
@@ -205,7 +210,8 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = ckpt["env"]["id"]
-    check_fits_env(args.checkpoint, policy.net, env_id)
+    check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module,
+                   env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     plot = None
     if args.compare:

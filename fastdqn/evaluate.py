@@ -52,7 +52,11 @@ class EvalResult:
 
 
 class Policy:
-    """The greedy policy of a trained Q-network: call it on a batch of observations."""
+    """The greedy policy of a trained network: call it on a batch of observations.
+
+    The network gives one score per action (a Q-network's values, a policy network's logits);
+    the greedy action is the highest-scoring one either way.
+    """
 
     def __init__(self, net: MLP | None, params: torch.Tensor | None,
                  device: torch.device | str = "cpu", module: torch.nn.Module | None = None
@@ -160,6 +164,14 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
                               "it is damaged or from another program")
     try:
         spec = state["net"]
+        if spec.get("kind", "mlp") == "policy":
+            from .reinforce import load_weights, policy_network_of
+
+            module = policy_network_of(path, spec)
+            load_weights(path, module, state["learner"]["weights"])
+            if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
+                raise damaged
+            return Policy(None, None, device, module.to(device).eval()), state
         if spec.get("kind", "mlp") == "custom":
             raise CheckpointError(
                 f"{path} holds a network of your own ({spec.get('class')}); fastdqn cannot "
