@@ -112,9 +112,10 @@ class Config:
     policy_hidden: tuple[int, ...] = (64, 64)
     """reinforce: hidden layer sizes of the policy network (tanh), e.g. 64,64; empty ("" or
     none) makes it a linear softmax policy. The value network, when on, has the same sizes."""
-    reinforce_episodes: int = 16
+    reinforce_episodes: int = 4
     """reinforce: finished episodes per update. The N envs play episodes in parallel; once this
-    many have ended (over all envs) one gradient step uses all of them."""
+    many have ended (over all envs) one gradient step uses all of them, and the episodes still
+    in flight carry on. 4 with 16 envs learned LunarLander fastest of 2, 4 and 16 (1M steps)."""
     reinforce_baseline: str = "value"
     """reinforce: what is subtracted from the returns-to-go G: none (G itself, plain REINFORCE),
     normalize (G standardized over the batch) or value (G - V(s), V a separate network trained
@@ -190,7 +191,8 @@ class Config:
             raise ConfigError(f"--reinforce-episodes must be >= 1, got {self.reinforce_episodes}")
         if not 0 <= self.entropy_coef < float("inf"):
             raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
-        if any(h < 1 for h in self.policy_hidden):
+        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                   for h in self.policy_hidden):
             raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
                               f"a linear policy), got {self.policy_hidden}")
         _choice("vector", self.vector, ["sharded", "async", "sync"])
