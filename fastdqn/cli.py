@@ -77,7 +77,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _show(value) -> str:
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) or '""'
     return "none" if value is None else str(value)
 
 
@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastdqn", description="Fast DQN on vectorized gymnasium envs.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     t = sub.add_parser("train", help="train an agent (defaults: LunarLander-v3, 16 envs)",
-                       description="Train a DQN agent. Every setting is a flag; "
-                                   "--config takes a preset name or a TOML file.")
+                       description="Train a DQN or REINFORCE agent. Every setting is a flag; "
+                                   "--config takes a preset name or a TOML file. A default "
+                                   "shown as 'reinforce: X' is that algo's own, used unless "
+                                   "a flag or the preset sets the field.")
     t.add_argument("--config", default=None, metavar="PRESET_OR_TOML",
                    help=f"preset ({', '.join(preset_names()) or 'none'}) or TOML file; "
                         "flags override it")

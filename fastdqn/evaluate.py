@@ -52,7 +52,11 @@ class EvalResult:
 
 
 class Policy:
-    """The greedy policy of a trained Q-network: call it on a batch of observations."""
+    """The greedy policy of a trained network: call it on a batch of observations.
+
+    The network gives one score per action (a Q-network's values, a policy network's logits);
+    the greedy action is the highest-scoring one either way.
+    """
 
     def __init__(self, net: MLP | None, params: torch.Tensor | None,
                  device: torch.device | str = "cpu", module: torch.nn.Module | None = None
@@ -165,6 +169,12 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
         if isinstance(spec, dict) and spec.get("kind") == "layernorm_mlp":
             net = _layernorm_net(path, spec, state["learner"]["online"])
             return Policy(None, None, device, net.to(device).eval()), state
+        if isinstance(spec, dict) and spec.get("kind") == "policy":
+            from .reinforce import load_weights, policy_network_of
+
+            module = policy_network_of(path, spec)
+            load_weights(path, module, state["learner"]["weights"])
+            return Policy(None, None, device, module.to(device).eval()), state
         net = network_of(path, spec)
         params = state["learner"]["params"]
         if params.numel() != net.num_params:

@@ -1,6 +1,6 @@
 """`train`: settings in, a finished run out. It checks the settings and the env, prepares the
 run dir (and the checkpoint of a resumed run), then hands the run's lifecycle (`run.Run`) and
-an agent to the algorithm's loop (`dqn.train_dqn`).
+an agent to the algorithm's loop (`dqn.train_dqn`, `reinforce.train_reinforce`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from .envs import EnvFactory, bit_generator_class, probe_env
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
+from .reinforce import STAGES as REINFORCE_STAGES
+from .reinforce import Reinforce, train_reinforce
 from .run import (
     Counters,
     Run,
@@ -174,8 +176,14 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     torch.manual_seed(cfg.seed)
     try:
         if cfg.algo == "pqn":
-            agent: DQN | PQN = PQN(cfg, obs_space, act_space, device)
+            agent: DQN | PQN | Reinforce = PQN(cfg, obs_space, act_space, device)
             loop, stages = train_pqn, PQN_STAGES
+        elif cfg.algo == "reinforce":
+            if q_network is not None:
+                raise ConfigError("q_network is a Q-network for --algo dqn; REINFORCE builds its "
+                                  "policy from --policy-hidden")
+            agent = Reinforce(cfg, obs_space, act_space, device)
+            loop, stages = train_reinforce, REINFORCE_STAGES
         else:
             agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
             loop, stages = train_dqn, STAGES
@@ -191,7 +199,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         run.attach(agent)
         with run:
             loop(run, agent)
-        return run.finish(epsilon=agent.epsilon(run.c))
+        epsilon = getattr(agent, "epsilon", None)  # REINFORCE explores by sampling its policy
+        return run.finish(epsilon=epsilon(run.c) if epsilon is not None else None)
     finally:
         torch.set_num_threads(prev_threads)
         if flush:
