@@ -116,7 +116,10 @@ def test_second_sigint_exits_at_once_and_keeps_the_last_complete_checkpoint(tmp_
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - second < 5
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == (
+    # Python's resource tracker (its own process) may add a warning about the env workers' shared
+    # memory when the second Ctrl-C lands while they are being closed: that is not fastdqn's line
+    ours = [line for line in err.strip().splitlines() if "resource_tracker" not in line]
+    assert ours[-1] == (
         "interrupted: stopped at once, the last complete checkpoint is kept "
         f"(resume with: fastdqn train --resume --run-dir {run_dir} --env {env_id('Slow-v0')})")
     assert "Traceback" not in err
