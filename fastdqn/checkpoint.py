@@ -14,6 +14,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,18 +240,26 @@ def network_of(path: str | os.PathLike, spec: object) -> MLP:
             or not isinstance(hidden, (list, tuple)) or not all(size(h) for h in hidden)):
         raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; it is damaged or "
                               "from another program")
+    in_dim, n_actions = spec["in_dim"], spec["n_actions"]
+    sizes = [in_dim, *hidden, n_actions + dueling]
+    check_declared_size(path, in_dim, hidden, n_actions,
+                        lambda: sum(a * b + b for a, b in zip(sizes, sizes[1:])))
+    return MLP(in_dim, n_actions, tuple(hidden), dueling)
+
+
+def check_declared_size(path: str | os.PathLike, in_dim: int, hidden: list | tuple,
+                        n_actions: int, count: Callable[[], int]) -> None:
+    """The caps every network a checkpoint declares must stay under (layers, then parameters,
+    counted by `count` only once the layer list is known to be short), before it is built."""
     if len(hidden) > MAX_HIDDEN_LAYERS:
         raise CheckpointError(f"checkpoint {path} declares a network of {len(hidden)} hidden "
                               f"layers, over the limit of {MAX_HIDDEN_LAYERS}; refusing to load it")
-    in_dim, n_actions = spec["in_dim"], spec["n_actions"]
-    sizes = [in_dim, *hidden, n_actions + dueling]
-    n = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    n = count()
     if n > MAX_NETWORK_PARAMS:
         raise CheckpointError(
             f"checkpoint {path} declares a network of {n:,d} parameters ({in_dim} inputs, hidden "
-            f"{','.join(map(str, hidden))}, {n_actions} actions), over the limit of "
+            f"{','.join(map(str, hidden)) or 'none'}, {n_actions} actions), over the limit of "
             f"{MAX_NETWORK_PARAMS:,d}; refusing to load it")
-    return MLP(in_dim, n_actions, tuple(hidden), dueling)
 
 
 def _reason(e: Exception) -> str:

@@ -33,6 +33,19 @@ def _no_lap(stage: str) -> None:
     """The default `lap`: no timing."""
 
 
+@torch.no_grad()
+def all_finite(tensors, optimizer: torch.optim.Optimizer) -> bool:
+    """Are the tensors and the optimizer's floating-point state free of NaN and inf? One host
+    sync, however many tensors."""
+    tensors = list(tensors)
+    tensors += [v for state in optimizer.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.is_floating_point()]
+    ok = torch.ones((), dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t).all().to(ok.device)
+    return bool(ok)
+
+
 class ReferenceLearner:
     """Online and target copies of a module, its Adam, and `step(batch, weights)`."""
 
@@ -131,16 +144,8 @@ class ReferenceLearner:
         self.stat_count = 0
         return stats
 
-    @torch.no_grad()
     def all_finite(self) -> bool:
-        ok = torch.ones((), dtype=torch.bool, device=self.device)
-        for p in [*self.params, *self.target_params]:
-            ok &= torch.isfinite(p).all()
-        for state in self.optimizer.state.values():
-            for v in state.values():
-                if torch.is_tensor(v) and v.is_floating_point():
-                    ok &= torch.isfinite(v).all()
-        return bool(ok)
+        return all_finite([*self.params, *self.target_params], self.optimizer)
 
     def state_dict(self) -> dict:
         return {"online": {k: v.cpu().clone() for k, v in self.online.state_dict().items()},

@@ -34,11 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS, CheckpointError
+from .checkpoint import CheckpointError, check_declared_size
 from .config import Config
 from .envs import real_next_obs
 from .evaluate import Policy
 from .networks import preprocess
+from .reference import all_finite
 from .run import Run
 
 STAGES = ("act", "env_send", "learn", "env_wait", "record", "log")
@@ -198,16 +199,9 @@ def policy_network_of(path: str | Path, spec: object) -> PolicyNetwork:
             or not isinstance(spec.get("value"), bool)):
         raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; it is damaged or "
                               "from another program")
-    if len(hidden) > MAX_HIDDEN_LAYERS:
-        raise CheckpointError(f"checkpoint {path} declares a network of {len(hidden)} hidden "
-                              f"layers, over the limit of {MAX_HIDDEN_LAYERS}; refusing to load it")
     in_dim, n_actions, value = spec["in_dim"], spec["n_actions"], spec["value"]
-    n = param_count(in_dim, n_actions, tuple(hidden), value)
-    if n > MAX_NETWORK_PARAMS:
-        raise CheckpointError(
-            f"checkpoint {path} declares a network of {n:,d} parameters ({in_dim} inputs, hidden "
-            f"{','.join(map(str, hidden)) or 'none'}, {n_actions} actions), over the limit of "
-            f"{MAX_NETWORK_PARAMS:,d}; refusing to load it")
+    check_declared_size(path, in_dim, hidden, n_actions,
+                        lambda: param_count(in_dim, n_actions, tuple(hidden), value))
     return PolicyNetwork(in_dim, n_actions, tuple(hidden), value)
 
 
@@ -427,16 +421,8 @@ class Reinforce:
             stats["losses/value_loss"] = vl
         return stats
 
-    @torch.no_grad()
     def all_finite(self) -> bool:
-        ok = torch.ones((), dtype=torch.bool, device=self.device)
-        for p in self.net.parameters():
-            ok &= torch.isfinite(p).all()
-        for state in self.optimizer.state.values():
-            for v in state.values():
-                if torch.is_tensor(v) and v.is_floating_point():
-                    ok &= torch.isfinite(v).all()
-        return bool(ok)
+        return all_finite(self.net.parameters(), self.optimizer)
 
     def policy(self) -> Policy:
         return Policy.of_module(self.net, self.device)
