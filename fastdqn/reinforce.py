@@ -141,6 +141,25 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> torch.nn.Sequent
     return torch.nn.Sequential(*mods)
 
 
+def _run(linears: list[torch.nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """The MLP of `linears` (tanh between them) as functional ops: calling each nn.Module costs
+    ~15 us of hook machinery, more than its matrix product at these sizes."""
+    last = len(linears) - 1
+    for i, m in enumerate(linears):
+        x = F.linear(x, m.weight, m.bias)
+        if i < last:
+            x = torch.tanh(x)
+    return x
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One action per row of `probs` [B, A]: the first action whose cumulative probability
+    reaches a uniform draw (inverse CDF; an action of probability 0 is never drawn). Cheaper
+    than torch.multinomial on small batches (measured 7 vs 75 us at 16 x 4 on a loaded CPU)."""
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=probs.dtype)
+    return (probs.cumsum(1) < u).sum(1).clamp_(max=probs.shape[1] - 1)
+
+
 def param_count(in_dim: int, n_actions: int, hidden: tuple[int, ...], value: bool) -> int:
     """Parameters of a `PolicyNetwork` of this shape (checked against caps before building)."""
     def count(out_dim: int) -> int:
@@ -164,12 +183,18 @@ class PolicyNetwork(torch.nn.Module):
         self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
         self.pi = _mlp(in_dim, self.hidden, n_actions)
         self.v = _mlp(in_dim, self.hidden, 1) if value else None
+        # plain lists (the Sequentials own and register the layers): what `_run` iterates
+        self.pi_linears = [m for m in self.pi if isinstance(m, torch.nn.Linear)]
+        self.v_linears = [m for m in self.v if isinstance(m, torch.nn.Linear)] if value else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pi(x)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return _run(self.pi_linears, x)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.v(x).squeeze(1)
+        return _run(self.v_linears, x).squeeze(1)
 
     def init(self, generator: torch.Generator) -> PolicyNetwork:
         """torch.nn.Linear's default init (uniform +-1/sqrt(fan_in)), from `generator`."""
@@ -362,9 +387,8 @@ class Reinforce:
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         """One action per env, sampled from the policy with the agent's own generator."""
-        logits = self.net(preprocess(torch.as_tensor(obs, device=self.device)))
-        probs = torch.softmax(logits, 1)
-        return torch.multinomial(probs, 1, generator=self.act_gen).squeeze(1).cpu().numpy()
+        logits = self.net.logits(preprocess(torch.as_tensor(obs, device=self.device)))
+        return sample_categorical(torch.softmax(logits, 1), self.act_gen).cpu().numpy()
 
     def record(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                terminated: np.ndarray, truncated: np.ndarray, next_obs: np.ndarray,
@@ -413,7 +437,7 @@ class Reinforce:
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         x = preprocess(torch.as_tensor(obs, device=self.device))
-        return self.net(x).argmax(1).cpu().numpy()
+        return self.net.logits(x).argmax(1).cpu().numpy()
 
     def pop_stats(self) -> dict[str, float] | None:
         """Means over the updates since the last call (one host sync), or None."""

@@ -22,6 +22,7 @@ from fastdqn.reinforce import (
     policy_network_of,
     reinforce_loss,
     returns_to_go,
+    sample_categorical,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +181,29 @@ def test_entropy_bonus_lowers_the_loss_by_coef_times_entropy() -> None:
     # the bonus pushes the peaked row (3/4, 1/4) toward uniform: its first logit's gradient
     # is larger than without the bonus (gradient descent lowers that logit more)
     assert logits.grad[1, 0].item() > 1.5
+
+
+def test_sampled_actions_follow_the_policy() -> None:
+    """200 000 draws per row: each frequency within 5 standard errors of its probability, and an
+    action of probability 0 never drawn."""
+    probs = torch.tensor([[0.1, 0.2, 0.7, 0.0], [0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]])
+    n = 200_000
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_categorical(probs.repeat(n, 1), gen).view(n, 3)
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=4).double() / n
+        se = (probs[row].double() * (1 - probs[row].double()) / n).sqrt()
+        assert ((freq - probs[row]).abs() <= 5 * se + 1e-12).all(), (row, freq)
+        assert (freq[probs[row] == 0] == 0).all()
+
+
+def test_policy_network_is_its_sequential_layers() -> None:
+    """The functional forward pass computes what the registered layers compute."""
+    net = policy_network_of("x", {"kind": "policy", "in_dim": 3, "n_actions": 2,
+                                  "hidden": [5, 4], "value": True})
+    x = torch.randn(7, 3)
+    torch.testing.assert_close(net(x), net.pi(x))
+    torch.testing.assert_close(net.value(x), net.v(x).squeeze(1))
 
 
 # ---------------------------------------------------------------------------------------------
