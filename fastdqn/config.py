@@ -36,7 +36,10 @@ class Config:
     algo: str = "dqn"
     """Algorithm: dqn (deep Q-network with replay; double, dueling, n-step, prioritized) or
     reinforce (Monte-Carlo policy gradient on whole episodes). Some defaults differ per algo
-    (ALGO_DEFAULTS; --help shows them): they apply where a flag or preset does not set the field."""
+    (ALGO_DEFAULTS; --help shows them): they apply where a flag or preset does not set the field.
+    reinforce reads the fields marked "reinforce:" plus lr, adam_eps, gamma, max_grad_norm and
+    the run's own (envs, budget, seed, device, evaluation, checkpoints, logging); the replay,
+    target, exploration, loss and --hidden settings are DQN's and it ignores them."""
     env_id: str = "LunarLander-v3"
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16

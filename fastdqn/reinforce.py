@@ -415,7 +415,7 @@ class Reinforce:
         dev = self.device
         x = preprocess(torch.as_tensor(s.obs[:t][mask], device=dev))
         actions = torch.as_tensor(s.actions[:t][mask], device=dev)
-        g = torch.as_tensor(returns[mask], dtype=torch.float32, device=dev)
+        g = torch.from_numpy(returns[mask].astype(np.float32)).to(dev)  # float64: not on MPS
         terms = reinforce_loss(self.net(x), actions, g, cfg.reinforce_baseline, cfg.entropy_coef,
                                self.net.value(x) if self.value_on else None)
         self.optimizer.zero_grad(set_to_none=False)
