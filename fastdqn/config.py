@@ -194,8 +194,9 @@ class Config:
             raise ConfigError(f"--reinforce-episodes must be >= 1, got {self.reinforce_episodes}")
         if not 0 <= self.entropy_coef < float("inf"):
             raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                   for h in self.policy_hidden):
+        if not isinstance(self.policy_hidden, (tuple, list)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                for h in self.policy_hidden):
             raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
                               f"a linear policy), got {self.policy_hidden}")
         _choice("vector", self.vector, ["sharded", "async", "sync"])
