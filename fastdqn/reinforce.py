@@ -12,9 +12,10 @@ with A_t = G_t (--reinforce-baseline none), G_t standardized over the batch (nor
 G_t - V(s_t) (value). The mean is over all time steps of the batch's episodes.
 
 What is not textbook, and why:
-- Episodes an update interrupts carry on: the steps they played before it were sampled by the
-  previous policy (a lag of at most one update, as in A2C). Dropping them instead would bias
-  every batch toward short episodes, the ones that end before the next update.
+- Episodes an update interrupts carry on: the steps they played before it were sampled by
+  earlier policies (an episode spans about num_envs / reinforce_episodes updates: 4 with the
+  defaults). Dropping them instead would bias every batch toward short episodes, the ones that
+  end before the next update.
 - An episode cut by a time limit (truncated) is Monte-Carlo within the episode: its returns
   count only the rewards up to the cut, as if it had terminated. With the value baseline the
   cut bootstraps instead, G_T = r_T + gamma * V(s_final), with V as it is when the step is
