@@ -44,7 +44,10 @@ class Config:
     (parallel Q-learning, Gallici et al. 2024: many envs, no replay, no target network, LayerNorm,
     Q(lambda) targets) or reinforce (Monte-Carlo policy gradient on whole episodes). A setting you
     leave unset takes the algorithm's own default where it has one (shown as "pqn: ..." or
-    "reinforce: ..." in the help); what you set, in a flag or a TOML file, always wins."""
+    "reinforce: ..." in the help); what you set, in a flag or a TOML file, always wins. Another
+    algorithm's own settings are refused (ALGO_ONLY); reinforce reads the "reinforce:" fields plus
+    lr, adam_eps, gamma, max_grad_norm and the run's own (envs, budget, seed, device, evaluation,
+    checkpoints, logging)."""
     env_id: str = "LunarLander-v3"
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16
@@ -214,8 +217,9 @@ class Config:
             raise ConfigError(f"--reinforce-episodes must be >= 1, got {self.reinforce_episodes}")
         if not 0 <= self.entropy_coef < float("inf"):
             raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                   for h in self.policy_hidden):
+        if not isinstance(self.policy_hidden, (tuple, list)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                for h in self.policy_hidden):
             raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
                               f"a linear policy), got {self.policy_hidden}")
         self._validate_algo_fields()

@@ -12,9 +12,10 @@ with A_t = G_t (--reinforce-baseline none), G_t standardized over the batch (nor
 G_t - V(s_t) (value). The mean is over all time steps of the batch's episodes.
 
 What is not textbook, and why:
-- Episodes an update interrupts carry on: the steps they played before it were sampled by the
-  previous policy (a lag of at most one update, as in A2C). Dropping them instead would bias
-  every batch toward short episodes, the ones that end before the next update.
+- Episodes an update interrupts carry on: the steps they played before it were sampled by
+  earlier policies (an episode spans about num_envs / reinforce_episodes updates: 4 with the
+  defaults). Dropping them instead would bias every batch toward short episodes, the ones that
+  end before the next update.
 - An episode cut by a time limit (truncated) is Monte-Carlo within the episode: its returns
   count only the rewards up to the cut, as if it had terminated. With the value baseline the
   cut bootstraps instead, G_T = r_T + gamma * V(s_final), with V as it is when the step is
@@ -142,6 +143,25 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> torch.nn.Sequent
     return torch.nn.Sequential(*mods)
 
 
+def _run(linears: list[torch.nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """The MLP of `linears` (tanh between them) as functional ops: calling each nn.Module costs
+    ~15 us of hook machinery, more than its matrix product at these sizes."""
+    last = len(linears) - 1
+    for i, m in enumerate(linears):
+        x = F.linear(x, m.weight, m.bias)
+        if i < last:
+            x = torch.tanh(x)
+    return x
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One action per row of `probs` [B, A]: the first action whose cumulative probability
+    reaches a uniform draw (inverse CDF; an action of probability 0 is never drawn). Cheaper
+    than torch.multinomial on small batches (measured 7 vs 75 us at 16 x 4 on a loaded CPU)."""
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=probs.dtype)
+    return (probs.cumsum(1) < u).sum(1).clamp_(max=probs.shape[1] - 1)
+
+
 def param_count(in_dim: int, n_actions: int, hidden: tuple[int, ...], value: bool) -> int:
     """Parameters of a `PolicyNetwork` of this shape (checked against caps before building)."""
     def count(out_dim: int) -> int:
@@ -165,12 +185,18 @@ class PolicyNetwork(torch.nn.Module):
         self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
         self.pi = _mlp(in_dim, self.hidden, n_actions)
         self.v = _mlp(in_dim, self.hidden, 1) if value else None
+        # plain lists (the Sequentials own and register the layers): what `_run` iterates
+        self.pi_linears = [m for m in self.pi if isinstance(m, torch.nn.Linear)]
+        self.v_linears = [m for m in self.v if isinstance(m, torch.nn.Linear)] if value else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pi(x)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return _run(self.pi_linears, x)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.v(x).squeeze(1)
+        return _run(self.v_linears, x).squeeze(1)
 
     def init(self, generator: torch.Generator) -> PolicyNetwork:
         """torch.nn.Linear's default init (uniform +-1/sqrt(fan_in)), from `generator`."""
@@ -356,9 +382,8 @@ class Reinforce:
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         """One action per env, sampled from the policy with the agent's own generator."""
-        logits = self.net(preprocess(torch.as_tensor(obs, device=self.device)))
-        probs = torch.softmax(logits, 1)
-        return torch.multinomial(probs, 1, generator=self.act_gen).squeeze(1).cpu().numpy()
+        logits = self.net.logits(preprocess(torch.as_tensor(obs, device=self.device)))
+        return sample_categorical(torch.softmax(logits, 1), self.act_gen).cpu().numpy()
 
     def record(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                terminated: np.ndarray, truncated: np.ndarray, next_obs: np.ndarray,
@@ -385,7 +410,7 @@ class Reinforce:
         dev = self.device
         x = preprocess(torch.as_tensor(s.obs[:t][mask], device=dev))
         actions = torch.as_tensor(s.actions[:t][mask], device=dev)
-        g = torch.as_tensor(returns[mask], dtype=torch.float32, device=dev)
+        g = torch.from_numpy(returns[mask].astype(np.float32)).to(dev)  # float64: not on MPS
         terms = reinforce_loss(self.net(x), actions, g, cfg.reinforce_baseline, cfg.entropy_coef,
                                self.net.value(x) if self.value_on else None)
         self.optimizer.zero_grad(set_to_none=False)
@@ -407,7 +432,7 @@ class Reinforce:
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         x = preprocess(torch.as_tensor(obs, device=self.device))
-        return self.net(x).argmax(1).cpu().numpy()
+        return self.net.logits(x).argmax(1).cpu().numpy()
 
     def pop_stats(self) -> dict[str, float] | None:
         """Means over the updates since the last call (one host sync), or None."""
