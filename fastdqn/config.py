@@ -46,6 +46,9 @@ class Config:
     """sharded: env worker processes; 0 means one per CPU core beyond the learner's."""
     total_timesteps: int = 500_000
     """Env transitions to train for (summed over all envs)."""
+    total_episodes: int = 0
+    """Also stop once this many training episodes have ended (0: no limit); with one env it
+    stops exactly there, with N envs within the vector step that ends it."""
     seed: int = 1
     """Seed of envs, network init, sampling and exploration; same seed on CPU gives the same run."""
     device: str = "auto"
@@ -165,7 +168,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ["learning_starts", "eval_every", "checkpoint_every", "num_workers",
-                     "eps_decay_steps"]:
+                     "eps_decay_steps", "total_episodes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         _choice("algo", self.algo, ["dqn"])
