@@ -205,7 +205,8 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = ckpt["env"]["id"]
-    check_fits_env(args.checkpoint, policy.net, env_id)
+    check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module,
+                   env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
     plot = None
     if args.compare:
@@ -254,7 +255,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:
-    """The checkpoint's network must match its env's spaces here (same ids can change shape)."""
+    """The checkpoint's network (anything with in_dim and n_actions: an MLP, an RBFQNetwork)
+    must match its env's spaces here (same ids can change shape)."""
     import numpy as np
 
     from .envs import probe_env

@@ -57,6 +57,7 @@ class Policy:
     def __init__(self, net: MLP | None, params: torch.Tensor | None,
                  device: torch.device | str = "cpu", module: torch.nn.Module | None = None
                  ) -> None:
+        """The flat MLP `net` with its `params`, or else an nn.Module `module` (used as is)."""
         self.net, self.module = net, module
         self.device = torch.device(device)
         if net is not None:
@@ -160,6 +161,13 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
                               "it is damaged or from another program")
     try:
         spec = state["net"]
+        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
+            raise damaged
+        if spec.get("kind", "mlp") == "rbf":
+            from .rbf import module_from_checkpoint
+
+            return Policy(None, None, device, module_from_checkpoint(path, state).to(device).eval()
+                          ), state
         if spec.get("kind", "mlp") == "custom":
             raise CheckpointError(
                 f"{path} holds a network of your own ({spec.get('class')}); fastdqn cannot "
@@ -171,8 +179,6 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
         if params.numel() != net.num_params:
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                                   "the file is damaged")
-        if not isinstance(state["env"]["id"], str) or not isinstance(state["config"]["seed"], int):
-            raise damaged
         return Policy(net, params, device), state
     except (KeyError, TypeError, AttributeError):
         raise damaged from None

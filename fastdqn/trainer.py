@@ -110,7 +110,11 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
     try:
-        agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+        if q_network is not None and cfg.network != "mlp":
+            raise ConfigError(f"q_network is a network of your own, --network {cfg.network} "
+                              "another; pass one of them")
+        agent = DQN(cfg, obs_space, act_space, device, q_network=q_network,
+                    env_factory=env_factory, resuming=ckpt is not None)
         if ckpt is not None:
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
