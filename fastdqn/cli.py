@@ -289,8 +289,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:
-    """The checkpoint's network (an MLP, or a module with in_dim and n_actions) must match its
-    env's spaces here (same ids can change shape)."""
+    """The checkpoint's network (anything with in_dim and n_actions: an MLP, an RBFQNetwork)
+    must match its env's spaces here (same ids can change shape)."""
     import numpy as np
 
     from .envs import probe_env

@@ -59,6 +59,9 @@ class Config:
     """sharded: env worker processes; 0 means one per CPU core beyond the learner's."""
     total_timesteps: int = 500_000
     """Env transitions to train for (summed over all envs)."""
+    total_episodes: int = 0
+    """Also stop once this many training episodes have ended (0: no limit); with one env it
+    stops exactly there, with N envs within the vector step that ends it."""
     seed: int = 1
     """Seed of envs, network init, sampling and exploration; same seed on CPU gives the same run."""
     device: str = "auto"
@@ -68,8 +71,20 @@ class Config:
     target_return: float | None = None
     """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold."""
 
+    network: str = "mlp"
+    """Q-network: mlp (--hidden layers, ReLU; --dueling) or rbf (linear Q on fixed random
+    Fourier features of the standardized observation, --rbf-features over --rbf-scales; trained
+    on the reference learner route, the fast routes being flat-MLP only)."""
     hidden: tuple[int, ...] = (128, 128)
-    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256."""
+    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256 (--network mlp only)."""
+    rbf_features: int = 400
+    """--network rbf: random Fourier features in all, split evenly over --rbf-scales."""
+    rbf_scales: tuple[float, ...] = (5.0, 2.0, 1.0, 0.5)
+    """--network rbf: the RBF kernel widths gamma, exp(-gamma |z - z'|^2) on the standardized
+    observation z, one block of features each (scikit-learn's examples use 5,2,1,0.5)."""
+    rbf_fit_steps: int = 5_000
+    """--network rbf: steps of uniformly random play whose observations fit the standardization
+    (mean, std per value) before training; it is saved in the checkpoint."""
     lr: float = 6.3e-4
     """Adam learning rate."""
     adam_eps: float = 1e-8
@@ -114,7 +129,8 @@ class Config:
     per_eps: float = 1e-6
     """Prioritized replay: added to |TD error| so that no row's priority is zero."""
     dueling: bool = False
-    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer."""
+    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer
+    (--network mlp only)."""
     learner: str = "auto"
     """Learner route: auto (the fastest route that supports the network and options: fused on
     the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
@@ -208,7 +224,7 @@ class Config:
         if self.buffer_size > MAX_BUFFER_SIZE:
             raise ConfigError(f"--buffer-size must be <= {MAX_BUFFER_SIZE:,d}, got {self.buffer_size}")
         for name in ["learning_starts", "eval_every", "checkpoint_every", "num_workers",
-                     "eps_decay_steps"]:
+                     "eps_decay_steps", "total_episodes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         _choice("algo", self.algo, ["dqn", "pqn", "reinforce"])
@@ -238,6 +254,7 @@ class Config:
         _choice("eps_schedule", self.eps_schedule, ["linear", "exponential", "per_episode"])
         if self.num_threads < 1:
             raise ConfigError(f"--num-threads must be >= 1, got {self.num_threads}")
+        self._validate_network()
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden needs positive layer sizes like 128,128, got {self.hidden}")
         if self.seed < 0:
@@ -301,16 +318,41 @@ class Config:
                     raise ConfigError(f"--{_flag(name)} applies to --algo {owner} only, not "
                                       f"--algo {self.algo}; drop it or pass --algo {owner}")
 
+    def _validate_network(self) -> None:
+        _choice("network", self.network, ["mlp", "rbf"])
+        if self.network != "rbf":
+            return
+        from .rbf import MAX_FEATURES, MAX_SCALES
+
+        if self.dueling:
+            raise ConfigError("--dueling needs --network mlp (an rbf network's head is one "
+                              "linear layer); drop --dueling")
+        if not 1 <= self.rbf_features <= MAX_FEATURES:
+            raise ConfigError(f"--rbf-features must be in 1..{MAX_FEATURES:,d}, "
+                              f"got {self.rbf_features}")
+        k = len(self.rbf_scales)
+        if not 1 <= k <= MAX_SCALES or not all(0 < g < float("inf") for g in self.rbf_scales):
+            raise ConfigError(f"--rbf-scales needs 1 to {MAX_SCALES} positive numbers like "
+                              f"5,2,1,0.5, got {','.join(map(str, self.rbf_scales)) or 'none'}")
+        if self.rbf_features % k:
+            raise ConfigError(f"--rbf-features {self.rbf_features} does not split evenly over "
+                              f"the {k} --rbf-scales; use a multiple of {k}, e.g. "
+                              f"{max(k, self.rbf_features - self.rbf_features % k)}")
+        if self.rbf_fit_steps < 1:
+            raise ConfigError(f"--rbf-fit-steps must be >= 1, got {self.rbf_fit_steps}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-friendly values (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["policy_hidden"] = list(self.policy_hidden)
+        d["rbf_scales"] = list(self.rbf_scales)
         return d
 
 
 ALGO_ONLY: dict[str, list[str]] = {
-    "replay": ["n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer"],
+    "replay": ["n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer",
+               "network", "rbf_features", "rbf_scales", "rbf_fit_steps"],
     "pqn": ["pqn_rollout", "pqn_lambda", "pqn_epochs", "pqn_minibatches", "pqn_anneal_lr"],
     "reinforce": ["policy_hidden", "reinforce_episodes", "reinforce_baseline", "entropy_coef"],
 }
@@ -356,6 +398,14 @@ def coerce(name: str, value: Any) -> Any:
             if isinstance(value, int):
                 value = [value]
             return tuple(int(v) for v in value)
+        if name == "rbf_scales":
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", ",").split(",") if v]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if any(isinstance(v, bool) for v in value):
+                raise ValueError
+            return tuple(float(v) for v in value)
         if name == "target_return":
             if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
                 return None
@@ -390,6 +440,8 @@ def coerce(name: str, value: Any) -> Any:
 def _type_word(name: str) -> str:
     if name in ("hidden", "policy_hidden"):
         return "layer sizes like 128,128"
+    if name == "rbf_scales":
+        return "numbers like 5,2,1,0.5"
     if name == "target_return":
         return "a number or none"
     default = {f.name: f.default for f in fields(Config)}[name]

@@ -12,13 +12,14 @@ import torch
 
 from .checkpoint import CheckpointError, network_of
 from .config import Config
-from .envs import real_next_obs
+from .envs import EnvFactory, env_factory, real_next_obs
 from .evaluate import Policy
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
 from .learner import Learner
 from .networks import MLP, preprocess
 from .nstep import NStepWriter
 from .prioritized import PrioritizedSampler, TorchPrioritized, beta_at
+from .rbf import RBFQNetwork, check_state, fit_scaler
 from .reference import ReferenceLearner
 from .replay import OldBufferError, ReplayBuffer, torch_dtype
 from .run import Counters, Run, TrainingDiverged, divergence_message
@@ -55,27 +56,39 @@ def train_dqn(run: Run, agent: DQN) -> None:
 class DQN:
     """Q-network and learner, replay buffer (+ n-step writer, + priorities), batched acting.
 
-    The learner route: `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch
-    ops elsewhere) for fastdqn's own MLP, dueling or not; `ReferenceLearner` (nn.Module +
-    autograd) for a network passed in from Python or with --learner reference.
+    The network (`kind`): fastdqn's MLP (--network mlp), the RBF-feature linear model
+    (--network rbf, rbf.py) or a module passed in from Python ("custom"). The learner route:
+    `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for
+    the MLP, dueling or not; `ReferenceLearner` (nn.Module + autograd) for every other network,
+    and for the MLP with --learner reference.
+
+    `env_factory` builds the env the RBF scaler is fitted on (default: gym.make(env_id));
+    `resuming` skips that fit, the checkpoint holding the scaler.
     """
 
     def __init__(self, cfg: Config, obs_space, act_space, device: torch.device,
-                 q_network: torch.nn.Module | None = None) -> None:
+                 q_network: torch.nn.Module | None = None,
+                 env_factory: EnvFactory | None = None, resuming: bool = False) -> None:
         self.cfg, self.device = cfg, device
         n_envs, n_actions = cfg.num_envs, int(act_space.n)
         self.obs_shape = tuple(obs_space.shape)
-        self.net = MLP(int(np.prod(self.obs_shape)), n_actions, tuple(cfg.hidden), cfg.dueling)
-        self.custom = q_network is not None
+        in_dim = int(np.prod(self.obs_shape))
+        self.net = MLP(in_dim, n_actions, tuple(cfg.hidden), cfg.dueling)
+        self.kind = "custom" if q_network is not None else cfg.network
+        self.custom = self.kind == "custom"
         opts = dict(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, loss=cfg.loss,
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
                     adam_eps=cfg.adam_eps, device=device)
-        init = self.net.init(torch.Generator().manual_seed(cfg.seed))
-        if self.custom or cfg.learner == "reference":
-            module = q_network if self.custom else self.net.to_module(init)
+        if self.kind == "rbf":
+            module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
             self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **opts)
+        elif self.custom or cfg.learner == "reference":
+            init = self.net.init(torch.Generator().manual_seed(cfg.seed))
+            module = q_network if self.custom else self.net.to_module(init)
+            self.learner = ReferenceLearner(module, **opts)
         else:
+            init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
         obs_dtype = torch_dtype(obs_space.dtype)
         self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_shape, obs_dtype, device)
@@ -101,6 +114,18 @@ class DQN:
         self.real_next = np.empty((n_envs, *self.obs_shape), dtype=obs_space.dtype)
         self.eps_dev = torch.empty(n_envs, device=device)
         self.acting_q: ActingQ | None = None
+
+    def rbf_network(self, in_dim: int, n_actions: int, make_env: EnvFactory | None,
+                    resuming: bool) -> RBFQNetwork:
+        """Features drawn from the run seed; a new run fits the scaler on random play first (a
+        resumed one gets it back with the checkpoint's buffers)."""
+        cfg = self.cfg
+        module = RBFQNetwork(in_dim, n_actions, cfg.rbf_features, cfg.rbf_scales,
+                             torch.Generator().manual_seed(cfg.seed))
+        if not resuming:
+            module.set_scaler(*fit_scaler(make_env or env_factory(cfg.env_id), cfg.rbf_fit_steps,
+                                          cfg.seed))
+        return module
 
     # -- the loop's steps ----------------------------------------------------------------------
 
@@ -181,7 +206,7 @@ class DQN:
         return self.learner.all_finite()
 
     def policy(self) -> Policy:
-        if self.custom:
+        if self.kind != "mlp":
             return Policy.of_module(self.learner.online, self.device)
         return Policy(self.net, self.flat_params(), self.device)
 
@@ -191,20 +216,24 @@ class DQN:
         return self.learner.params
 
     def summary(self) -> dict:
-        return {"learner_steps": self.learner.steps,
-                "learner_route": self.learner.route(self.device),
+        route = self.learner.route(self.device)
+        if self.kind == "rbf":
+            route += "; --network rbf runs on it, the fast routes being flat-MLP only"
+        return {"learner_steps": self.learner.steps, "learner_route": route,
                 "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
                 + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
 
     def net_spec(self) -> dict:
         if self.custom:
             return {"kind": "custom", "class": type(self.learner.online).__qualname__}
+        if self.kind == "rbf":
+            return self.learner.online.spec()
         return {"kind": "mlp", "in_dim": self.net.in_dim, "n_actions": self.net.n_actions,
                 "hidden": list(self.net.hidden), "dueling": self.net.dueling}
 
     def state_dict(self, with_buffer: bool) -> dict:
         learner = self.learner.state_dict()
-        if not self.custom:
+        if self.kind == "mlp":
             learner["params"] = self.flat_params().detach().cpu().clone()
         state = {"net": self.net_spec(), "learner": learner,
                  "rng": {"sampler": self.sampler.get_state(), "act": self.act_gen.get_state(),
@@ -249,6 +278,15 @@ class DQN:
                                      "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"),
                                                                       params.shape),
                                      "learner.optimizer.step": (opt.get("step"), ())})
+        if want["kind"] == "rbf":
+            if (net.get("n_features"), net.get("scales")) != (want["n_features"], want["scales"]):
+                raise CheckpointError(
+                    f"{path} has {net.get('n_features')} rbf features over scales "
+                    f"{net.get('scales')}, not {want['n_features']} over {want['scales']}; "
+                    "pass --rbf-features and --rbf-scales to match")
+            learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
+            for copy in ("online", "target"):
+                check_state(path, learner.get(copy), self.learner.online, f"learner.{copy}")
         buffer = ckpt.get("buffer", {})
         saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
         if saved != self.cfg.buffer_size:

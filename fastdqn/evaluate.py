@@ -61,6 +61,7 @@ class Policy:
     def __init__(self, net: MLP | None, params: torch.Tensor | None,
                  device: torch.device | str = "cpu", module: torch.nn.Module | None = None
                  ) -> None:
+        """The flat MLP `net` with its `params`, or else an nn.Module `module` (used as is)."""
         self.net, self.module = net, module
         self.device = torch.device(device)
         if net is not None:
@@ -174,6 +175,11 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
 
             module = policy_network_of(path, spec)
             load_weights(path, module, state["learner"]["weights"])
+            return Policy(None, None, device, module.to(device).eval()), state
+        if isinstance(spec, dict) and spec.get("kind") == "rbf":
+            from .rbf import module_from_checkpoint
+
+            module = module_from_checkpoint(path, state)
             return Policy(None, None, device, module.to(device).eval()), state
         net = network_of(path, spec)
         params = state["learner"]["params"]

@@ -369,7 +369,9 @@ class Run:
         return obs
 
     def running(self) -> bool:
-        return self.c.step < self.cfg.total_timesteps and self.signals.received is None
+        cfg, c = self.cfg, self.c
+        return (c.step < cfg.total_timesteps and self.signals.received is None
+                and not (cfg.total_episodes and c.episodes >= cfg.total_episodes))
 
     def count_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray
                    ) -> None:

@@ -1,6 +1,7 @@
-"""The seed streams of a run: training resets, checkpoint selection, and held-out testing.
+"""The seed streams of a run: training resets, checkpoint selection, held-out testing, and the
+random play that fits an input scaler.
 
-A run seed S gives three streams of episode seeds that can never share a value, whatever
+A run seed S gives four streams of episode seeds that can never share a value, whatever
 --num-envs, resumes or episode counts do: seed j of stream k is `(S << 34) | (k << 32) | j`,
 so the stream id sits in bits that the episode counter j (< 2**32) never reaches, and two run
 seeds never overlap either. The streams:
@@ -8,13 +9,15 @@ seeds never overlap either. The streams:
 - TRAIN: the training envs' resets (env i of a reset at step t gets j = t + i);
 - SELECT: the periodic screening evaluations that choose `best.pt` and the confirming
   evaluation that declares a run solved (episode j of every evaluation gets j);
-- TEST: `fastdqn eval`'s default, so a checkpoint is judged on episodes nothing was chosen on.
+- TEST: `fastdqn eval`'s default, so a checkpoint is judged on episodes nothing was chosen on;
+- FIT: the random play that fits an input scaler before training (`--network rbf`), so the
+  episodes it sees are none of training's.
 """
 
 from __future__ import annotations
 
-TRAIN, SELECT, TEST = 0, 1, 2
-STREAM_NAMES = {TRAIN: "train", SELECT: "select", TEST: "test"}
+TRAIN, SELECT, TEST, FIT = 0, 1, 2, 3
+STREAM_NAMES = {TRAIN: "train", SELECT: "select", TEST: "test", FIT: "fit"}
 _J_BITS = 32
 
 

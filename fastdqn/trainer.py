@@ -154,6 +154,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     if q_network is not None and cfg.algo != "dqn":
         raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
                           "network (set its layers with --hidden)")
+    if q_network is not None and cfg.network != "mlp":
+        raise ConfigError(f"q_network is a network of your own, --network {cfg.network} another; "
+                          "pass one of them")
     device = resolve_device(cfg.device)
     if env_factory is None:
         obs_space, act_space, threshold = probe_env(cfg.env_id)
@@ -179,13 +182,11 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             agent: DQN | PQN | Reinforce = PQN(cfg, obs_space, act_space, device)
             loop, stages = train_pqn, PQN_STAGES
         elif cfg.algo == "reinforce":
-            if q_network is not None:
-                raise ConfigError("q_network is a Q-network for --algo dqn; REINFORCE builds its "
-                                  "policy from --policy-hidden")
             agent = Reinforce(cfg, obs_space, act_space, device)
             loop, stages = train_reinforce, REINFORCE_STAGES
         else:
-            agent = DQN(cfg, obs_space, act_space, device, q_network=q_network)
+            agent = DQN(cfg, obs_space, act_space, device, q_network=q_network,
+                        env_factory=env_factory, resuming=ckpt is not None)
             loop, stages = train_dqn, STAGES
         if ckpt is not None:
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")

@@ -330,6 +330,8 @@ def _values_of_field_type(field: dataclasses.Field):
         return st.lists(st.integers(-5, 2000), max_size=4).map(tuple)
     if field.name == "target_return":
         return st.none() | st.floats()
+    if field.name == "rbf_scales":
+        return st.lists(st.floats(), max_size=5).map(tuple)
     if isinstance(default, bool):
         return st.booleans()
     if isinstance(default, int):
@@ -338,7 +340,7 @@ def _values_of_field_type(field: dataclasses.Field):
         return st.floats()  # includes nan and +-inf
     return st.text(max_size=12) | st.sampled_from(
         ["sharded", "async", "sync", "huber", "mse", "egreedy", "boltzmann", "linear",
-         "exponential", "per_episode", "cpu", "cuda:1", "auto"])
+         "exponential", "per_episode", "cpu", "cuda:1", "auto", "mlp", "rbf"])
 
 
 @settings(max_examples=300, deadline=None)

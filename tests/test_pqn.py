@@ -218,6 +218,8 @@ def test_help_shows_the_pqn_defaults(capsys) -> None:
     ({"n_step": 3}, "--n-step applies to --algo dqn only"),
     ({"exploration": "boltzmann"}, "--exploration applies to --algo dqn only"),
     ({"algo": "dqn", "pqn_lambda": 0.9}, "--pqn-lambda applies to --algo pqn only"),
+    ({"network": "rbf"}, "--network applies to --algo dqn only"),
+    ({"algo": "reinforce", "rbf_features": 200}, "--rbf-features applies to --algo dqn only"),
     ({"pqn_minibatches": 0}, "--pqn-minibatches must be >= 1"),
     ({"pqn_lambda": 1.5}, "--pqn-lambda must be in [0, 1]"),
 ])

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from fastdqn import train
 from fastdqn.evaluate import eval_seed
-from fastdqn.seeds import SELECT, TEST, TRAIN, describe, episode_seed
+from fastdqn.seeds import FIT, SELECT, TEST, TRAIN, describe, episode_seed
 
-STREAMS = [TRAIN, SELECT, TEST]
+STREAMS = [TRAIN, SELECT, TEST, FIT]
 
 
 @given(st.integers(0, 2**20), st.sampled_from(STREAMS), st.integers(0, 2**32 - 1),
@@ -24,9 +24,10 @@ def test_two_seeds_are_equal_only_for_the_same_run_stream_and_episode(s1, k1, j1
 def test_describe_inverts_episode_seed():
     assert describe(episode_seed(7, SELECT, 12)) == (7, "select", 12)
     assert describe(episode_seed(0, TRAIN, 2**32 - 1)) == (0, "train", 2**32 - 1)
+    assert describe(episode_seed(3, FIT, 4)) == (3, "fit", 4)
 
 
-@pytest.mark.parametrize("args", [(-1, TRAIN, 0), (1, 3, 0), (1, TRAIN, -1), (1, TRAIN, 2**32)])
+@pytest.mark.parametrize("args", [(-1, TRAIN, 0), (1, 4, 0), (1, TRAIN, -1), (1, TRAIN, 2**32)])
 def test_out_of_range_inputs_are_refused(args):
     with pytest.raises(ValueError):
         episode_seed(*args)
