@@ -321,6 +321,11 @@ class Config:
     def _validate_network(self) -> None:
         _choice("network", self.network, ["mlp", "rbf"])
         if self.network != "rbf":
+            defaults = Config()
+            for name in ["rbf_features", "rbf_scales", "rbf_fit_steps"]:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ConfigError(f"--{_flag(name)} applies to --network rbf only; drop it "
+                                      "or pass --network rbf")
             return
         from .rbf import MAX_FEATURES, MAX_SCALES
 

@@ -507,6 +507,7 @@ class Run:
             "final_eval": self.final_eval.to_dict() if self.final_eval else None,
             "best_eval": self.evaluator.best(),
             "target_return": self.target_return, "episodes": c.episodes,
+            "train_mean_return_100": mean100(c.returns),
             "interrupted": interrupted, "diverged": self.diverged is not None,
             "device": str(self.device), **agent.summary(),
             "stage_us_per_iter": {k: round(v, 1) for k, v in self.timer.us_per_iteration().items()},

@@ -71,3 +71,31 @@ def test_learner_step_smoke_times_every_cpu_route(tmp_path) -> None:
     us = json.loads(out.read_text())["us_per_step"]
     assert set(us) == {"torch-ops", "cpu-fused", "cpu-fused+per", "reference"}
     assert all(v > 0 for v in us.values())
+
+
+def test_notebooks_smoke_runs_every_row_for_its_episode_budget(tmp_path) -> None:
+    out = tmp_path / "nb.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "notebooks.py"), "--smoke",
+                        "--json", str(out), "--runs-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["preset"] for row in rows] == ["lunarlander-notebook", "udacity-lunarlander",
+                                              "reinforce-notebook", "rbf-lunarlander", ""]
+    for row in rows:
+        assert "error" not in row, row
+        # one env stops exactly at the budget (3 episodes in smoke mode); 16 envs within the
+        # vector step that ends the third
+        single = row["preset"] in ("reinforce-notebook", "rbf-lunarlander")
+        assert row["episodes_run"] == 3 if single else row["episodes_run"] >= 3, row
+        assert isinstance(row["train_mean_return_100"], float)
+        assert row["final_eval_mean"] is not None and row["wall_time_s"] > 0
+        assert row["command"].startswith("fastdqn train ")
+    assert "| REINFORCE, linear softmax policy | `reinforce-notebook` | 3 |" in r.stdout
+    assert "20-25 min on Colab" in r.stdout
+
+
+def test_notebooks_refuses_an_unknown_row() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "notebooks.py"), "--only", "nope"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown row nope" in r.stderr

@@ -401,3 +401,11 @@ def test_q_network_with_network_rbf_is_refused_before_the_run_dir(tmp_path) -> N
         train(network="rbf", env_id="CartPole-v1", run_dir=str(tmp_path / "r"),
               q_network=torch.nn.Linear(4, 2))
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flags", [{"rbf_features": 200}, {"rbf_scales": (1.0,)},
+                                   {"rbf_fit_steps": 10}])
+def test_rbf_settings_without_network_rbf_are_refused(flags) -> None:
+    name = "--" + next(iter(flags)).replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{name} applies to --network rbf only"):
+        make_config(**flags)
