@@ -73,8 +73,9 @@ class Config:
 
     network: str = "mlp"
     """Q-network: mlp (--hidden layers, ReLU; --dueling) or rbf (linear Q on fixed random
-    Fourier features of the standardized observation, --rbf-features over --rbf-scales; trained
-    on the reference learner route, the fast routes being flat-MLP only)."""
+    Fourier features of the standardized observation, --rbf-features over --rbf-scales; the
+    features are computed as observations arrive and the replay rows hold them, so the fused
+    learner trains the linear head; --learner reference trains the whole module instead)."""
     hidden: tuple[int, ...] = (128, 128)
     """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256 (--network mlp only)."""
     rbf_features: int = 400

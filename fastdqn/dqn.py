@@ -31,7 +31,7 @@ STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "ad
 def train_dqn(run: Run, agent: DQN) -> None:
     """The loop: act, step the envs while learning, add; then the run's maybe-hooks."""
     c, envs, lap = run.c, run.envs, run.timer.lap
-    obs = agent.to_device(run.reset_envs())
+    obs = agent.observe(run.reset_envs())
     while run.running():
         eps = agent.epsilon(c)
         actions = agent.act(obs, eps, c.step)
@@ -44,7 +44,7 @@ def train_dqn(run: Run, agent: DQN) -> None:
         agent.add(obs, actions, rewards, real_next_obs(next_obs, infos, agent.real_next),
                   terminated, truncated)
         lap("add")
-        obs = agent.to_device(next_obs)
+        obs = agent.observe(next_obs)
         lap("h2d")
         run.count_step(rewards, terminated, truncated)
         run.maybe_log(epsilon=eps)
@@ -59,8 +59,13 @@ class DQN:
     The network (`kind`): fastdqn's MLP (--network mlp), the RBF-feature linear model
     (--network rbf, rbf.py) or a module passed in from Python ("custom"). The learner route:
     `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for
-    the MLP, dueling or not; `ReferenceLearner` (nn.Module + autograd) for every other network,
-    and for the MLP with --learner reference.
+    the MLP, dueling or not, and for the RBF model's linear head; `ReferenceLearner` (nn.Module +
+    autograd) for a custom network, and for the others with --learner reference.
+
+    On the flat route the RBF model is split where it is linear: its fixed features are an
+    encoding of each observation as it arrives (`observe`), so the replay rows hold phi(s) and
+    the learner trains a linear MLP (no hidden layer) on them; the module is reassembled for
+    evaluation and checkpoints (`rbf_module`).
 
     `env_factory` builds the env the RBF scaler is fitted on (default: gym.make(env_id));
     `resuming` skips that fit, the checkpoint holding the scaler.
@@ -76,13 +81,22 @@ class DQN:
         self.net = MLP(in_dim, n_actions, tuple(cfg.hidden), cfg.dueling)
         self.kind = "custom" if q_network is not None else cfg.network
         self.custom = self.kind == "custom"
+        self.rbf: RBFQNetwork | None = None  # the RBF model's features, on the flat route
+        row_shape, row_dtype = self.obs_shape, torch_dtype(obs_space.dtype)
         opts = dict(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, loss=cfg.loss,
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
                     adam_eps=cfg.adam_eps, device=device)
-        if self.kind == "rbf":
+        if self.kind == "rbf" and cfg.learner == "reference":
             module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
             self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **opts)
+        elif self.kind == "rbf":
+            self.rbf = self.rbf_network(in_dim, n_actions, env_factory, resuming).to(device)
+            self.net = MLP(self.rbf.n_features, n_actions, (), False)
+            init = torch.cat([self.rbf.head.weight.detach().reshape(-1),
+                              self.rbf.head.bias.detach()]).cpu()
+            self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
+            row_shape, row_dtype = (self.rbf.n_features,), torch.float32
         elif self.custom or cfg.learner == "reference":
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             module = q_network if self.custom else self.net.to_module(init)
@@ -90,15 +104,15 @@ class DQN:
         else:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
-        obs_dtype = torch_dtype(obs_space.dtype)
-        self.buffer = ReplayBuffer(cfg.buffer_size, self.obs_shape, obs_dtype, device)
+        self.row_shape = row_shape
+        self.buffer = ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device)
         self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(cfg.seed)
         if cfg.prioritized and device.type == "cpu":  # the Numba sum tree
             self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, cfg.seed)
         elif cfg.prioritized:  # priorities on the device: sampled without a host sync
             self.sampler = TorchPrioritized(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, device)
             self.learner.per_generator.manual_seed(cfg.seed + 2)
-        self.nstep = (NStepWriter(cfg.n_step, cfg.gamma, n_envs, self.obs_shape, obs_dtype, device)
+        self.nstep = (NStepWriter(cfg.n_step, cfg.gamma, n_envs, row_shape, row_dtype, device)
                       if cfg.n_step > 1 else None)
         self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
@@ -106,6 +120,7 @@ class DQN:
         self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
         self.cuda = device.type == "cuda"
         pin = self.cuda
+        obs_dtype = torch_dtype(obs_space.dtype)
         self.stage_obs = torch.empty((n_envs, *self.obs_shape), dtype=obs_dtype, pin_memory=pin)
         self.stage_next = torch.empty_like(self.stage_obs, pin_memory=pin)
         self.stage_rew = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
@@ -133,6 +148,15 @@ class DQN:
         stage = self.stage_obs if stage is None else stage
         stage.numpy()[...] = array
         return stage.to(self.device, non_blocking=True) if self.cuda else stage.to(self.device)
+
+    def observe(self, obs: np.ndarray, stage: torch.Tensor | None = None) -> torch.Tensor:
+        """Observations as the acting and the replay rows take them: on the device, and
+        encoded as RBF features on the flat RBF route."""
+        x = self.to_device(obs, stage)
+        if self.rbf is None:
+            return x
+        with torch.no_grad():
+            return self.rbf.features(preprocess(x).reshape(len(x), -1))
 
     def epsilon(self, c: Counters) -> float:
         return self.schedule(c.step, c.episodes)
@@ -168,7 +192,7 @@ class DQN:
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: np.ndarray,
             next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
         """Store the vector step (as n-step rows when n > 1); new rows get the top priority."""
-        next_dev = self.to_device(next_obs, self.stage_next)
+        next_dev = self.observe(next_obs, self.stage_next)
         if self.nstep is None:
             first, n = self.buffer.add(obs, actions, self.to_device(rewards, self.stage_rew),
                                        next_dev, self.to_device(terminated, self.stage_done),
@@ -194,7 +218,10 @@ class DQN:
     def q_values_eval(self, obs: torch.Tensor) -> torch.Tensor:
         if isinstance(self.learner, ReferenceLearner):
             return self.learner.q_values(obs)
-        return self.net.forward(self.learner.online_views, preprocess(obs))
+        x = preprocess(obs)
+        if self.rbf is not None:
+            x = self.rbf.features(x.reshape(len(x), -1))
+        return self.net.forward(self.learner.online_views, x)
 
     def pop_stats(self) -> dict[str, float] | None:
         stats = self.learner.pop_stats()
@@ -206,9 +233,21 @@ class DQN:
         return self.learner.all_finite()
 
     def policy(self) -> Policy:
+        if self.rbf is not None:
+            return Policy.of_module(self.rbf_module(), self.device)
         if self.kind != "mlp":
             return Policy.of_module(self.learner.online, self.device)
         return Policy(self.net, self.flat_params(), self.device)
+
+    def rbf_module(self, flat: torch.Tensor | None = None) -> RBFQNetwork:
+        """The flat route's RBF model as one module: its features and, as the head, the linear
+        MLP of `flat` (default: the online parameters)."""
+        assert self.rbf is not None
+        (w, b), = self.net.views(self.learner.params if flat is None else flat)
+        with torch.no_grad():
+            self.rbf.head.weight.copy_(w)
+            self.rbf.head.bias.copy_(b)
+        return self.rbf
 
     def flat_params(self) -> torch.Tensor:
         if isinstance(self.learner, ReferenceLearner):
@@ -217,8 +256,8 @@ class DQN:
 
     def summary(self) -> dict:
         route = self.learner.route(self.device)
-        if self.kind == "rbf":
-            route += "; --network rbf runs on it, the fast routes being flat-MLP only"
+        if self.rbf is not None:
+            route += f"; its linear head on {self.rbf.n_features} RBF features"
         return {"learner_steps": self.learner.steps, "learner_route": route,
                 "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
                 + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
@@ -227,7 +266,7 @@ class DQN:
         if self.custom:
             return {"kind": "custom", "class": type(self.learner.online).__qualname__}
         if self.kind == "rbf":
-            return self.learner.online.spec()
+            return (self.rbf or self.learner.online).spec()
         return {"kind": "mlp", "in_dim": self.net.in_dim, "n_actions": self.net.n_actions,
                 "hidden": list(self.net.hidden), "dueling": self.net.dueling}
 
@@ -235,6 +274,8 @@ class DQN:
         learner = self.learner.state_dict()
         if self.kind == "mlp":
             learner["params"] = self.flat_params().detach().cpu().clone()
+        if self.rbf is not None:  # the whole model too, as the reference route saves it
+            learner["online"] = {k: v.cpu().clone() for k, v in self.rbf_module().state_dict().items()}
         state = {"net": self.net_spec(), "learner": learner,
                  "rng": {"sampler": self.sampler.get_state(), "act": self.act_gen.get_state(),
                          "per": self.learner.per_generator.get_state()}}
@@ -285,8 +326,24 @@ class DQN:
                     f"{net.get('scales')}, not {want['n_features']} over {want['scales']}; "
                     "pass --rbf-features and --rbf-scales to match")
             learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
-            for copy in ("online", "target"):
-                check_state(path, learner.get(copy), self.learner.online, f"learner.{copy}")
+            flat = isinstance(learner.get("params"), torch.Tensor)
+            if flat != (self.rbf is not None):
+                was, flag = ("the flat", "--learner auto") if flat else ("the reference",
+                                                                       "--learner reference")
+                raise CheckpointError(f"{path} was trained on {was} learner route; pass {flag} "
+                                      "to resume it")
+            check_state(path, learner.get("online"), self.rbf or self.learner.online,
+                        "learner.online")
+            if self.rbf is None:
+                check_state(path, learner.get("target"), self.learner.online, "learner.target")
+            else:
+                shape = (self.net.num_params,)
+                opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
+                _check_shapes(path, {"learner.params": (learner["params"], shape),
+                                     "learner.target": (learner.get("target"), shape),
+                                     "learner.optimizer.exp_avg": (opt.get("exp_avg"), shape),
+                                     "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"), shape),
+                                     "learner.optimizer.step": (opt.get("step"), ())})
         buffer = ckpt.get("buffer", {})
         saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
         if saved != self.cfg.buffer_size:
@@ -294,7 +351,7 @@ class DQN:
                                   f"--buffer-size {self.cfg.buffer_size}; resume with "
                                   f"--buffer-size {saved}")
         if "buffer" in ckpt:
-            _check_buffer(path, buffer, self.cfg.buffer_size, self.obs_shape)
+            _check_buffer(path, buffer, self.cfg.buffer_size, self.row_shape)
         rng = ckpt.get("rng", {}).get("sampler")
         if isinstance(rng, dict) != self.cfg.prioritized:
             flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
@@ -304,6 +361,8 @@ class DQN:
     def load_state_dict(self, ckpt: dict) -> None:
         try:
             self.learner.load_state_dict(ckpt["learner"])
+            if self.rbf is not None:
+                self.rbf.load_state_dict(ckpt["learner"]["online"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:  # a module's own checks
             raise CheckpointError(f"checkpoint.pt: its network state does not load into this "
                                   f"run's network ({str(e).splitlines()[0][:120]}); the file is "

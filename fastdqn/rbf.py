@@ -14,10 +14,14 @@ so phi_j(z) . phi_j(z') approximates the Gaussian kernel exp(-gamma_j |z - z'|^2
 and std are buffers: they are saved in the checkpoint with the head but never trained, so only
 the head is a parameter and the model is linear in what it learns.
 
-It trains through the same DQN learner as any network of your own (the reference route: an
-nn.Module, autograd, Adam); the fast routes run flat MLPs only. Replay, n-step returns,
-prioritized replay and target updates therefore all compose with it, and whether to replay is
-a setting, not a property of the module.
+It trains through the DQN learner. Since only the head learns, the default (flat) route splits
+the model where it is linear: the agent encodes each observation as phi(x) as it arrives, the
+replay rows hold phi (n_features floats per observation, instead of in_dim), and the fused flat
+learner trains the head as an MLP without hidden layers, 2.2x the reference route's whole-run
+speed on the LunarLander preset (1 273 against 573 SPS, measured). `--learner reference`
+trains this module itself (autograd, torch.optim.Adam), the route the flat one is tested
+against. Replay, n-step returns, prioritized replay and target updates compose with either,
+and whether to replay is a setting, not a property of the module.
 
 The presets use no replay, on purpose: the method they reproduce is online semi-gradient
 Q-learning, and replay measured no better on MountainCar (solved at 50k steps online and

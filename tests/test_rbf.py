@@ -192,19 +192,29 @@ ONLINE = dict(network="rbf", num_envs=1, vector="sync", buffer_size=1, batch_siz
               device="cpu", progress=False, eval_envs=2)
 
 
-@pytest.fixture(scope="module")
-def cartpole_run(tmp_path_factory) -> tuple[Path, object]:
+@pytest.fixture(scope="module", params=["auto", "reference"])
+def cartpole_run(request, tmp_path_factory) -> tuple[Path, object]:
+    """A short online run on each learner route: the flat one (features encoded as rows
+    arrive, the fused learner on the linear head) and the reference one (the whole module)."""
     d = tmp_path_factory.mktemp("rbf") / "run"
     result = train(env_id="CartPole-v1", total_timesteps=400, eval_every=200, eval_episodes=2,
-                   solve_episodes=2, seed=3, run_dir=str(d), lr=3e-3, **ONLINE)
+                   solve_episodes=2, seed=3, run_dir=str(d), lr=3e-3, learner=request.param,
+                   **ONLINE)
     return d, result
 
 
-def test_the_reference_route_trains_the_head_and_keeps_the_features(cartpole_run) -> None:
+def route_of(result) -> str:
+    return result.summary["config"]["learner"]
+
+
+def test_either_route_trains_the_head_and_keeps_the_features(cartpole_run) -> None:
     run_dir, result = cartpole_run
     s = result.summary
-    assert s["learner_route"].startswith("reference (nn.Module")
-    assert "--network rbf" in s["learner_route"]
+    if route_of(result) == "reference":
+        assert s["learner_route"].startswith("reference (nn.Module")
+    else:
+        assert s["learner_route"].startswith("cpu-fused")
+        assert s["learner_route"].endswith("its linear head on 40 RBF features")
     assert s["learner_steps"] == 399  # online: each transition once, one step late
     fresh = RBFQNetwork(4, 2, 40, (1.0, 0.5), torch.Generator().manual_seed(3))
     trained = result.policy.module
@@ -222,7 +232,7 @@ def test_checkpoint_keeps_the_scaler_and_eval_and_resume_give_the_same_q_values(
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["net"] == {"kind": "rbf", "in_dim": 4, "n_actions": 2, "n_features": 40,
                            "scales": [1.0, 0.5]}
-    assert "params" not in ckpt["learner"]
+    assert ("params" in ckpt["learner"]) == (route_of(result) == "auto")
     obs = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     want = result.policy.q_values(obs)
     policy, _ = load_policy(str(run_dir / "checkpoint.pt"))
@@ -230,36 +240,52 @@ def test_checkpoint_keeps_the_scaler_and_eval_and_resume_give_the_same_q_values(
     assert torch.equal(policy.module.mean, result.policy.module.mean)
     # A resumed agent does not refit the scaler (here a different --rbf-fit-steps would give a
     # different one): it takes the checkpoint's.
-    cfg = make_config(env_id="CartPole-v1", seed=3, lr=3e-3, **{**ONLINE, "rbf_fit_steps": 50})
+    route = route_of(result)
+    cfg = make_config(env_id="CartPole-v1", seed=3, lr=3e-3, learner=route,
+                      **{**ONLINE, "rbf_fit_steps": 50})
     env = gym.make("CartPole-v1")
     agent = DQN(cfg, env.observation_space, env.action_space, torch.device("cpu"), resuming=True)
-    assert torch.equal(agent.learner.online.std, torch.ones(4))  # nothing fitted
+    module = agent.rbf if route == "auto" else agent.learner.online
+    assert torch.equal(module.std, torch.ones(4))  # nothing fitted
     agent.check_checkpoint(ckpt, "checkpoint.pt")
     agent.load_state_dict(ckpt)
-    assert torch.equal(agent.q_values_eval(torch.from_numpy(obs)), want)
-    assert torch.equal(agent.learner.target.mean, policy.module.mean)
+    torch.testing.assert_close(agent.q_values_eval(torch.from_numpy(obs)), want)
+    if route == "reference":
+        assert torch.equal(agent.learner.target.mean, policy.module.mean)
     # and the run itself resumes from it
     resumed = train(env_id="CartPole-v1", total_timesteps=600, eval_every=200, eval_episodes=2,
                     solve_episodes=2, seed=3, run_dir=str(run_dir), lr=3e-3, resume=True,
-                    **{**ONLINE, "rbf_fit_steps": 50})
+                    learner=route, **{**ONLINE, "rbf_fit_steps": 50})
     assert resumed.summary["total_env_steps"] == 600
     assert torch.equal(resumed.policy.module.mean, policy.module.mean)
 
 
-def test_resume_refuses_other_rbf_sizes(cartpole_run) -> None:
-    run_dir, _ = cartpole_run
+def test_resume_refuses_other_rbf_sizes_and_the_other_route(cartpole_run) -> None:
+    run_dir, result = cartpole_run
+    route = route_of(result)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     env = gym.make("CartPole-v1")
-    cfg = make_config(env_id="CartPole-v1", seed=3, **{**ONLINE, "rbf_features": 80})
-    agent = DQN(cfg, env.observation_space, env.action_space, torch.device("cpu"), resuming=True)
+
+    def agent_of(**kw) -> DQN:
+        cfg = make_config(env_id="CartPole-v1", seed=3, **{**ONLINE, "learner": route, **kw})
+        return DQN(cfg, env.observation_space, env.action_space, torch.device("cpu"),
+                   resuming=True)
+
     with pytest.raises(CheckpointError, match="--rbf-features"):
-        agent.check_checkpoint(ckpt, "checkpoint.pt")
-    cfg = make_config(env_id="CartPole-v1", seed=3, **ONLINE)
-    agent = DQN(cfg, env.observation_space, env.action_space, torch.device("cpu"), resuming=True)
+        agent_of(rbf_features=80).check_checkpoint(ckpt, "checkpoint.pt")
+    other = "reference" if route == "auto" else "auto"
+    with pytest.raises(CheckpointError, match=f"pass --learner {route} to resume it"):
+        agent_of(learner=other).check_checkpoint(ckpt, "checkpoint.pt")
+    agent = agent_of()
     agent.check_checkpoint(ckpt, "checkpoint.pt")
-    ckpt["learner"]["target"]["b"] = torch.zeros(39)  # the spec is right, a tensor is not
-    with pytest.raises(CheckpointError, match=r"learner.target.b is not .* shape \[40\]"):
+    ckpt["learner"]["online"]["b"] = torch.zeros(39)  # the spec is right, a tensor is not
+    with pytest.raises(CheckpointError, match=r"learner.online.b is not .* shape \[40\]"):
         agent.check_checkpoint(ckpt, "checkpoint.pt")
+    if route == "auto":
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        ckpt["learner"]["target"] = torch.zeros(3)
+        with pytest.raises(CheckpointError, match=r"learner.target has shape \[3\], not \[82\]"):
+            agent.check_checkpoint(ckpt, "checkpoint.pt")
 
 
 def test_total_episodes_stops_at_that_episode(tmp_path) -> None:
@@ -291,9 +317,9 @@ def test_bad_rbf_settings_name_their_flag(overrides, flag) -> None:
 
 
 def test_scales_from_the_command_line_and_toml() -> None:
-    assert make_config(rbf_scales="5,2,1,0.5").rbf_scales == (5.0, 2.0, 1.0, 0.5)
-    assert make_config(rbf_scales=[0.2, 1]).rbf_scales == (0.2, 1.0)
-    assert make_config(rbf_scales="0.5").to_dict()["rbf_scales"] == [0.5]
+    assert make_config(network="rbf", rbf_scales="5,2,1,0.5").rbf_scales == (5.0, 2.0, 1.0, 0.5)
+    assert make_config(network="rbf", rbf_scales=[0.2, 1]).rbf_scales == (0.2, 1.0)
+    assert make_config(network="rbf", rbf_scales="0.5").to_dict()["rbf_scales"] == [0.5]
     with pytest.raises(ConfigError, match="--rbf-scales: cannot use"):
         make_config(rbf_scales="5,two")
 
@@ -324,7 +350,7 @@ def test_cli_run_dir_and_eval(tmp_path, capsys) -> None:
     for key in ["env_id", "total_env_steps", "wall_time_s", "sps", "solved", "final_eval",
                 "best_eval", "learner_steps", "config", "version"]:
         assert key in summary, key
-    assert summary["learner_route"].startswith("reference")
+    assert summary["learner_route"].startswith("cpu-fused")
     assert summary["total_env_steps"] == 300 and summary["final_eval"]["episodes"] == 3
     assert summary["config"]["rbf_scales"] == [2.0, 1.0, 0.5]
     capsys.readouterr()
@@ -409,3 +435,21 @@ def test_rbf_settings_without_network_rbf_are_refused(flags) -> None:
     name = "--" + next(iter(flags)).replace("_", "-")
     with pytest.raises(ConfigError, match=f"{name} applies to --network rbf only"):
         make_config(**flags)
+
+
+def test_the_flat_route_runs_the_reference_routes_run(tmp_path) -> None:
+    """Same seed, same online setting: the encoded-features flat route and the whole module on
+    the reference route take the same actions (the same episodes) and end with the same head."""
+    runs = {route: train(env_id="CartPole-v1", total_timesteps=600, eval_every=0, seed=5,
+                         run_dir=str(tmp_path / route), lr=1e-3, adam_eps=1e-5, learner=route,
+                         solve_episodes=2, eval_episodes=2, **ONLINE)
+            for route in ("auto", "reference")}
+    flat, ref = (runs[r] for r in ("auto", "reference"))
+    assert flat.summary["learner_route"].startswith("cpu-fused")
+    assert len(flat.returns) > 10 and flat.returns == ref.returns
+    head_flat, head_ref = flat.policy.module.head, ref.policy.module.head
+    assert head_ref.weight.abs().max() > 1e-2  # it learned
+    torch.testing.assert_close(head_flat.weight, head_ref.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head_flat.bias, head_ref.bias, rtol=1e-4, atol=1e-5)
+    for name in ("w", "b", "mean", "std"):
+        assert torch.equal(getattr(flat.policy.module, name), getattr(ref.policy.module, name))

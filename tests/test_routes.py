@@ -61,8 +61,8 @@ def flat_state(learner) -> dict[str, torch.Tensor]:
             "exp_avg_sq": cat(s["exp_avg_sq"] for s in state)}
 
 
-def train_route(route: str, sampler_kind: str, obs_dtype=torch.float32, **opts):
-    net = MLP(OBS, ACTIONS, HIDDEN, opts.pop("dueling"))
+def train_route(route: str, sampler_kind: str, obs_dtype=torch.float32, hidden=HIDDEN, **opts):
+    net = MLP(OBS, ACTIONS, hidden, opts.pop("dueling"))
     init = net.init(torch.Generator().manual_seed(1))
     # Adam turns any gradient g into a step of about lr * g / (|g| + eps): with the default eps
     # 1e-8, a component that is 0 on one route and 1e-9 (rounding) on another would move by
@@ -110,6 +110,26 @@ def test_every_route_equals_the_reference(opts, sampler_kind):
             torch.testing.assert_close(got[name], want[name], rtol=2e-4, atol=2e-5,
                                        msg=f"{route}: {name}")
         if sampler_kind == "per":  # the priorities written back are the same |TD errors|
+            np.testing.assert_allclose(fast_sampler.priorities(), ref_sampler.priorities(),
+                                       rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler_kind", ["uniform", "per"])
+@pytest.mark.parametrize("opts", [o for o in OPTIONS if not o["dueling"] and o["max_grad_norm"]],
+                         ids=option_id)
+def test_a_linear_network_equals_the_reference_on_every_route(opts, sampler_kind):
+    """No hidden layer: the linear head --network rbf trains on the flat route."""
+    ref, ref_sampler = train_route("reference", sampler_kind, hidden=(), **dict(opts))
+    want = flat_state(ref)
+    init = MLP(OBS, ACTIONS, ()).init(torch.Generator().manual_seed(1))
+    assert (want["params"] - init).abs().max() > 1e-2  # it did learn
+    for route in ["cpu-fused", "torch-ops"]:
+        fast, fast_sampler = train_route(route, sampler_kind, hidden=(), **dict(opts))
+        assert (fast._cpu is not None) == (route == "cpu-fused")
+        for name, value in flat_state(fast).items():
+            torch.testing.assert_close(value, want[name], rtol=2e-4, atol=2e-5,
+                                       msg=f"{route}: {name}")
+        if sampler_kind == "per":
             np.testing.assert_allclose(fast_sampler.priorities(), ref_sampler.priorities(),
                                        rtol=2e-3, atol=1e-6)
 
