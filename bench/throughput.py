@@ -29,6 +29,7 @@ from fastdqn import __version__, train
 from fastdqn.config import make_config
 from fastdqn.envs import make_vector_env
 from fastdqn.logger import StageTimer
+from fastdqn.pqn import STAGES as PQN_STAGES
 from fastdqn.trainer import STAGES, resolve_device
 
 
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="write a torch.profiler Chrome trace and top-ops table of the loop")
     p.add_argument("--vs-sb3", action="store_true",
                    help="also time Stable-Baselines3 DQN at the same settings (pip install .[bench])")
+    p.add_argument("--vs-pqn", action="store_true",
+                   help="also time --algo pqn on its own defaults at the same envs and MLP")
     p.add_argument("--smoke", action="store_true", help="tiny step counts (CI)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -107,6 +110,21 @@ def training_sps(args: argparse.Namespace, device: torch.device, run_dir: str, s
     timer = StageTimer(STAGES, sync=syncer, warmup_steps=max(args.warmup, args.learning_starts))
     result = train(bench_config(args, device, run_dir), timer=timer)
     return timer.sps(), timer.us_per_iteration(), result.summary
+
+
+def pqn_sps(args: argparse.Namespace, device: torch.device, run_dir: str) -> float:
+    """PQN's training SPS after warm-up, on its own defaults (rollout, epochs, minibatches,
+    lr) at the same envs, vector mode and MLP sizes: DQN's batch and update settings do not
+    apply to it."""
+    cfg = make_config(
+        algo="pqn", env_id=args.env, num_envs=args.num_envs, vector=args.vector,
+        num_workers=args.num_workers, device=str(device), hidden=args.hidden,
+        total_timesteps=args.warmup + args.steps, seed=args.seed, run_dir=run_dir, eval_every=0,
+        checkpoint_every=0, solve_episodes=1, eval_episodes=1, progress=False,
+        num_threads=args.num_threads, log_every=5_000, target_return="none")
+    timer = StageTimer(PQN_STAGES, warmup_steps=args.warmup)
+    train(cfg, timer=timer)
+    return timer.sps()
 
 
 SB3_SCRIPT = r"""
@@ -204,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  per-iteration breakdown (device-synced laps, {train_sps:,.0f} SPS while measured):")
     for k, v in stages.items():
         print(f"    {k:<9} {v:9.1f} us  {100 * v / total:5.1f}%")
+    if args.vs_pqn:
+        with tempfile.TemporaryDirectory() as d:
+            pqn = pqn_sps(args, device, d)
+        figures["pqn_sps"] = round(pqn, 1)
+        figures["pqn_to_dqn_ratio"] = round(pqn / plain_sps, 2)
+        print(f"  PQN (--algo pqn defaults): {pqn:10,.0f} SPS  ({pqn / plain_sps:.2f}x DQN's, "
+              f"{100 * pqn / env_sps:.0f}% of env-only)")
     if args.vs_sb3:
         sb3 = sb3_sps(args, device)
         figures["sb3_sps"] = round(sb3, 1)
