@@ -360,3 +360,19 @@ def test_a_run_is_reproducible_with_the_same_seed(tmp_path) -> None:
     a, b = run("a"), run("b")
     assert a.returns == b.returns and len(a.returns) > 4
     assert a.end_steps == b.end_steps
+
+
+@needs_envpool
+def test_resuming_another_vectors_run_on_envpool_starts_fresh_episodes(tmp_path, capsys) -> None:
+    """A checkpoint of another --vector holds episode starts EnvPool cannot replay: the resumed
+    run says so and starts fresh episodes instead."""
+    settings = dict(env_id=LUNAR, num_envs=2, learning_starts=300, eval_every=0,
+                    solve_episodes=1, eval_episodes=1, eval_envs=1, seed=4, device="cpu",
+                    progress=False, run_dir=str(tmp_path / "r"))
+    train(vector="sync", total_timesteps=600, **settings)
+    assert len(torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["env_starts"]) == 2
+    capsys.readouterr()
+    result = train(vector="envpool", total_timesteps=1200, resume=True, **settings)
+    assert "cannot restart the checkpoint's 2 in-flight episodes" in capsys.readouterr().err
+    assert result.summary["total_env_steps"] == 1200
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["env_starts"] == []
