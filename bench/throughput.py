@@ -7,6 +7,7 @@ Defaults are the canonical configuration of shared/DESIGN.md.
 
     python bench/throughput.py                    # canonical config on the best device
     python bench/throughput.py --vs-sb3 --json out.json
+    python bench/throughput.py --vector sharded,envpool --rounds 3   # vector envs side by side
     python bench/throughput.py --smoke            # seconds; what CI runs
 """
 
@@ -32,12 +33,18 @@ from fastdqn.logger import StageTimer
 from fastdqn.pqn import STAGES as PQN_STAGES
 from fastdqn.trainer import STAGES, resolve_device
 
+VECTORS = ("sharded", "async", "sync", "envpool")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="LunarLander-v3")
     p.add_argument("--num-envs", type=int, default=16)
-    p.add_argument("--vector", default="sharded", choices=["sharded", "async", "sync"])
+    p.add_argument("--vector", default="sharded",
+                   help="vector env: sharded, async, sync or envpool; several, comma-separated "
+                   "(sharded,envpool), are measured in turn in each round of this run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with several --vector: rounds of measuring each in turn (medians)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=128)
@@ -62,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time --algo pqn on its own defaults at the same envs and MLP")
     p.add_argument("--smoke", action="store_true", help="tiny step counts (CI)")
     args = p.parse_args(argv)
+    args.vectors = args.vector.split(",")
+    bad = [v for v in args.vectors if v not in VECTORS]
+    if bad or args.rounds < 1:
+        p.error(f"--vector takes {', '.join(VECTORS)} (comma-separated), got {args.vector}"
+                if bad else "--rounds must be >= 1")
+    if len(args.vectors) > 1 and (args.vs_sb3 or args.vs_pqn or args.profile):
+        p.error("--vs-sb3, --vs-pqn and --profile measure one --vector; pass one")
+    args.vector = args.vectors[0]
     if args.smoke:
         args.steps, args.warmup, args.learning_starts = 2_000, 1_000, 500
     return args
@@ -183,16 +198,8 @@ def profile_loop(args: argparse.Namespace, device: torch.device, out_dir: Path) 
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = resolve_device(args.device)
-    torch.set_num_threads(args.num_threads)
-    figures: dict = {
-        "date": time.strftime("%Y-%m-%d"), "version": __version__, "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
-    }
+def measure(args: argparse.Namespace, device: torch.device) -> dict:
+    """Env-only and training SPS of args.vector, and the training loop's stage breakdown."""
     env_sps = env_only_sps(args)
     with tempfile.TemporaryDirectory() as d:
         train_sps, stages, summary = training_sps(args, device, d)
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as d:
             plain_sps = training_sps(args, device, d, sync=False)[0]
     total = sum(stages.values()) or 1.0
-    figures.update({
+    return {
         "env_only_sps": round(env_sps, 1),
         "train_sps": round(plain_sps, 1),
         "train_sps_synced_timing": round(train_sps, 1),
@@ -209,26 +216,49 @@ def main(argv: list[str] | None = None) -> int:
         "learner_route": summary["learner_route"],
         "stages_us_per_iter": {k: round(v, 1) for k, v in stages.items()},
         "stages_share": {k: round(v / total, 3) for k, v in stages.items()},
-    })
+    }
+
+
+def report(args: argparse.Namespace, fig: dict) -> None:
+    env_sps, plain_sps = fig["env_only_sps"], fig["train_sps"]
+    print(f"  env only (random actions): {env_sps:10,.0f} SPS")
+    print(f"  training loop            : {plain_sps:10,.0f} SPS  "
+          f"({100 * plain_sps / env_sps:.0f}% of env-only); learner: {fig['learner_route']}")
+    print(f"  per-iteration breakdown (device-synced laps, {fig['train_sps_synced_timing']:,.0f} "
+          "SPS while measured):")
+    for k, v in fig["stages_us_per_iter"].items():
+        print(f"    {k:<9} {v:9.1f} us  {100 * fig['stages_share'][k]:5.1f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.num_threads)
+    figures: dict = {
+        "date": time.strftime("%Y-%m-%d"), "version": __version__, "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile", "vectors")},
+    }
     extras = [name for name, on in (("prioritized", args.prioritized), ("dueling", args.dueling),
                                     (f"{args.n_step}-step", args.n_step > 1)) if on]
-    print(f"{args.env}, {args.num_envs} envs ({args.vector}), device {device}, "
+    print(f"{args.env}, {args.num_envs} envs ({', '.join(args.vectors)}), device {device}, "
           f"batch {args.batch_size}, MLP {args.hidden}, {args.gradient_steps} update(s) per "
           f"{args.train_every} transitions, {args.steps:,d} timed steps"
           + (f", {' + '.join(extras)}" if extras else ""))
-    print(f"  env only (random actions): {env_sps:10,.0f} SPS")
-    print(f"  training loop            : {plain_sps:10,.0f} SPS  "
-          f"({100 * plain_sps / env_sps:.0f}% of env-only); learner: {summary['learner_route']}")
-    print(f"  per-iteration breakdown (device-synced laps, {train_sps:,.0f} SPS while measured):")
-    for k, v in stages.items():
-        print(f"    {k:<9} {v:9.1f} us  {100 * v / total:5.1f}%")
+    if len(args.vectors) > 1:
+        return compare_vectors(args, device, figures)
+    fig = measure(args, device)
+    figures.update(fig)
+    report(args, fig)
+    plain_sps = fig["train_sps"]
     if args.vs_pqn:
         with tempfile.TemporaryDirectory() as d:
             pqn = pqn_sps(args, device, d)
         figures["pqn_sps"] = round(pqn, 1)
         figures["pqn_to_dqn_ratio"] = round(pqn / plain_sps, 2)
         print(f"  PQN (--algo pqn defaults): {pqn:10,.0f} SPS  ({pqn / plain_sps:.2f}x DQN's, "
-              f"{100 * pqn / env_sps:.0f}% of env-only)")
+              f"{100 * pqn / fig['env_only_sps']:.0f}% of env-only)")
     if args.vs_sb3:
         sb3 = sb3_sps(args, device)
         figures["sb3_sps"] = round(sb3, 1)
@@ -238,6 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print(profile_loop(args, device, Path(args.profile)))
         figures["profile_dir"] = args.profile
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def compare_vectors(args: argparse.Namespace, device: torch.device, figures: dict) -> int:
+    """Each round measures every vector env in turn (the machine's speed drifts: interleaving
+    keeps the comparison fair); the medians over rounds, and each round's figures."""
+    rounds: dict[str, list[dict]] = {v: [] for v in args.vectors}
+    for r in range(args.rounds):
+        for vector in args.vectors:
+            fig = measure(argparse.Namespace(**{**vars(args), "vector": vector}), device)
+            rounds[vector].append(fig)
+            print(f"round {r + 1}, --vector {vector}: env only {fig['env_only_sps']:,.0f} SPS, "
+                  f"training {fig['train_sps']:,.0f} SPS", flush=True)
+    figures["by_vector"] = {}
+    for vector, figs in rounds.items():
+        median = {k: float(np.median([f[k] for f in figs]))
+                  for k in ("env_only_sps", "train_sps", "train_to_env_ratio")}
+        figures["by_vector"][vector] = {**median, "rounds": figs}
+        print(f"--vector {vector} (median of {len(figs)}):")
+        report(args, {**figs[-1], **median, "train_sps_synced_timing": figs[-1]["train_sps_synced_timing"]})
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -53,10 +53,14 @@ class Config:
     num_envs: int = 16
     """Number of environments stepped in parallel."""
     vector: str = "sharded"
-    """Vector env: sharded (worker processes each stepping a shard of the envs; fastest here),
-    async (gymnasium AsyncVectorEnv, one process per env) or sync (in-process, no overlap)."""
+    """Vector env: sharded (worker processes each stepping a shard of the envs), async
+    (gymnasium AsyncVectorEnv, one process per env), sync (in-process, no overlap) or envpool
+    (EnvPool's C++ envs for the ids it has, e.g. LunarLander-v3 and Atari; pip install -e
+    ".[envpool]"). envpool seeds each env once per run, not each episode, and a resumed run
+    starts fresh episodes; evaluations always play gymnasium's env."""
     num_workers: int = 0
-    """sharded: env worker processes; 0 means one per CPU core beyond the learner's."""
+    """sharded: env worker processes; envpool: EnvPool threads; 0 means one per CPU core beyond
+    the learner's."""
     total_timesteps: int = 500_000
     """Env transitions to train for (summed over all envs)."""
     total_episodes: int = 0
@@ -240,7 +244,7 @@ class Config:
             raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
                               f"a linear policy), got {self.policy_hidden}")
         self._validate_algo_fields()
-        _choice("vector", self.vector, ["sharded", "async", "sync"])
+        _choice("vector", self.vector, ["sharded", "async", "sync", "envpool"])
         _choice("learner", self.learner, ["auto", "reference"])
         if self.n_step < 1:
             raise ConfigError(f"--n-step must be >= 1, got {self.n_step}")

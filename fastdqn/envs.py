@@ -96,11 +96,14 @@ def make_vector_env(
     """A SAME_STEP-autoreset vector env of `num_envs` copies; `factory` overrides gym.make.
 
     Modes: `sharded` (W worker processes, each stepping a shard of the envs), `async`
-    (gymnasium's AsyncVectorEnv, one process per env), `sync` (in-process). `timeout` is how
-    long to wait for a worker's reply before killing the workers (0: forever; not for sync).
-    Every env is wrapped in `EpisodeStart`, so errors name the env and resumes can restart
-    episodes identically.
+    (gymnasium's AsyncVectorEnv, one process per env), `sync` (in-process), `envpool`
+    (EnvPool's C++ envs on `num_workers` threads, envpool_env.py). `timeout` is how long to
+    wait for a worker's reply before killing the workers (0: forever; sharded and async only).
+    Every gymnasium env is wrapped in `EpisodeStart`, so errors name the env and resumes can
+    restart episodes identically.
     """
+    if mode == "envpool":
+        return _envpool_vector_env(env_id, num_envs, factory, num_workers)
     base = factory or env_factory(env_id)
     fns = [_EnvMaker(base, i) for i in range(num_envs)]
     if mode == "sharded":
@@ -114,7 +117,25 @@ def make_vector_env(
                               autoreset_mode=AutoresetMode.SAME_STEP, daemon=True)
     if mode == "sync":
         return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    raise ConfigError(f"--vector must be sharded, async or sync, got {mode!r}")
+    raise ConfigError(f"--vector must be sharded, async, sync or envpool, got {mode!r}")
+
+
+def _envpool_vector_env(env_id: str, num_envs: int, factory: EnvFactory | None,
+                        num_threads: int):
+    """EnvPool's envs for `env_id`, with the spaces and time limit of gymnasium's env (the one
+    the evaluations play)."""
+    from .envpool_env import EnvPoolVectorEnv
+
+    if factory is not None:
+        raise ConfigError("--vector envpool makes EnvPool's own envs, so it cannot use an env "
+                          "factory; drop one of them")
+    probe = env_factory(env_id)()
+    try:
+        limit = probe.spec.max_episode_steps if probe.spec is not None else None
+        return EnvPoolVectorEnv(env_id, num_envs, num_threads or default_workers(num_envs),
+                                probe.observation_space, probe.action_space, limit)
+    finally:
+        probe.close()
 
 
 def default_workers(num_envs: int) -> int:

@@ -359,8 +359,15 @@ class Run:
         return False
 
     def reset_envs(self) -> np.ndarray:
-        """Reset every env: in-flight episodes of a resumed run restart as they began."""
+        """Reset every env: in-flight episodes of a resumed run restart as they began, where
+        the vector env can (EnvPool cannot: its envs start fresh episodes of the TRAIN stream
+        at the resumed step, as they do when the checkpoint holds no starts)."""
         starts = self.ckpt.get("env_starts") if self.ckpt is not None else None
+        if starts and not getattr(self.envs, "restarts_episodes", True):
+            self.logger.message(f"--vector {self.cfg.vector} cannot restart the checkpoint's "
+                                f"{len(starts)} in-flight episodes as they began; they start "
+                                "afresh")
+            starts = None
         if starts and len(starts) == self.cfg.num_envs:
             self.envs.set_attr("restart_from", starts)
             obs, _ = self.envs.reset()

@@ -13,6 +13,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
+from .envpool_env import check_envpool
 from .envs import EnvFactory, bit_generator_class, probe_env
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
@@ -166,6 +167,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         threshold = probe.spec.reward_threshold if probe.spec is not None else None
         probe.close()
     target_return = cfg.target_return if cfg.target_return is not None else threshold
+    if cfg.vector == "envpool":
+        check_envpool(cfg.env_id, obs_space, act_space, custom_factory=env_factory is not None)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +29,24 @@ def test_throughput_smoke_writes_positive_figures(tmp_path) -> None:
         assert stages[stage] > 0, stage
     assert abs(sum(fig["stages_share"].values()) - 1.0) < 0.01
     assert fig["learner_route"].startswith("cpu-fused")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("envpool") is None,
+                    reason='envpool is not installed: pip install -e ".[envpool]"')
+def test_throughput_compares_vector_envs_in_one_run(tmp_path) -> None:
+    out = tmp_path / "tp.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--smoke",
+                        "--env", "CartPole-v1", "--num-envs", "4", "--device", "cpu",
+                        "--vector", "sync,envpool", "--rounds", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())["by_vector"]
+    assert set(fig) == {"sync", "envpool"}
+    for v in fig.values():
+        assert len(v["rounds"]) == 2
+        assert v["env_only_sps"] == pytest.approx(median(x["env_only_sps"] for x in v["rounds"]))
+        assert v["train_sps"] > 0 and v["rounds"][0]["stages_us_per_iter"]["env_wait"] > 0
+    assert "--vector envpool (median of 2)" in r.stdout
 
 
 def test_time_to_solve_smoke_reports_every_field(tmp_path) -> None:

@@ -40,7 +40,7 @@ RULES = [
     *[({name: 0}, f"--{name.replace('_', '-')} must be >= 1") for name in POSITIVE_INTS],
     *[({name: -1}, f"--{name.replace('_', '-')} must be >= 0") for name in NON_NEGATIVE_INTS],
     ({"num_threads": 0}, "--num-threads must be >= 1, got 0"),
-    ({"vector": "foo"}, "--vector must be one of sharded, async, sync, got 'foo'"),
+    ({"vector": "foo"}, "--vector must be one of sharded, async, sync, envpool, got 'foo'"),
     ({"loss": "l1"}, "--loss must be one of huber, mse"),
     ({"exploration": "ucb"}, "--exploration must be one of egreedy, boltzmann"),
     ({"eps_schedule": "cosine"}, "--eps-schedule must be one of linear, exponential, per_episode"),
@@ -94,6 +94,7 @@ def test_valid_devices(device):
     {"gamma": 1.0}, {"tau": 1.0}, {"eps_start": 0.0, "eps_end": 0.0}, {"max_grad_norm": 0.0},
     {"learning_starts": 0, "eval_every": 0, "checkpoint_every": 0, "num_workers": 0},
     {"num_threads": 1}, {"vector": "sharded"}, {"vector": "async"}, {"vector": "sync"},
+    {"vector": "envpool"},
     {"batch_size": 64, "buffer_size": 64}, {"eps_episode_decay": 1.0}, {"hidden": (1,)},
     {"resume": True}, {"overwrite": True}, {"env_timeout": 0.0}, {"env_timeout": 0.5},
     {"save_buffer": True},
@@ -280,7 +281,7 @@ def valid_configs(draw):
     return Config(
         env_id=draw(st.text(max_size=20)),
         num_envs=draw(st.integers(1, 256)),
-        vector=draw(st.sampled_from(["sharded", "async", "sync"])),
+        vector=draw(st.sampled_from(["sharded", "async", "sync", "envpool"])),
         num_workers=draw(st.integers(0, 64)),
         total_timesteps=draw(st.integers(1, 10**9)),
         seed=draw(st.integers(0, 2**31)),
@@ -390,7 +391,7 @@ BREAKERS = {
     "env_timeout": st.floats(max_value=0, exclude_max=True) | st.just(float("inf")),
     "device": st.text(max_size=8).filter(
         lambda d: d not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:(0|[1-9]\d*)", d)),
-    "vector": st.text(max_size=8).filter(lambda v: v not in ("sharded", "async", "sync")),
+    "vector": st.text(max_size=8).filter(lambda v: v not in ("sharded", "async", "sync", "envpool")),
     "hidden": st.lists(st.integers(-5, 0), min_size=1, max_size=3).map(tuple) | st.just(()),
 }
 

@@ -187,7 +187,7 @@ def test_real_next_obs_replaces_only_finished_rows():
 
 
 def test_make_vector_env_unknown_mode():
-    with pytest.raises(ConfigError, match="--vector must be sharded, async or sync, got 'threads'"):
+    with pytest.raises(ConfigError, match="--vector must be sharded, async, sync or envpool, got 'threads'"):
         make_vector_env("x", 2, "threads", factory=make_counting_env)
 
 
