@@ -14,6 +14,7 @@ from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_tem
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envs import EnvFactory, bit_generator_class, probe_env
+from .frames import uses_frame_replay
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
@@ -166,6 +167,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         threshold = probe.spec.reward_threshold if probe.spec is not None else None
         probe.close()
     target_return = cfg.target_return if cfg.target_return is not None else threshold
+    if cfg.algo == "dqn":  # an impossible --frame-replay on is refused before the run dir exists
+        uses_frame_replay(cfg.frame_replay, "custom" if q_network is not None else cfg.network,
+                          obs_space.shape, obs_space.dtype)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:
