@@ -216,9 +216,16 @@ class FrameReplay:
         for j in range(1, ptr.shape[1]):
             d = dup[:, j]
             ptr[d, j] = ptr[d, j - 1]
+        if not len(slots):  # every frame repeats the one before it
+            return
         src = torch.from_numpy(np.ascontiguousarray(stacks[new])).view(-1, *self.frame_shape)
-        self.frames.index_copy_(0, torch.from_numpy(slots).to(self.device),
-                                src.to(self.device))
+        src = src.to(self.device)
+        # slots are usually a run of the ring: a plain copy (index_copy_ of uint8 frames is
+        # ~50x slower on the CPU)
+        if slots[-1] - slots[0] == len(slots) - 1:
+            self.frames[slots[0]:slots[-1] + 1] = src
+        else:
+            self.frames.index_copy_(0, torch.from_numpy(slots).to(self.device), src)
 
     def _take(self, m: int) -> np.ndarray:
         """m free slots, in ring order from the head (growing the store if too few are free);
@@ -273,7 +280,7 @@ class FrameReplay:
         g = np.repeat(self.rows_total + np.arange(n, dtype=np.int64), self.stack)
         np.maximum.at(self.last_row, op.reshape(-1), g)
         np.maximum.at(self.last_row, xp.reshape(-1), g)
-        rows = self.rows(first, n)
+        rows = slice(first, first + n) if first + n <= self.capacity else self.rows(first, n)
         dev = self.device
         self.obs_ptr[rows] = torch.from_numpy(op).to(dev)
         self.next_ptr[rows] = torch.from_numpy(xp).to(dev)
@@ -293,16 +300,15 @@ class FrameReplay:
         return (self._rows[first:first + n] if first + n <= self.capacity
                 else torch.cat([self._rows[first:], self._rows[: first + n - self.capacity]]))
 
-    def _stacks_at(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        ptr = table.index_select(0, idx)
-        return self.frames.index_select(0, ptr.view(-1)).view(len(idx), *self.obs_shape)
-
     def gather(self, idx: torch.Tensor) -> Batch:
         """The transitions at `idx` (a flat index tensor on the buffer's device), their stacks
-        rebuilt from the frame store."""
-        return Batch(self._stacks_at(self.obs_ptr, idx), self.actions.index_select(0, idx),
-                     self.rewards.index_select(0, idx), self._stacks_at(self.next_ptr, idx),
-                     self.dones.index_select(0, idx), self.discounts.index_select(0, idx))
+        rebuilt from the frame store: obs and next_obs in one index_select (1.7x faster than
+        two on the CPU, measured), returned as the two halves of its result."""
+        ptr = torch.cat([self.obs_ptr.index_select(0, idx), self.next_ptr.index_select(0, idx)])
+        obs, next_obs = self.frames.index_select(0, ptr.view(-1)).view(
+            2, len(idx), *self.obs_shape).unbind(0)
+        return Batch(obs, self.actions.index_select(0, idx), self.rewards.index_select(0, idx),
+                     next_obs, self.dones.index_select(0, idx), self.discounts.index_select(0, idx))
 
     def nbytes(self) -> int:
         """Bytes of device storage: the frame store, the pointer tables and the other fields."""
