@@ -10,8 +10,9 @@ keeps each distinct frame once in a frame store and gives each row 2k pointers i
     next_ptr  [R, k]       slots of its next observation (at an episode end: the true final one)
     actions, rewards, dones, discounts  [R], as in ReplayBuffer
 
-`gather(idx)` rebuilds a batch with an index_select per table and per frame field,
-frames[obs_ptr[idx]]: plain torch indexing without a host sync, the same on the CPU and CUDA.
+`gather(idx)` rebuilds a batch with an index_select per pointer table and one into the frame
+store for obs and next_obs together (frames[ptr[idx]]): plain torch indexing without a host
+sync, the same on the CPU and CUDA.
 Every row in [0, size) is valid at all times, so the uniform and prioritized samplers (which
 draw rows in [0, size)) work on it unchanged.
 
@@ -82,6 +83,9 @@ MAX_STACK = 16
 """--frame-replay auto treats a rank-3 uint8 observation as a stack of frames when its first axis
 is at most this long (Atari stacks 4; an image's first axis, channels-last, is its height)."""
 
+Array = np.ndarray | torch.Tensor
+"""Steps come as numpy arrays (from the envs) or tensors (on any device)."""
+
 _FREE = -(2**62)
 """`last_row` / `pinned_until` of a slot that no row or pending stack points to."""
 
@@ -114,7 +118,7 @@ def frame_slots(capacity: int, num_envs: int, stack: int, n_step: int = 1) -> in
     return capacity + num_envs * (stack + n_step + 1) + math.ceil(capacity / START_RESERVE)
 
 
-def _host(x: np.ndarray | torch.Tensor) -> np.ndarray:
+def _host(x: Array) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -166,13 +170,14 @@ class FrameReplay:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add(self, obs, actions, rewards, next_obs, dones, discounts) -> tuple[int, int]:
+    def add(self, obs: Array, actions: Array, rewards: Array, next_obs: Array, dones: Array,
+            discounts: Array) -> tuple[int, int]:
         """Store one vector step of 1-step transitions (arrays or tensors, one row per env);
         returns (first row, n) as ReplayBuffer.add does."""
         obs_ptr, next_ptr = self.stacks(obs, next_obs)
         return self.add_rows(obs_ptr, actions, rewards, next_ptr, dones, discounts)
 
-    def stacks(self, obs, next_obs) -> tuple[np.ndarray, np.ndarray]:
+    def stacks(self, obs: Array, next_obs: Array) -> tuple[np.ndarray, np.ndarray]:
         """Write the new frames of one vector step ([num_envs, k, *frame] each; next_obs holds
         every env's true next observation) and return the slots of each env's obs and next
         stacks ([num_envs, k] int64), valid for rows written within this step (next) or the
@@ -267,7 +272,8 @@ class FrameReplay:
         self.head = old
         self.generation += 1
 
-    def add_rows(self, obs_ptr, actions, rewards, next_ptr, dones, discounts) -> tuple[int, int]:
+    def add_rows(self, obs_ptr: Array, actions: Array, rewards: Array, next_ptr: Array,
+                 dones: Array, discounts: Array) -> tuple[int, int]:
         """Write n rows whose stacks are slots from `stacks` ([n, k] each) at the ring's head,
         wrapping at capacity; returns (first row, n)."""
         op, xp = _host(obs_ptr).astype(np.int64), _host(next_ptr).astype(np.int64)

@@ -12,12 +12,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.wrappers import FrameStackObservation, TimeLimit
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastdqn import ConfigError, train
 from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastdqn.envs import make_vector_env, real_next_obs
 from fastdqn.frames import FrameReplay, check_state, frame_slots, is_frame_stack
 from fastdqn.nstep import NStepWriter
 from fastdqn.prioritized import PrioritizedSampler, TorchPrioritized
@@ -25,6 +26,16 @@ from fastdqn.reference import ReferenceLearner
 from fastdqn.replay import FIELDS, ReplayBuffer
 
 GAMMA = 0.9
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as training uses (--num-threads 1): with two, the copies and small
+    GEMMs of these tests ran up to 100x slower on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class StackedEnvs:
@@ -224,17 +235,8 @@ def test_damaged_checkpoints_are_named_not_loaded():
             {**good, "obs_ptr": good["obs_ptr"] + 10_000})
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread, as training uses: two on a busy 2-core machine are ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("sampler_kind", ["sum-tree", "device"])
-def test_prioritized_learning_on_frames_equals_learning_on_rows(sampler_kind, one_thread):
+def test_prioritized_learning_on_frames_equals_learning_on_rows(sampler_kind):
     """The reference learner with prioritized replay takes the same steps on a FrameReplay as on
     a row buffer holding the same transitions: same priorities, same parameters."""
     rng = np.random.default_rng(3)
@@ -496,3 +498,41 @@ def test_frame_replay_off_and_refusals(tmp_path):
     assert not (tmp_path / "cartpole").exists()
     with pytest.raises(ConfigError, match="--frame-replay applies to --algo dqn only"):
         train(env_id="CartPole-v1", algo="pqn", frame_replay="on", run_dir=str(tmp_path / "p"))
+
+
+def make_breakout() -> gym.Env:
+    """ALE Breakout through gymnasium's own DQN wrappers, cut at 60 agent steps (240 frames)
+    to truncate often."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make("ALE/Breakout-v5", frameskip=1, max_episode_steps=240)
+    return FrameStackObservation(AtariPreprocessing(env, frame_skip=4, noop_max=30), 4)
+
+
+def test_real_atari_frames_through_the_vector_env_equal_a_row_buffer():
+    """Breakout frames (real: static screens between lives repeat frames) from a SAME_STEP
+    vector env, final observations from real_next_obs, the ring wrapped: the same rows as a row
+    buffer, from about one frame per row."""
+    pytest.importorskip("ale_py", reason='needs the atari extra: pip install -e ".[atari]"')
+    envs = make_vector_env("ALE/Breakout-v5", 2, "sync", make_breakout)
+    naive = ReplayBuffer(256, (4, 84, 84), torch.uint8)
+    frames = FrameReplay(256, (4, 84, 84), torch.uint8, num_envs=2)
+    real = np.empty((2, 4, 84, 84), dtype=np.uint8)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ends = 0
+    try:
+        for _ in range(400):
+            actions = rng.integers(0, 4, 2)
+            nxt, rewards, terminated, truncated, infos = envs.step(actions)
+            real_next_obs(nxt, infos, real)
+            naive_add(naive, obs, actions, rewards.astype(np.float32), real, terminated)
+            frames.add(obs, actions, rewards, real, terminated, torch.full((2,), GAMMA))
+            obs = nxt
+            ends += int((terminated | truncated).sum())
+    finally:
+        envs.close()
+    assert ends >= 4
+    assert_same_rows(naive, frames)
+    assert frames.generation == 0 and frames.live_frames() <= 256 + 2 * 4 + ends
