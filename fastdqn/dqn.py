@@ -15,6 +15,8 @@ from .config import Config
 from .envs import EnvFactory, env_factory, real_next_obs
 from .evaluate import Policy
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
+from .frames import FrameReplay, uses_frame_replay
+from .frames import check_state as check_frame_state
 from .learner import Learner
 from .networks import MLP, preprocess
 from .nstep import NStepWriter
@@ -67,6 +69,11 @@ class DQN:
     the learner trains a linear MLP (no hidden layer) on them; the module is reassembled for
     evaluation and checkpoints (`rbf_module`).
 
+    The replay: `ReplayBuffer` (a row of obs and next_obs per transition) or, for stacked
+    frames (--frame-replay, frames.py), `FrameReplay`, which stores each frame once. The flat
+    learner's fused CPU step reads a ReplayBuffer's rows in place, so with frames the MLP
+    trains on the reference route; n-step windows then carry frame pointers, not stacks.
+
     `env_factory` builds the env the RBF scaler is fitted on (default: gym.make(env_id));
     `resuming` skips that fit, the checkpoint holding the scaler.
     """
@@ -83,6 +90,8 @@ class DQN:
         self.custom = self.kind == "custom"
         self.rbf: RBFQNetwork | None = None  # the RBF model's features, on the flat route
         row_shape, row_dtype = self.obs_shape, torch_dtype(obs_space.dtype)
+        self.frames = uses_frame_replay(cfg.frame_replay, self.kind, self.obs_shape,
+                                        obs_space.dtype)
         opts = dict(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, loss=cfg.loss,
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
@@ -97,7 +106,7 @@ class DQN:
                               self.rbf.head.bias.detach()]).cpu()
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
             row_shape, row_dtype = (self.rbf.n_features,), torch.float32
-        elif self.custom or cfg.learner == "reference":
+        elif self.custom or cfg.learner == "reference" or self.frames:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             module = q_network if self.custom else self.net.to_module(init)
             self.learner = ReferenceLearner(module, **opts)
@@ -105,15 +114,21 @@ class DQN:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
         self.row_shape = row_shape
-        self.buffer = ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device)
+        self.buffer: ReplayBuffer | FrameReplay = (
+            FrameReplay(cfg.buffer_size, row_shape, row_dtype, device, n_envs, cfg.n_step)
+            if self.frames else ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device))
         self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(cfg.seed)
         if cfg.prioritized and device.type == "cpu":  # the Numba sum tree
             self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, cfg.seed)
         elif cfg.prioritized:  # priorities on the device: sampled without a host sync
             self.sampler = TorchPrioritized(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, device)
             self.learner.per_generator.manual_seed(cfg.seed + 2)
-        self.nstep = (NStepWriter(cfg.n_step, cfg.gamma, n_envs, row_shape, row_dtype, device)
-                      if cfg.n_step > 1 else None)
+        self.nstep = None
+        if cfg.n_step > 1 and self.frames:  # windows of frame slots, on the host
+            self.nstep = NStepWriter(cfg.n_step, cfg.gamma, n_envs, (self.obs_shape[0],),
+                                     torch.int64, "cpu")
+        elif cfg.n_step > 1:
+            self.nstep = NStepWriter(cfg.n_step, cfg.gamma, n_envs, row_shape, row_dtype, device)
         self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
                                         cfg.eps_decay_steps, cfg.eps_episode_decay)
@@ -127,6 +142,8 @@ class DQN:
         self.stage_done = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
         self.discounts = torch.full((n_envs,), cfg.gamma, dtype=torch.float32, device=device)
         self.real_next = np.empty((n_envs, *self.obs_shape), dtype=obs_space.dtype)
+        # the observation acted on, kept on the host: the frame replay finds its new frames there
+        self.host_obs = np.empty_like(self.real_next) if self.frames else None
         self.eps_dev = torch.empty(n_envs, device=device)
         self.acting_q: ActingQ | None = None
 
@@ -153,6 +170,8 @@ class DQN:
         """Observations as the acting and the replay rows take them: on the device, and
         encoded as RBF features on the flat RBF route."""
         x = self.to_device(obs, stage)
+        if self.host_obs is not None and stage is None:
+            np.copyto(self.host_obs, obs)
         if self.rbf is None:
             return x
         with torch.no_grad():
@@ -192,21 +211,39 @@ class DQN:
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: np.ndarray,
             next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
         """Store the vector step (as n-step rows when n > 1); new rows get the top priority."""
-        next_dev = self.observe(next_obs, self.stage_next)
-        if self.nstep is None:
-            first, n = self.buffer.add(obs, actions, self.to_device(rewards, self.stage_rew),
-                                       next_dev, self.to_device(terminated, self.stage_done),
-                                       self.discounts)
-        else:
-            rows = self.nstep.push(obs, actions.cpu().numpy(), rewards, next_dev, terminated,
-                                   truncated)
-            if not len(rows[0]):
+        if isinstance(self.buffer, FrameReplay):
+            first, n = self.add_frames(actions, rewards, next_obs, terminated, truncated)
+            if not n:
                 return
-            first, n = self.buffer.add(*rows)
+        else:
+            next_dev = self.observe(next_obs, self.stage_next)
+            if self.nstep is None:
+                first, n = self.buffer.add(obs, actions, self.to_device(rewards, self.stage_rew),
+                                           next_dev, self.to_device(terminated, self.stage_done),
+                                           self.discounts)
+            else:
+                rows = self.nstep.push(obs, actions.cpu().numpy(), rewards, next_dev, terminated,
+                                       truncated)
+                if not len(rows[0]):
+                    return
+                first, n = self.buffer.add(*rows)
         if isinstance(self.sampler, PrioritizedSampler):
             self.sampler.on_add((first + np.arange(n)) % self.buffer.capacity)
         elif isinstance(self.sampler, TorchPrioritized):
             self.sampler.on_add(self.buffer.rows(first, n))
+
+    def add_frames(self, actions: torch.Tensor, rewards: np.ndarray, next_obs: np.ndarray,
+                   terminated: np.ndarray, truncated: np.ndarray) -> tuple[int, int]:
+        """The frame replay's add: the step's new frames first (from the host observations),
+        then its rows, or the n-step windows it completes; returns (first row, n rows)."""
+        buf = self.buffer
+        assert isinstance(buf, FrameReplay) and self.host_obs is not None
+        obs_ptr, next_ptr = buf.stacks(self.host_obs, next_obs)
+        if self.nstep is None:
+            return buf.add_rows(obs_ptr, actions, rewards, next_ptr, terminated, self.discounts)
+        rows = self.nstep.push(torch.from_numpy(obs_ptr), actions.cpu().numpy(), rewards,
+                               torch.from_numpy(next_ptr), terminated, truncated)
+        return buf.add_rows(*rows)
 
     # -- what the run needs --------------------------------------------------------------------
 
@@ -258,7 +295,13 @@ class DQN:
         route = self.learner.route(self.device)
         if self.rbf is not None:
             route += f"; its linear head on {self.rbf.n_features} RBF features"
-        return {"learner_steps": self.learner.steps, "learner_route": route,
+        if self.frames and self.kind == "mlp" and self.cfg.learner == "auto":
+            route += "; chosen for the frame replay (the fused route reads a row buffer)"
+        replay = {"kind": "rows"}
+        if isinstance(self.buffer, FrameReplay):
+            replay = {"kind": "frames", "frame_slots": len(self.buffer.frames),
+                      "frame_store_grew": self.buffer.generation}
+        return {"learner_steps": self.learner.steps, "learner_route": route, "replay": replay,
                 "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
                 + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
 
@@ -277,6 +320,7 @@ class DQN:
         if self.rbf is not None:  # the whole model too, as the reference route saves it
             learner["online"] = {k: v.cpu().clone() for k, v in self.rbf_module().state_dict().items()}
         state = {"net": self.net_spec(), "learner": learner,
+                 "replay": "frames" if self.frames else "rows",
                  "rng": {"sampler": self.sampler.get_state(), "act": self.act_gen.get_state(),
                          "per": self.learner.per_generator.get_state()}}
         if with_buffer:
@@ -290,6 +334,12 @@ class DQN:
         if "net" not in ckpt or "learner" not in ckpt:
             raise CheckpointError(f"{path} lacks its network; it is damaged or from another "
                                   "program")
+        # first: the replay decides the learner route, so the learner state's layout too
+        replay = ckpt.get("replay", "rows")  # fastdqn before frame replay: rows
+        if replay != ("frames" if self.frames else "rows"):
+            on = replay == "frames"
+            raise CheckpointError(f"{path} was trained with{'' if on else 'out'} frame replay; "
+                                  f"pass --frame-replay {'on' if on else 'off'} to resume it")
         net = ckpt["net"] if isinstance(ckpt["net"], dict) else {}
         want = self.net_spec()
         if net.get("kind", "mlp") != want["kind"]:
@@ -350,7 +400,12 @@ class DQN:
             raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
                                   f"--buffer-size {self.cfg.buffer_size}; resume with "
                                   f"--buffer-size {saved}")
-        if "buffer" in ckpt:
+        if "buffer" in ckpt and isinstance(self.buffer, FrameReplay):
+            problem = check_frame_state(buffer, self.cfg.buffer_size, self.row_shape,
+                                        self.buffer.obs_dtype)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}; the file is damaged")
+        elif "buffer" in ckpt:
             _check_buffer(path, buffer, self.cfg.buffer_size, self.row_shape)
         rng = ckpt.get("rng", {}).get("sampler")
         if isinstance(rng, dict) != self.cfg.prioritized:

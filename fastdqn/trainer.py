@@ -15,6 +15,7 @@ from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envpool_env import check_envpool
 from .envs import EnvFactory, bit_generator_class, probe_env
+from .frames import uses_frame_replay
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
@@ -169,6 +170,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     target_return = cfg.target_return if cfg.target_return is not None else threshold
     if cfg.vector == "envpool":
         check_envpool(cfg.env_id, obs_space, act_space, custom_factory=env_factory is not None)
+    if cfg.algo == "dqn":  # an impossible --frame-replay on is refused before the run dir exists
+        uses_frame_replay(cfg.frame_replay, "custom" if q_network is not None else cfg.network,
+                          obs_space.shape, obs_space.dtype)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:

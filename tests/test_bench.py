@@ -122,3 +122,18 @@ def test_notebooks_refuses_an_unknown_row() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "notebooks.py"), "--only", "nope"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown row nope" in r.stderr
+
+
+def test_replay_memory_smoke_measures_both_replays(tmp_path) -> None:
+    out = tmp_path / "mem.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "replay_memory.py"), "--capacity",
+                        "2000", "--naive", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    frames, rows = json.loads(out.read_text())
+    assert (frames["replay"], rows["replay"]) == ("frames", "rows")
+    assert frames["store_grew"] == 0 and 2000 <= frames["live_frames"] <= frames["frame_slots"]
+    for fig in (frames, rows):
+        for key in ["replay_rss_gib", "add_us_per_vector_step", "gather_us_batch_32"]:
+            assert fig[key] > 0, key
+    assert frames["tensor_gib"] < frames["row_buffer_tensor_gib"] / 4
