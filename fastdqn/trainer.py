@@ -10,15 +10,19 @@ from pathlib import Path
 
 import torch
 
+from .atari import is_minatar, reports_life_loss
 from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
+from .cnn import architecture, channels_last_of, resolve_network
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envs import EnvFactory, bit_generator_class, probe_env
+from .envs import env_factory as envs_factory
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
 from .reinforce import STAGES as REINFORCE_STAGES
 from .reinforce import Reinforce, train_reinforce
+from .replay import check_replay_fits, torch_dtype
 from .run import (
     Counters,
     Run,
@@ -133,6 +137,36 @@ def _check_env_starts(path: Path, starts: object) -> None:
                                   "bit generator state); the file is damaged or crafted")
 
 
+def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFactory,
+                  custom: bool = False) -> None:
+    """What DQN needs of the env beyond its spaces, refused in one line before the run dir
+    exists: a CNN's image (shape, size, no --hidden), an env that reports life loss for
+    --life-loss-terminal on, and memory for the replay buffer."""
+    kind = "custom" if custom else resolve_network(cfg.network, obs_space)
+    shape = tuple(obs_space.shape)
+    if kind == "cnn":
+        if len(shape) != 3:
+            raise ConfigError(f"--network cnn needs image observations (a Box of rank 3, e.g. "
+                              f"[4, 84, 84] or [10, 10, 4]); {cfg.env_id} has shape {list(shape)}: "
+                              "use --network mlp")
+        if cfg.hidden != Config.hidden:
+            raise ConfigError(f"--hidden sets the MLP's layers, but {cfg.env_id} has image "
+                              "observations, so --network auto trains a CNN whose layers are its "
+                              "architecture's; drop --hidden or pass --network mlp")
+        architecture(shape, channels_last_of(shape, is_minatar(cfg.env_id)))
+    if cfg.life_loss_terminal == "on":
+        env = make_env()
+        try:
+            lives = reports_life_loss(env)
+        finally:
+            env.close()
+        if not lives:
+            raise ConfigError(f"--life-loss-terminal on: {cfg.env_id} does not report life loss "
+                              "(info[\"life_loss\"]); pass --life-loss-terminal off or auto")
+    if kind != "rbf":
+        check_replay_fits(cfg.buffer_size, shape, torch_dtype(obs_space.dtype), device)
+
+
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
           timer: StageTimer | None = None, eval_env_factory: EnvFactory | None = None,
           q_network: torch.nn.Module | None = None, **overrides) -> TrainResult:
@@ -154,7 +188,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     if q_network is not None and cfg.algo != "dqn":
         raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
                           "network (set its layers with --hidden)")
-    if q_network is not None and cfg.network != "mlp":
+    if q_network is not None and cfg.network not in ("auto", "mlp"):
         raise ConfigError(f"q_network is a network of your own, --network {cfg.network} another; "
                           "pass one of them")
     device = resolve_device(cfg.device)
@@ -166,6 +200,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         threshold = probe.spec.reward_threshold if probe.spec is not None else None
         probe.close()
     target_return = cfg.target_return if cfg.target_return is not None else threshold
+    if cfg.algo == "dqn":
+        check_dqn_env(cfg, obs_space, device, env_factory or envs_factory(cfg.env_id),
+                      custom=q_network is not None)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:
