@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError, network_of
 from .cnn import check_state as check_module_state
 from .cnn import cnn_for, resolve_network
 from .config import Config
-from .envs import EnvFactory, env_factory, real_next_obs
+from .envs import EnvFactory, env_factory, life_loss_of, real_next_obs
 from .evaluate import Policy
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
 from .learner import Learner
@@ -215,7 +215,7 @@ class DQN:
         if self.clip_rewards:
             rewards = sign_rewards(rewards)
         if self.life_loss_terminal and infos:
-            lost = infos.get("life_loss")
+            lost = life_loss_of(infos)
             if lost is not None:
                 terminated = terminated | lost
         next_dev = self.observe(next_obs, self.stage_next)

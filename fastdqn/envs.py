@@ -322,6 +322,18 @@ def real_next_obs(next_obs: np.ndarray, infos: dict, out: np.ndarray) -> np.ndar
     return out
 
 
+def life_loss_of(infos: dict) -> np.ndarray | None:
+    """infos["life_loss"] of a vector step, None if the envs do not report it. An env that
+    ended this step (SAME_STEP) has its reset's info in `infos` and its last step's under
+    `final_info`: its value is taken from there, so a life lost on a truncated step counts."""
+    lost = infos.get("life_loss")
+    final = infos.get("final_info")
+    if lost is None or not final or "life_loss" not in final:
+        return lost
+    ended = infos["_final_info"] & final.get("_life_loss", True)
+    return np.where(ended, final["life_loss"], lost)
+
+
 def _shard_worker(trainer_pid: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_names: dict,
                   shapes: dict, lives: bool = False) -> None:
     """Worker process: owns envs [lo, hi), steps them in-process, writes into shared memory
@@ -363,7 +375,8 @@ def _shard_worker(trainer_pid: int, fns_pickled: bytes, lo: int, hi: int, conn, 
                 arrays["terminated"][lo:hi] = term
                 arrays["truncated"][lo:hi] = trunc
                 if lives:
-                    arrays["life_loss"][lo:hi] = infos.get("life_loss", False)
+                    lost = life_loss_of(infos)
+                    arrays["life_loss"][lo:hi] = False if lost is None else lost
                 mask = infos.get("_final_obs")
                 if mask is not None:
                     final = {lo + int(i): infos["final_obs"][i] for i in np.flatnonzero(mask)}

@@ -190,3 +190,6 @@ ENVS = {
 for _name, _cls in ENVS.items():
     if f"FastdqnTest/{_name}" not in gym.registry:
         gym.register(id=f"FastdqnTest/{_name}", entry_point=_cls)
+if "FastdqnTest/LivesTruncated-v0" not in gym.registry:  # truncated on the step a life is lost
+    gym.register(id="FastdqnTest/LivesTruncated-v0", entry_point=LivesEnv,
+                 max_episode_steps=LIVES_LOST_AT[1])

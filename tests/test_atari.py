@@ -15,7 +15,7 @@ from conftest import run_fastdqn
 
 from fastdqn import ConfigError
 from fastdqn.atari import make_env, register, reports_life_loss
-from fastdqn.envs import make_vector_env, probe_env
+from fastdqn.envs import life_loss_of, make_vector_env, probe_env
 
 ale_py = pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
@@ -53,11 +53,12 @@ def test_pipeline_equals_gymnasium_reference_wrappers(vector):
         for _ in range(400):
             actions = rng.integers(4, size=n)
             obs, rew, term, trunc, infos = envs.step(actions)
+            life_loss = life_loss_of(infos)  # an ended env's from its last step, not its reset
             for i, ref in enumerate(refs):
                 o, r, te, tr, _ = ref.step(actions[i])
                 now = ref.unwrapped.ale.lives()
-                assert bool(infos["life_loss"][i]) == (now < lives[i] and not te)
-                lost += bool(infos["life_loss"][i])
+                assert bool(life_loss[i]) == (now < lives[i] and not te)
+                lost += bool(life_loss[i])
                 lives[i] = now
                 assert (rew[i], term[i], trunc[i]) == (r, te, tr)
                 if te or tr:

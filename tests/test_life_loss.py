@@ -118,6 +118,22 @@ def test_a_run_stores_clipped_life_loss_rows_and_reports_raw_score(tmp_path, vec
         assert lives2 == lives - (t2 in LIVES_LOST_AT) or t2 == GAME
 
 
+@pytest.mark.parametrize("vector", ["sharded", "async", "sync"])
+def test_a_life_lost_on_a_truncated_step_is_terminal(tmp_path, vector):
+    """LivesTruncated-v0 hits its time limit on step 6, the step its second life is lost. The
+    vector env hands back the reset's info for that env (SAME_STEP), so the step's life loss
+    must come from final_info: the row ending at t = 6 is terminal, not bootstrapped."""
+    run = tmp_path / "run"
+    train(env_id=scripted_env_id("LivesTruncated-v0"), vector=vector, num_envs=2, num_workers=2,
+          hidden=(8,), batch_size=8, buffer_size=64, learning_starts=16, total_timesteps=24,
+          life_loss_terminal="on", eval_every=0, solve_episodes=1, eval_episodes=1, eval_envs=1,
+          save_buffer=True, progress=False, run_dir=str(run))
+    buf = load_checkpoint(run / "checkpoint.pt")["buffer"]
+    ends = [round(t2) for (t2, _) in buf["next_obs"].tolist()]
+    assert ends.count(6) == 4
+    assert all(d == float(t2 in LIVES_LOST_AT) for d, t2 in zip(buf["dones"].tolist(), ends))
+
+
 def test_without_the_flags_a_non_atari_game_trains_on_raw_rewards(tmp_path):
     run = tmp_path / "run"
     train(env_id=LIVES, vector="sync", num_envs=1, hidden=(8,), batch_size=8, buffer_size=64,
