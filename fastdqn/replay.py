@@ -158,10 +158,12 @@ def check_fits_memory(nbytes: int, device: torch.device, what: str, rows: int) -
     free = available_memory(device)
     if free is None or nbytes <= free:
         return
-    fit = max(1, rows * free // max(nbytes, 1))
+    fit = max(1, rows * free * 4 // 5 // max(nbytes, 1))
+    fit = fit // 1000 * 1000 or fit
     where = "on the GPU" if device.type == "cuda" else "in RAM"
     raise ConfigError(f"{what} needs {nbytes / 1e9:.1f} GB, but only {free / 1e9:.1f} GB is "
-                      f"available {where}; lower --buffer-size (about {fit:,d} rows fit)")
+                      f"available {where}; lower --buffer-size (e.g. {fit:,d} rows take four "
+                      "fifths of it)")
 
 
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
