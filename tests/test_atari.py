@@ -110,3 +110,7 @@ def test_breakout_v5_trains_from_the_cli_with_budget_flags_only(tmp_path):
     assert "cnn 32x8/4-64x4/2-64x3/1, fc 512" in s["learner_route"]
     assert s["final_eval"]["episodes"] == 2 and s["evals"][-1]["kind"] == "final"
     assert s["config"]["clip_rewards"] == "auto" and s["config"]["eval_epsilon"] is None
+    # fastdqn eval rebuilds the CNN and plays the same preprocessed game, epsilon 0.05 as the run
+    out = run_fastdqn("eval", str(run / "best.pt"), "--episodes", "1", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["episodes"] == 1

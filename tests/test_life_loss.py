@@ -18,6 +18,7 @@ from fastdqn.checkpoint import load_checkpoint
 from fastdqn.config import make_config
 from fastdqn.dqn import DQN
 from fastdqn.envs import make_vector_env
+from fastdqn.evaluate import run_episodes
 
 LIVES = scripted_env_id("Lives-v0")
 GAME = len(LIVES_REWARDS)
@@ -172,3 +173,16 @@ def test_scripted_game_is_what_its_constants_say():
         if info["life_loss"]:
             lost.append(t)
     assert total == RAW_RETURN and tuple(lost) == LIVES_LOST_AT and terminated
+
+
+def test_eval_epsilon_draws_each_episodes_actions_from_its_own_seed():
+    """Epsilon-greedy evaluation (Atari's protocol) repeats exactly whatever the number of envs
+    stepped together, and differs from the greedy one."""
+    def always_left(obs):
+        return np.zeros(len(obs), dtype=np.int64)
+
+    one = run_episodes(always_left, "CartPole-v1", 6, seed=11, num_envs=1, epsilon=0.5)
+    four = run_episodes(always_left, "CartPole-v1", 6, seed=11, num_envs=4, epsilon=0.5)
+    greedy = run_episodes(always_left, "CartPole-v1", 6, seed=11, num_envs=4)
+    assert one.returns == four.returns and one.lengths == four.lengths
+    assert greedy.returns != one.returns
