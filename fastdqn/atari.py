@@ -22,8 +22,6 @@ both on for Atari by default), reading the loss of a life from `info["life_loss"
 pressed at reset: the agent learns to press it (Machado et al. add no such step), and
 gymnasium's wrappers have none.
 
-The RAM ids (`ALE/Breakout-ram-v5`) are made as registered, with the life-loss info only.
-
 MinAtar ids (`MinAtar/Breakout-v1`, ...) are minatar's own gymnasium envs: [10, 10, C] bool
 observations, channels last, with minatar's sticky actions (p = 0.1) and no frame stacking.
 """
@@ -95,8 +93,6 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
         return MinAtarSeeding(gym.make(env_id, **kwargs))
     if not is_atari(env_id):
         return gym.make(env_id, **kwargs)
-    if "-ram" in env_name(env_id):  # 128 bytes of RAM, not a screen: nothing to preprocess
-        return LifeLossInfo(gym.make(env_id, **kwargs))
     try:
         from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
         kwargs = {"frameskip": 1, "repeat_action_probability": sticky_probability(env_id),

@@ -148,8 +148,8 @@ class Config:
     per_eps: float = 1e-6
     """Prioritized replay: added to |TD error| so that no row's priority is zero."""
     dueling: bool = False
-    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer
-    (--network mlp only)."""
+    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer (the
+    MLP's, or a CNN's fc layer; not --network rbf)."""
     learner: str = "auto"
     """Learner route: auto (the fastest route that supports the network and options: fused on
     the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
