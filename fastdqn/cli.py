@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env to evaluate on instead of the checkpoint's, e.g. my_module:MyEnv-v0 "
                         "(a module-qualified id is only imported when named here); its spaces "
                         "must fit the network")
+    e.add_argument("--epsilon", type=float, default=None,
+                   help="probability of a uniformly random action at each step (default: the "
+                        "run's --eval-epsilon: 0.05 for Atari ids, 0 otherwise)")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.add_argument("--compare", action="store_true",
                    help="also run a random policy and gymnasium's heuristic controller (LunarLander) "
@@ -221,6 +224,7 @@ def _output(value: str, flag: str, suffixes: list[str]) -> Path:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .atari import eval_epsilon
     from .evaluate import (
         DisplayError,
         compare_policies,
@@ -234,6 +238,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.epsilon is not None and not 0 <= args.epsilon <= 1:
+        raise ConfigError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     if args.plot and not args.compare:
         raise ConfigError("--plot names the --compare histogram; add --compare or drop --plot")
     gif = _output(args.gif, "--gif", ["gif"]) if args.gif else None
@@ -242,6 +248,13 @@ def _eval(args: argparse.Namespace) -> int:
     env_id = args.env if args.env is not None else checkpoint_env(args.checkpoint, ckpt["env"]["id"])
     check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module, env_id)
     seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
+    epsilon = args.epsilon
+    if epsilon is None:  # the run's own; a checkpoint from before --eval-epsilon has none
+        saved = ckpt["config"].get("eval_epsilon")
+        if not (saved is None or (type(saved) in (int, float) and 0 <= saved <= 1)):
+            raise CheckpointError(f"{args.checkpoint}: its eval_epsilon {str(saved)[:20]} is not "
+                                  "a probability; the file is damaged or crafted")
+        epsilon = eval_epsilon(saved, env_id)
     plot = None
     if args.compare:
         from matplotlib.backend_bases import FigureCanvasBase
@@ -251,9 +264,10 @@ def _eval(args: argparse.Namespace) -> int:
                        list(dict.fromkeys(formats)))
     try:
         if args.render:
-            result = render_episodes(policy, env_id, args.episodes, seed)
+            result = render_episodes(policy, env_id, args.episodes, seed, epsilon=epsilon)
         else:
-            result = run_episodes(policy, env_id, args.episodes, seed, args.num_envs)
+            result = run_episodes(policy, env_id, args.episodes, seed, args.num_envs,
+                                  epsilon=epsilon)
     except DisplayError as e:
         raise ConfigError(f"--render: {e.problem}; use --gif FILE to record an episode instead"
                           ) from None
@@ -264,14 +278,14 @@ def _eval(args: argparse.Namespace) -> int:
     comparison = None
     if args.compare:
         comparison = compare_policies(policy, env_id, args.episodes, seed, args.num_envs,
-                                      ckpt["config"].get("target_return"))
+                                      ckpt["config"].get("target_return"), epsilon=epsilon)
         out.update(comparison.to_dict())
         out["success_threshold"] = comparison.threshold
         lines = [comparison.table()]
         if comparison.note:
             (notes if args.json else lines).insert(0, comparison.note)
     if gif is not None:
-        rec = save_gif(policy, env_id, gif, seed)
+        rec = save_gif(policy, env_id, gif, seed, epsilon=epsilon)
         out["gif"] = str(rec.path)
         notes.append(f"wrote {rec.path}: one greedy episode (seed {seed}), {rec.steps} steps, "
                      f"return {rec.episode_return:.2f}, {rec.frames} frames")
@@ -289,13 +303,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:
-    """The checkpoint's network (anything with in_dim and n_actions: an MLP, an RBFQNetwork)
-    must match its env's spaces here (same ids can change shape)."""
+    """The checkpoint's network (anything with in_dim and n_actions: an MLP, an RBFQNetwork, a
+    ConvQNetwork, which must also match the observation's shape) must match its env's spaces
+    here (same ids can change shape)."""
     import numpy as np
 
     from .envs import probe_env
 
     obs_space, act_space, _ = probe_env(env_id)
+    shape = getattr(net, "obs_shape", None)
+    if shape is not None and tuple(shape) != tuple(obs_space.shape):
+        raise CheckpointError(f"{path}: its CNN takes observations of shape {list(shape)}, but "
+                              f"{env_id} has {list(obs_space.shape)}; the checkpoint is from "
+                              "another env")
     in_dim = int(np.prod(obs_space.shape))
     if (net.in_dim, net.n_actions) != (in_dim, int(act_space.n)):
         raise CheckpointError(

@@ -75,13 +75,19 @@ class Config:
     target_return: float | None = None
     """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold."""
 
-    network: str = "mlp"
-    """Q-network: mlp (--hidden layers, ReLU; --dueling) or rbf (linear Q on fixed random
-    Fourier features of the standardized observation, --rbf-features over --rbf-scales; the
-    features are computed as observations arrive and the replay rows hold them, so the fused
-    learner trains the linear head; --learner reference trains the whole module instead)."""
+    network: str = "auto"
+    """Q-network: auto (cnn for image observations, a Box of rank 3 with dtype uint8 or bool;
+    mlp otherwise), mlp (--hidden layers, ReLU; --dueling), cnn (convolutions picked by the
+    image size: the Nature DQN CNN, 3 convolutions and fc 512, for sides >= 36 such as Atari's
+    84x84; MinAtar's, one 3x3 convolution and fc 128, for sides 3 to 35 such as MinAtar's
+    10x10; channels-last images are permuted inside; --dueling; trained on the reference
+    route, the fused learner being MLP-only) or rbf (linear Q on fixed random Fourier features
+    of the standardized observation, --rbf-features over --rbf-scales; the features are
+    computed as observations arrive and the replay rows hold them, so the fused learner trains
+    the linear head; --learner reference trains the whole module instead)."""
     hidden: tuple[int, ...] = (128, 128)
-    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256 (--network mlp only)."""
+    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256 (--network mlp only:
+    a CNN's layers are its architecture's)."""
     rbf_features: int = 400
     """--network rbf: random Fourier features in all, split evenly over --rbf-scales."""
     rbf_scales: tuple[float, ...] = (5.0, 2.0, 1.0, 0.5)
@@ -91,13 +97,25 @@ class Config:
     """--network rbf: steps of uniformly random play whose observations fit the standardization
     (mean, std per value) before training; it is saved in the checkpoint."""
     lr: float = 6.3e-4
-    """Adam learning rate."""
+    """Learning rate (of Adam, or of RMSprop with --optimizer rmsprop)."""
     adam_eps: float = 1e-8
     """Adam epsilon."""
+    optimizer: str = "adam"
+    """dqn: adam, or rmsprop as the MinAtar paper's code sets it (Young & Tian 2019, MinAtar's
+    examples/dqn.py: torch RMSprop, squared-gradient decay alpha 0.95, centered, eps 0.01, no
+    momentum). RMSprop trains on the reference route (the fused learner's step is Adam's)."""
     gamma: float = 0.99
     """Discount factor."""
     loss: str = "huber"
     """TD loss: huber (smooth L1, delta 1) or mse."""
+    clip_rewards: str = "auto"
+    """dqn: clip the rewards stored for training to their sign, -1, 0 or 1 (Mnih et al. 2015):
+    auto (on for Atari ids, ALE/... and ...NoFrameskip-v4), on or off. Episode returns,
+    evaluations and summary.json stay in raw game score."""
+    life_loss_terminal: str = "auto"
+    """dqn: store a step that lost a life (the env's info["life_loss"]) as terminal for the TD
+    target, while the game goes on: auto (on for Atari ids), on (the env must report life
+    loss) or off. Episodes, evaluations and summary.json still end at game over."""
     double_dqn: bool = True
     """Double DQN: the online net picks the next action, the target net values it."""
     max_grad_norm: float = 10.0
@@ -141,8 +159,8 @@ class Config:
     off: one row of obs and next_obs per transition. With it the MLP trains on the reference
     route (the fused CPU route reads a row buffer in place)."""
     dueling: bool = False
-    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer
-    (--network mlp only)."""
+    """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer (the
+    MLP's, or a CNN's fc layer; not --network rbf)."""
     learner: str = "auto"
     """Learner route: auto (the fastest route that supports the network and options: fused on
     the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
@@ -198,6 +216,11 @@ class Config:
     solve_episodes: int = 100
     """Episodes of the confirming evaluation that declares a run solved (and of the final eval);
     at least eval_episodes, since its first episodes are the screening ones."""
+    eval_epsilon: float | None = None
+    """Epsilon of the evaluation episodes' epsilon-greedy actions; none: 0.05 for Atari ids
+    (Mnih et al. 2015's protocol, and CleanRL's: a greedy policy that never presses FIRE stalls
+    Breakout until its 27 000-step limit), 0 (greedy) otherwise. Each episode draws its random
+    actions from its own seed, so evaluations stay reproducible."""
     eval_envs: int = 16
     """Environments stepped together during evaluation."""
     checkpoint_every: int = 50_000
@@ -332,7 +355,18 @@ class Config:
                                       f"--algo {self.algo}; drop it or pass --algo {owner}")
 
     def _validate_network(self) -> None:
-        _choice("network", self.network, ["mlp", "rbf"])
+        _choice("network", self.network, ["auto", "mlp", "cnn", "rbf"])
+        _choice("optimizer", self.optimizer, ["adam", "rmsprop"])
+        if self.optimizer != "adam" and self.adam_eps != Config.adam_eps:
+            raise ConfigError("--adam-eps applies to --optimizer adam (rmsprop's eps is the MinAtar "
+                              "paper's 0.01); drop it or pass --optimizer adam")
+        _choice("clip_rewards", self.clip_rewards, ["auto", "on", "off"])
+        _choice("life_loss_terminal", self.life_loss_terminal, ["auto", "on", "off"])
+        if self.eval_epsilon is not None and not 0 <= self.eval_epsilon <= 1:
+            raise ConfigError(f"--eval-epsilon must be in [0, 1] (or none), got {self.eval_epsilon}")
+        if self.network == "cnn" and self.hidden != Config.hidden:
+            raise ConfigError("--hidden sets the MLP's layers; a CNN's layers are its "
+                              "architecture's (see --network); drop --hidden or pass --network mlp")
         if self.network != "rbf":
             defaults = Config()
             for name in ["rbf_features", "rbf_scales", "rbf_fit_steps"]:
@@ -370,7 +404,8 @@ class Config:
 
 ALGO_ONLY: dict[str, list[str]] = {
     "replay": ["n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer",
-               "network", "rbf_features", "rbf_scales", "rbf_fit_steps", "frame_replay"],
+               "network", "rbf_features", "rbf_scales", "rbf_fit_steps", "frame_replay",
+               "optimizer", "clip_rewards", "life_loss_terminal"],
     "pqn": ["pqn_rollout", "pqn_lambda", "pqn_epochs", "pqn_minibatches", "pqn_anneal_lr"],
     "reinforce": ["policy_hidden", "reinforce_episodes", "reinforce_baseline", "entropy_coef"],
 }
@@ -424,9 +459,11 @@ def coerce(name: str, value: Any) -> Any:
             if any(isinstance(v, bool) for v in value):
                 raise ValueError
             return tuple(float(v) for v in value)
-        if name == "target_return":
+        if name in ("target_return", "eval_epsilon"):
             if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
                 return None
+            if name == "eval_epsilon" and isinstance(value, bool):
+                raise ValueError
             return float(value)
         if isinstance(default, bool):
             if isinstance(value, bool):
@@ -460,7 +497,7 @@ def _type_word(name: str) -> str:
         return "layer sizes like 128,128"
     if name == "rbf_scales":
         return "numbers like 5,2,1,0.5"
-    if name == "target_return":
+    if name in ("target_return", "eval_epsilon"):
         return "a number or none"
     default = {f.name: f.default for f in fields(Config)}[name]
     return {bool: "true or false", int: "an integer", float: "a number", str: "text"}[type(default)]

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atari import auto_on, is_minatar, sign_rewards
 from .checkpoint import CheckpointError, network_of
+from .cnn import check_state as check_module_state
+from .cnn import cnn_for, resolve_network
 from .config import Config
-from .envs import EnvFactory, env_factory, real_next_obs
+from .envs import EnvFactory, env_factory, life_loss_of, real_next_obs
 from .evaluate import Policy
 from .explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
 from .frames import FrameReplay, uses_frame_replay
@@ -44,7 +47,7 @@ def train_dqn(run: Run, agent: DQN) -> None:
         next_obs, rewards, terminated, truncated, infos = envs.step_wait()
         lap("env_wait")
         agent.add(obs, actions, rewards, real_next_obs(next_obs, infos, agent.real_next),
-                  terminated, truncated)
+                  terminated, truncated, infos)
         lap("add")
         obs = agent.observe(next_obs)
         lap("h2d")
@@ -58,11 +61,16 @@ def train_dqn(run: Run, agent: DQN) -> None:
 class DQN:
     """Q-network and learner, replay buffer (+ n-step writer, + priorities), batched acting.
 
-    The network (`kind`): fastdqn's MLP (--network mlp), the RBF-feature linear model
-    (--network rbf, rbf.py) or a module passed in from Python ("custom"). The learner route:
+    The network (`kind`): fastdqn's MLP (--network mlp), a CNN (--network cnn, cnn.py), the
+    RBF-feature linear model (--network rbf, rbf.py) or a module passed in from Python
+    ("custom"); --network auto is cnn on image observations, mlp otherwise. The learner route:
     `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for
     the MLP, dueling or not, and for the RBF model's linear head; `ReferenceLearner` (nn.Module +
-    autograd) for a custom network, and for the others with --learner reference.
+    autograd) for a CNN, a custom network, --optimizer rmsprop, and --learner reference.
+
+    Training-only reward shaping (Atari's protocol, `--clip-rewards`, `--life-loss-terminal`):
+    the rows stored get sign-clipped rewards, and a step whose infos say a life was lost is
+    stored as terminal; the run's episode returns and evaluations never see either.
 
     On the flat route the RBF model is split where it is linear: its fixed features are an
     encoding of each observation as it arrives (`observe`), so the replay rows hold phi(s) and
@@ -86,7 +94,7 @@ class DQN:
         self.obs_shape = tuple(obs_space.shape)
         in_dim = int(np.prod(self.obs_shape))
         self.net = MLP(in_dim, n_actions, tuple(cfg.hidden), cfg.dueling)
-        self.kind = "custom" if q_network is not None else cfg.network
+        self.kind = "custom" if q_network is not None else resolve_network(cfg.network, obs_space)
         self.custom = self.kind == "custom"
         self.rbf: RBFQNetwork | None = None  # the RBF model's features, on the flat route
         row_shape, row_dtype = self.obs_shape, torch_dtype(obs_space.dtype)
@@ -96,9 +104,14 @@ class DQN:
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
                     adam_eps=cfg.adam_eps, device=device)
-        if self.kind == "rbf" and cfg.learner == "reference":
+        reference = cfg.learner == "reference" or cfg.optimizer != "adam"
+        if self.kind == "cnn":
+            module = cnn_for(obs_space, n_actions, cfg.dueling, cfg.seed, is_minatar(cfg.env_id))
+            self.learner: Learner | ReferenceLearner = ReferenceLearner(
+                module, optimizer=cfg.optimizer, **opts)
+        elif self.kind == "rbf" and reference:
             module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
-            self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **opts)
+            self.learner = ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
         elif self.kind == "rbf":
             self.rbf = self.rbf_network(in_dim, n_actions, env_factory, resuming).to(device)
             self.net = MLP(self.rbf.n_features, n_actions, (), False)
@@ -106,10 +119,10 @@ class DQN:
                               self.rbf.head.bias.detach()]).cpu()
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
             row_shape, row_dtype = (self.rbf.n_features,), torch.float32
-        elif self.custom or cfg.learner == "reference" or self.frames:
+        elif self.custom or reference or self.frames:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             module = q_network if self.custom else self.net.to_module(init)
-            self.learner = ReferenceLearner(module, **opts)
+            self.learner = ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
         else:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
@@ -146,6 +159,8 @@ class DQN:
         self.host_obs = np.empty_like(self.real_next) if self.frames else None
         self.eps_dev = torch.empty(n_envs, device=device)
         self.acting_q: ActingQ | None = None
+        self.clip_rewards = auto_on(cfg.clip_rewards, cfg.env_id)
+        self.life_loss_terminal = auto_on(cfg.life_loss_terminal, cfg.env_id)
 
     def rbf_network(self, in_dim: int, n_actions: int, make_env: EnvFactory | None,
                     resuming: bool) -> RBFQNetwork:
@@ -209,8 +224,20 @@ class DQN:
             self.learner.learn(self.buffer, self.sampler, k, cfg.batch_size, beta, lap)
 
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: np.ndarray,
-            next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
-        """Store the vector step (as n-step rows when n > 1); new rows get the top priority."""
+            next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+            infos: dict | None = None) -> None:
+        """Store the vector step (as n-step rows when n > 1); new rows get the top priority.
+
+        With --clip-rewards the rows hold sign(reward); with --life-loss-terminal a step
+        whose `infos["life_loss"]` is set is stored as terminated (no bootstrap, and an n-step
+        window ends there; the frame replay finds its stacks from the frames, so a life loss
+        does not break them). The caller's arrays are not modified."""
+        if self.clip_rewards:
+            rewards = sign_rewards(rewards)
+        if self.life_loss_terminal and infos:
+            lost = life_loss_of(infos)
+            if lost is not None:
+                terminated = terminated | lost
         if isinstance(self.buffer, FrameReplay):
             first, n = self.add_frames(actions, rewards, next_obs, terminated, truncated)
             if not n:
@@ -293,6 +320,9 @@ class DQN:
 
     def summary(self) -> dict:
         route = self.learner.route(self.device)
+        if self.kind == "cnn":
+            route += (f"; {self.learner.online.describe()} (the fused flat learner is MLP-only, so "
+                      "a CNN trains here)")
         if self.rbf is not None:
             route += f"; its linear head on {self.rbf.n_features} RBF features"
         if self.frames and self.kind == "mlp" and self.cfg.learner == "auto":
@@ -308,7 +338,7 @@ class DQN:
     def net_spec(self) -> dict:
         if self.custom:
             return {"kind": "custom", "class": type(self.learner.online).__qualname__}
-        if self.kind == "rbf":
+        if self.kind in ("rbf", "cnn"):
             return (self.rbf or self.learner.online).spec()
         return {"kind": "mlp", "in_dim": self.net.in_dim, "n_actions": self.net.n_actions,
                 "hidden": list(self.net.hidden), "dueling": self.net.dueling}
@@ -369,6 +399,24 @@ class DQN:
                                      "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"),
                                                                       params.shape),
                                      "learner.optimizer.step": (opt.get("step"), ())})
+        learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
+        if isinstance(self.learner, ReferenceLearner):
+            saved = learner.get("optimizer_kind", "adam")
+            if saved != self.learner.optimizer_kind:
+                raise CheckpointError(f"{path} was trained with --optimizer {str(saved)[:20]}; pass "
+                                      f"--optimizer {str(saved)[:20]} to resume it")
+        if want["kind"] == "cnn":
+            if bool(net.get("dueling", False)) != want["dueling"]:
+                flag = "--dueling" if net.get("dueling") else "--no-dueling"
+                raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
+                                      f" a dueling head; pass {flag} to match")
+            if net != want:
+                raise CheckpointError(f"{path} holds another cnn than this run builds for "
+                                      f"{self.cfg.env_id}; it is damaged or from another env")
+            module = self.learner.online
+            check_module_state(path, learner.get("online"), module, "learner.online")
+            check_module_state(path, learner.get("target"), module, "learner.target")
+            _check_optimizer_state(path, learner.get("optimizer"), self.learner.params)
         if want["kind"] == "rbf":
             if (net.get("n_features"), net.get("scales")) != (want["n_features"], want["scales"]):
                 raise CheckpointError(
@@ -432,6 +480,27 @@ class DQN:
             except OldBufferError as e:
                 raise CheckpointError(f"checkpoint.pt {e}; resume it without its buffer "
                                       "(--no-save-buffer) or start a new run") from None
+
+
+def _check_optimizer_state(path: Path, state: object, params: list[torch.Tensor]) -> None:
+    """A module learner's saved optimizer state: per-parameter tensors of the parameter's shape
+    (torch's load_state_dict checks only the counts; a wrong shape would fail mid-training)."""
+    per_param = state.get("state") if isinstance(state, dict) else None
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(per_param, dict) or not isinstance(groups, list):
+        raise CheckpointError(f"{path}: learner.optimizer is not an optimizer state; the file is "
+                              "damaged")
+    for i, slots in per_param.items():
+        if not (type(i) is int and 0 <= i < len(params) and isinstance(slots, dict)):
+            raise CheckpointError(f"{path}: learner.optimizer holds state for parameter {i!r} of "
+                                  f"{len(params)}; the file is damaged")
+        for name, t in slots.items():
+            shape = () if name == "step" else tuple(params[i].shape)
+            if (not isinstance(t, torch.Tensor) or tuple(t.shape) != shape
+                    or not t.is_floating_point() or not bool(torch.isfinite(t).all())):
+                raise CheckpointError(f"{path}: learner.optimizer.state[{i}].{str(name)[:20]} is "
+                                      f"not a finite tensor of shape {list(shape)}; the file is "
+                                      "damaged")
 
 
 def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:

@@ -45,19 +45,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from .atari import FRAME_SKIP, FRAME_STACK, NOOP_MAX, SCREEN_SIZE, sticky_probability
 from .config import ConfigError
 from .envs import EnvError
 
 INSTALL = 'pip install -e ".[envpool]"'
 
-ATARI_NOOP_MAX = 30
-ATARI_FRAME_SKIP = 4
-ATARI_SCREEN_SIZE = 84
-ATARI_FRAME_STACK = 4
 ATARI_MAX_FRAMES = 108_000
 """ale-py's frame limit of an Atari episode (both id families), 27 000 agent steps."""
-ATARI_STICKY_V5 = 0.25
-"""Sticky actions of the v5 ids (Machado et al. 2018); the NoFrameskip-v4 ids have none."""
 
 
 def import_envpool():
@@ -96,13 +91,13 @@ def envpool_task(env_id: str, max_episode_steps: int | None = None) -> tuple[str
         task = f"{game}-v5"
         if task not in atari:
             _refuse(env_id, envpool, atari)
-        sticky = ATARI_STICKY_V5 if env_id.split(":", 1)[-1].startswith("ALE/") else 0.0
-        return task, {"noop_max": ATARI_NOOP_MAX, "frame_skip": ATARI_FRAME_SKIP,
-                      "img_height": ATARI_SCREEN_SIZE, "img_width": ATARI_SCREEN_SIZE,
-                      "gray_scale": True, "stack_num": ATARI_FRAME_STACK,
+        sticky = sticky_probability(env_id)
+        return task, {"noop_max": NOOP_MAX, "frame_skip": FRAME_SKIP,
+                      "img_height": SCREEN_SIZE, "img_width": SCREEN_SIZE,
+                      "gray_scale": True, "stack_num": FRAME_STACK,
                       "repeat_action_probability": sticky, "episodic_life": False,
                       "reward_clip": False, "use_fire_reset": False, "full_action_space": False,
-                      "max_episode_steps": ATARI_MAX_FRAMES // ATARI_FRAME_SKIP}
+                      "max_episode_steps": ATARI_MAX_FRAMES // FRAME_SKIP}
     if env_id in envpool.list_all_envs() and env_id not in atari and env_id in gym.registry:
         if max_episode_steps is None:
             max_episode_steps = gym.spec(env_id).max_episode_steps

@@ -23,6 +23,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.async_vector_env import AsyncState
 
+from .atari import make_env, register, reports_life_loss
 from .config import ConfigError
 
 EnvFactory = Callable[[], gym.Env]
@@ -39,6 +40,7 @@ def check_env_id(env_id: str) -> None:
     themselves on import), so user envs work without code changes to fastdqn.
     """
     name = env_id
+    register(env_id)  # ALE/..., ...NoFrameskip-v4 and MinAtar/... ids: their package's registry
     if ":" in env_id:
         module, name = env_id.split(":", 1)
         try:
@@ -68,8 +70,10 @@ def check_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) -> Non
 
 
 def env_factory(env_id: str, **kwargs) -> EnvFactory:
+    """`gym.make(env_id, **kwargs)` as a factory; Atari ids get their DQN preprocessing
+    (atari.py), and Atari and MinAtar ids their package's registration (in a worker too)."""
     def make() -> gym.Env:
-        return gym.make(env_id, **kwargs)
+        return make_env(env_id, **kwargs)
 
     return make
 
@@ -78,7 +82,9 @@ def probe_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete, float |
     """Build one env to check its spaces; return (obs space, action space, reward threshold)."""
     check_env_id(env_id)
     try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
+    except ConfigError:
+        raise
     except Exception as e:  # construction failures come from arbitrary user env code
         raise ConfigError(f"{env_id} failed to construct: {type(e).__name__}: {e}") from None
     try:
@@ -337,9 +343,22 @@ def real_next_obs(next_obs: np.ndarray, infos: dict, out: np.ndarray) -> np.ndar
     return out
 
 
+def life_loss_of(infos: dict) -> np.ndarray | None:
+    """infos["life_loss"] of a vector step, None if the envs do not report it. An env that
+    ended this step (SAME_STEP) has its reset's info in `infos` and its last step's under
+    `final_info`: its value is taken from there, so a life lost on a truncated step counts."""
+    lost = infos.get("life_loss")
+    final = infos.get("final_info")
+    if lost is None or not final or "life_loss" not in final:
+        return lost
+    ended = infos["_final_info"] & final.get("_life_loss", True)
+    return np.where(ended, final["life_loss"], lost)
+
+
 def _shard_worker(trainer_pid: int, fns_pickled: bytes, lo: int, hi: int, conn, shm_names: dict,
-                  shapes: dict) -> None:
-    """Worker process: owns envs [lo, hi), steps them in-process, writes into shared memory."""
+                  shapes: dict, lives: bool = False) -> None:
+    """Worker process: owns envs [lo, hi), steps them in-process, writes into shared memory
+    (`lives`: the envs report info["life_loss"], copied into its block every step)."""
     import pickle
     from multiprocessing import shared_memory
 
@@ -376,6 +395,9 @@ def _shard_worker(trainer_pid: int, fns_pickled: bytes, lo: int, hi: int, conn, 
                 arrays["rewards"][lo:hi] = rew
                 arrays["terminated"][lo:hi] = term
                 arrays["truncated"][lo:hi] = trunc
+                if lives:
+                    lost = life_loss_of(infos)
+                    arrays["life_loss"][lo:hi] = False if lost is None else lost
                 mask = infos.get("_final_obs")
                 if mask is not None:
                     final = {lo + int(i): infos["final_obs"][i] for i in np.flatnonzero(mask)}
@@ -402,7 +424,8 @@ class ShardedVectorEnv:
     gymnasium's AsyncVectorEnv runs one process per env: on a machine with fewer cores than
     envs the processes fight for the cores and every step pays N pipe round trips. Here every
     step is W small messages and the data moves through shared memory. Same SAME_STEP contract
-    (`final_obs` / `_final_obs` in infos) as the gymnasium vector envs.
+    (`final_obs` / `_final_obs` in infos) as the gymnasium vector envs, and `life_loss` in infos
+    every step when the envs report it (atari.LifeLossInfo), through shared memory too.
     """
 
     def __init__(self, fns: list[EnvFactory], num_workers: int, timeout: float = 0.0) -> None:
@@ -414,6 +437,7 @@ class ShardedVectorEnv:
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
         self.spec = probe.spec
+        self.reports_life_loss = reports_life_loss(probe)
         probe.close()
         self.num_envs = n = len(fns)
         self.timeout = timeout
@@ -421,7 +445,7 @@ class ShardedVectorEnv:
         obs_space = self.single_observation_space
         shapes = {"obs": ((n, *obs_space.shape), obs_space.dtype),
                   "rewards": ((n,), np.float64), "terminated": ((n,), np.bool_),
-                  "truncated": ((n,), np.bool_),
+                  "truncated": ((n,), np.bool_), "life_loss": ((n,), np.bool_),
                   "actions": ((n, *self.single_action_space.shape), self.single_action_space.dtype)}
         self._blocks = {}
         self._arrays = {}
@@ -439,7 +463,8 @@ class ShardedVectorEnv:
             parent, child = ctx.Pipe()
             payload = cloudpickle.dumps(fns[lo:hi])
             p = ctx.Process(target=_shard_worker, args=(os.getpid(), payload, int(lo), int(hi),
-                                                         child, names, shapes), daemon=True)
+                                                         child, names, shapes,
+                                                         self.reports_life_loss), daemon=True)
             p.start()
             child.close()
             self._conns.append(parent)
@@ -527,6 +552,8 @@ class ShardedVectorEnv:
                 final_obs[i] = o
             infos = {"final_obs": final_obs, "_final_obs": mask}
         a = self._arrays
+        if self.reports_life_loss:
+            infos["life_loss"] = a["life_loss"].copy()
         return (a["obs"].copy(), a["rewards"].copy(), a["terminated"].copy(),
                 a["truncated"].copy(), infos)
 

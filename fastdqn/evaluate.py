@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from .atari import make_env as make_game
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
 from .config import ConfigError
 from .networks import MLP, LayerNormQNetwork, preprocess
@@ -102,23 +103,28 @@ class Policy:
 
 def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
                  seed: int, num_envs: int = 16, env_kwargs: dict | None = None,
-                 make_env: Callable[[], gym.Env] | None = None) -> EvalResult:
+                 make_env: Callable[[], gym.Env] | None = None,
+                 epsilon: float = 0.0) -> EvalResult:
     """Play `episodes` episodes, episode j reset with seed+j, `num_envs` stepped together.
 
     Each episode's seed is fixed whatever num_envs is, so a deterministic policy always gets
     the same result: evaluations compare across runs and across evaluation settings.
-    `make_env` builds the envs instead of `gym.make(env_id, **env_kwargs)` (a run trained on
-    its own env factory is evaluated on the same envs).
+    `make_env` builds the envs instead of `gym.make(env_id, **env_kwargs)` (with Atari's
+    preprocessing for Atari ids; a run trained on its own env factory is evaluated on the same
+    envs). With `epsilon` > 0 each action is uniformly random with that probability (Atari's
+    evaluation protocol), drawn from a generator seeded by the episode's seed, so the result
+    still does not depend on num_envs. Returns are the env's raw rewards summed.
     """
     k = max(1, min(num_envs, episodes))
     if make_env is None:
         def make_env() -> gym.Env:
-            return gym.make(env_id, **(env_kwargs or {}))
+            return make_game(env_id, **(env_kwargs or {}))
     envs = [make_env() for _ in range(k)]
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     slot_episode = [-1] * k
     obs: list = [None] * k
+    rngs: list = [None] * k
     next_episode = 0
 
     def start(i: int) -> None:
@@ -126,6 +132,8 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
         if next_episode < episodes:
             slot_episode[i] = next_episode
             obs[i], _ = envs[i].reset(seed=seed + next_episode)
+            if epsilon > 0:
+                rngs[i] = np.random.default_rng(seed + next_episode)
             next_episode += 1
         else:
             slot_episode[i] = -1
@@ -139,7 +147,10 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
                 break
             actions = policy(np.stack([obs[i] for i in active]))
             for j, i in enumerate(active):
-                o, r, terminated, truncated, _ = envs[i].step(actions[j])
+                action = actions[j]
+                if epsilon > 0 and rngs[i].random() < epsilon:
+                    action = rngs[i].integers(envs[i].action_space.n)
+                o, r, terminated, truncated, _ = envs[i].step(action)
                 ep = slot_episode[i]
                 returns[ep] += float(r)
                 lengths[ep] += 1
@@ -180,6 +191,11 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
             from .rbf import module_from_checkpoint
 
             module = module_from_checkpoint(path, state)
+            return Policy(None, None, device, module.to(device).eval()), state
+        if isinstance(spec, dict) and spec.get("kind") == "cnn":
+            from .cnn import module_from_checkpoint as cnn_from_checkpoint
+
+            module = cnn_from_checkpoint(path, state)
             return Policy(None, None, device, module.to(device).eval()), state
         net = network_of(path, spec)
         params = state["learner"]["params"]
@@ -339,13 +355,14 @@ class Comparison:
 
 def compare_policies(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 100,
                      seed: int = 0, num_envs: int = 16, threshold: float | None = None,
-                     env_kwargs: dict | None = None) -> Comparison:
+                     env_kwargs: dict | None = None, epsilon: float = 0.0) -> Comparison:
     """`policy` (as "greedy"), uniformly random actions and, where gymnasium ships one, the env's
     heuristic controller, each on the same episode seeds: what did training buy?
 
-    `threshold` is the return that counts as a success (default: the env's reward threshold).
+    `threshold` is the return that counts as a success (default: the env's reward threshold);
+    `epsilon` is the greedy policy's evaluation epsilon (run_episodes).
     """
-    env = gym.make(env_id, **(env_kwargs or {}))
+    env = make_game(env_id, **(env_kwargs or {}))
     n_actions = int(env.action_space.n)
     env.close()
     policies: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -355,7 +372,8 @@ def compare_policies(policy: Callable[[np.ndarray], np.ndarray], env_id: str, ep
         policies["heuristic"] = HeuristicPolicy(env_id, env_kwargs)
     else:
         note = f"gymnasium has no heuristic controller for {env_id}; comparing greedy and random only"
-    results = {name: run_episodes(p, env_id, episodes, seed, num_envs, env_kwargs)
+    results = {name: run_episodes(p, env_id, episodes, seed, num_envs, env_kwargs,
+                                  epsilon=epsilon if name == "greedy" else 0.0)
                for name, p in policies.items()}
     return Comparison(env_id, seed, success_threshold(env_id, threshold), results, note)
 
@@ -391,31 +409,36 @@ def _render_env(env_id: str, mode: str, env_kwargs: dict | None) -> gym.Env:
         raise ConfigError(f"{env_id} has no {mode} render mode (it has: {', '.join(modes) or 'none'})"
                           ", so it cannot be recorded or shown; evaluate it without --gif/--render")
     try:
-        return gym.make(env_id, render_mode=mode, **(env_kwargs or {}))
+        return make_game(env_id, render_mode=mode, **(env_kwargs or {}))
     except gym.error.DependencyNotInstalled as e:
         raise ConfigError(f"{env_id} cannot render: {e}") from None
 
 
 def save_gif(policy: Callable[[np.ndarray], np.ndarray], env_id: str, path: str | Path,
              seed: int = 0, every: int = 2, fps: float | None = None, scale: float = 0.5,
-             env_kwargs: dict | None = None) -> Recording:
+             env_kwargs: dict | None = None, epsilon: float = 0.0) -> Recording:
     """Record one episode of `policy` (reset with `seed`) as an animated GIF; needs no display.
 
     Only every `every`-th frame is kept, shrunk by `scale`, and played at the env's own speed by
-    default (fps = render_fps / every), which keeps the file small. Written atomically.
+    default (fps = render_fps / every), which keeps the file small. Written atomically. With
+    `epsilon`, actions are random with that probability, drawn as run_episodes draws them.
     """
     from PIL import Image
 
     if every < 1 or not 0 < scale <= 1:
         raise ConfigError(f"save_gif needs every >= 1 and 0 < scale <= 1, got {every} and {scale}")
     env = _render_env(env_id, "rgb_array", env_kwargs)
+    rng = np.random.default_rng(seed)
     frames, total, steps = [], 0.0, 0
     try:
         obs, _ = env.reset(seed=seed)
         frames.append(env.render())
         done = False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(int(policy(np.asarray(obs)[None])[0]))
+            action = int(policy(np.asarray(obs)[None])[0])
+            if epsilon > 0 and rng.random() < epsilon:
+                action = int(rng.integers(env.action_space.n))
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             steps += 1
             done = terminated or truncated
@@ -484,11 +507,13 @@ def open_display() -> None:
 
 
 def render_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
-                    seed: int, env_kwargs: dict | None = None) -> EvalResult:
+                    seed: int, env_kwargs: dict | None = None, epsilon: float = 0.0
+                    ) -> EvalResult:
     """Play `episodes` episodes one at a time in a live window, on the seeds run_episodes uses.
 
-    Episode j is reset with seed + j as in run_episodes, so a deterministic policy scores the
-    same as in the batched evaluation: what you watch is what was measured.
+    Episode j is reset with seed + j as in run_episodes (and the same `epsilon` draws), so a
+    deterministic policy scores the same as in the batched evaluation: what you watch is what
+    was measured.
     """
     open_display()
     _render_env(env_id, "human", env_kwargs).close()
@@ -496,6 +521,7 @@ def render_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, epi
 
     try:
         return run_episodes(policy, env_id, episodes, seed, num_envs=1,
-                            env_kwargs={**(env_kwargs or {}), "render_mode": "human"})
+                            env_kwargs={**(env_kwargs or {}), "render_mode": "human"},
+                            epsilon=epsilon)
     except pygame.error as e:
         raise DisplayError(f"pygame could not open a window ({e})") from None

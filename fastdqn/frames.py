@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError
-from .replay import Batch
+from .replay import ROW_BYTES, Batch, check_fits_memory
 
 START_RESERVE = 32
 """The frame store's spare slots are capacity / START_RESERVE: enough for one reset stack per
@@ -116,6 +116,18 @@ def uses_frame_replay(mode: str, network: str, shape: tuple[int, ...], dtype: np
 def frame_slots(capacity: int, num_envs: int, stack: int, n_step: int = 1) -> int:
     """The frame store's initial size for `capacity` rows (the bound in the module docstring)."""
     return capacity + num_envs * (stack + n_step + 1) + math.ceil(capacity / START_RESERVE)
+
+
+def check_frames_fit(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                     device: torch.device, num_envs: int, n_step: int = 1) -> None:
+    """FrameReplay's memory (the frame store, the two pointer tables and the row fields)
+    against what `device` has free; a one-line ConfigError before anything is allocated."""
+    k, frame = obs_shape[0], int(np.prod(obs_shape[1:]))
+    frame_bytes = frame * torch.empty((), dtype=obs_dtype).element_size()
+    nbytes = (frame_slots(capacity, num_envs, k, n_step) * frame_bytes
+              + capacity * (2 * k * 8 + ROW_BYTES))
+    check_fits_memory(nbytes, device, f"a frame replay of {capacity:,d} rows (frames of "
+                      f"{list(obs_shape[1:])}, each stored once)", capacity)
 
 
 def _host(x: Array) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The reference learner: any `torch.nn.Module` Q-network, autograd, `torch.optim.Adam`.
+"""The reference learner: any `torch.nn.Module` Q-network, autograd, `torch.optim.Adam` (or
+`torch.optim.RMSprop` set as the MinAtar paper's code sets it, `--optimizer rmsprop`).
 
 This is the definition of a DQN update in fastdqn, written as plainly as torch allows. The fast
 routes (the flat-MLP torch ops, the Numba-fused CPU step, the CUDA graphs) are optimizations of
@@ -10,8 +11,8 @@ One update on a batch of rows (s, a, R, s', terminated, discount) with importanc
     y = R + discount * (1 - terminated) * Q_target(s', a*),  a* = argmax_a Q_online(s', a) (double)
                                                                   or argmax_a Q_target(s', a)
     loss = mean_i w_i * l(Q_online(s_i, a_i) - y_i),  l = Huber(delta 1) or squared error
-then the gradient's global norm is clipped, Adam steps, and the target net moves toward the
-online one (tau < 1 every step, or a copy every `target_update_interval` steps).
+then the gradient's global norm is clipped, the optimizer steps, and the target net moves
+toward the online one (tau < 1 every step, or a copy every `target_update_interval` steps).
 """
 
 from __future__ import annotations
@@ -46,12 +47,19 @@ def all_finite(tensors, optimizer: torch.optim.Optimizer) -> bool:
     return bool(ok)
 
 
+RMSPROP = {"alpha": 0.95, "eps": 0.01, "centered": True}
+"""torch.optim.RMSprop's settings in the MinAtar paper's DQN (Young & Tian 2019, MinAtar's
+examples/dqn.py: SQUARED_GRAD_MOMENTUM 0.95, MIN_SQUARED_GRAD 0.01, centered, no momentum)."""
+
+OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop"}
+
+
 class ReferenceLearner:
-    """Online and target copies of a module, its Adam, and `step(batch, weights)`."""
+    """Online and target copies of a module, its optimizer, and `step(batch, weights)`."""
 
     def __init__(self, module: torch.nn.Module, *, lr: float, gamma: float, tau: float,
                  target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
-                 max_grad_norm: float = 10.0, adam_eps: float = 1e-8,
+                 max_grad_norm: float = 10.0, adam_eps: float = 1e-8, optimizer: str = "adam",
                  device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.online = module.to(self.device)
@@ -60,7 +68,12 @@ class ReferenceLearner:
                  if p.requires_grad]
         self.params = [p for p, _ in pairs]
         self.target_params = [t for _, t in pairs]
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer_kind = optimizer
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.Adam(self.params, lr=lr, eps=adam_eps) if optimizer == "adam"
+            else torch.optim.RMSprop(self.params, lr=lr, **RMSPROP))
         self.gamma, self.tau, self.interval = gamma, tau, target_update_interval
         self.loss_kind, self.double, self.max_grad_norm = loss, double_dqn, max_grad_norm
         self.steps = 0
@@ -94,7 +107,7 @@ class ReferenceLearner:
             lap("learn")
 
     def route(self, device: torch.device) -> str:
-        return "reference (nn.Module + autograd + torch.optim.Adam)"
+        return f"reference (nn.Module + autograd + torch.optim.{OPTIMIZERS[self.optimizer_kind]})"
 
     def q_values(self, obs: torch.Tensor) -> torch.Tensor:
         """Online Q-values of a batch of raw observations (no gradient)."""
@@ -150,7 +163,8 @@ class ReferenceLearner:
     def state_dict(self) -> dict:
         return {"online": {k: v.cpu().clone() for k, v in self.online.state_dict().items()},
                 "target": {k: v.cpu().clone() for k, v in self.target.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "steps": self.steps}
+                "optimizer": self.optimizer.state_dict(), "steps": self.steps,
+                "optimizer_kind": self.optimizer_kind}
 
     def load_state_dict(self, state: dict) -> None:
         self.online.load_state_dict(state["online"])

@@ -12,10 +12,13 @@ downstream.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .config import ConfigError
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ReplayBuffer:
                  device: torch.device | str = "cpu") -> None:
         self.capacity = capacity
         self.device = torch.device(device)
+        check_replay_fits(capacity, obs_shape, obs_dtype, self.device)
         self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros(capacity, dtype=torch.int64, device=self.device)
@@ -112,6 +116,54 @@ class ReplayBuffer:
                 raise OldBufferError("holds a fastdqn 0.1 replay buffer (no discounts)")
             getattr(self, name)[:n] = state[name].to(self.device)
         self.pos, self.size = int(state["pos"]), n
+
+
+ROW_BYTES = 8 + 4 + 4 + 4
+"""Bytes of a row besides its observations: action (int64), reward, done, discount (float32)."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` without swapping, or None if unknown:
+    free memory on a CUDA device, MemAvailable of the host otherwise (MPS shares it)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_replay_fits(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                      device: torch.device) -> None:
+    """ReplayBuffer's memory (obs and next_obs stored apart, plus ROW_BYTES a row) against what
+    `device` has free; a one-line ConfigError before anything is allocated otherwise."""
+    obs_bytes = int(np.prod(obs_shape)) * torch.empty((), dtype=obs_dtype).element_size()
+    check_fits_memory(capacity * (2 * obs_bytes + ROW_BYTES), device,
+                      f"a replay buffer of {capacity:,d} rows (obs and next_obs of "
+                      f"{list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)",
+                      capacity)
+
+
+def check_fits_memory(nbytes: int, device: torch.device, what: str, rows: int) -> None:
+    """Refuse, in one line, a preallocation that cannot fit: torch.zeros of more than the
+    machine has may still succeed (pages are only committed when touched) and then kill the run
+    hours later, when the ring fills."""
+    free = available_memory(device)
+    if free is None or nbytes <= free:
+        return
+    fit = max(1, rows * free * 4 // 5 // max(nbytes, 1))
+    fit = fit // 1000 * 1000 or fit
+    where = "on the GPU" if device.type == "cuda" else "in RAM"
+    raise ConfigError(f"{what} needs {nbytes / 1e9:.1f} GB, but only {free / 1e9:.1f} GB is "
+                      f"available {where}; lower --buffer-size (e.g. {fit:,d} rows take four "
+                      "fifths of it)")
 
 
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atari import eval_epsilon
 from .checkpoint import atomic_write_json, save_checkpoint
 from .config import Config, ConfigError
 from .envs import EnvFactory, make_vector_env
@@ -470,10 +471,12 @@ class Run:
         save_checkpoint(self.run_dir / name, state)
 
     def _play(self, episodes: int, first: int) -> EvalResult:
-        """Greedy episodes first .. first+episodes-1 of the SELECT seed stream."""
+        """Greedy (--eval-epsilon: epsilon-greedy) episodes first .. first+episodes-1 of the
+        SELECT seed stream."""
         return run_episodes(self.agent.greedy, self.cfg.env_id, episodes,
                             episode_seed(self.cfg.seed, SELECT, first), self.cfg.eval_envs,
-                            make_env=self.eval_env_factory)
+                            make_env=self.eval_env_factory,
+                            epsilon=eval_epsilon(self.cfg.eval_epsilon, self.cfg.env_id))
 
     def _log_episodes(self) -> None:
         """Write finished episodes to TensorBoard in one batch at log time, not as each one ends

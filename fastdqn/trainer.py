@@ -10,17 +10,21 @@ from pathlib import Path
 
 import torch
 
+from .atari import is_minatar, reports_life_loss
 from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
+from .cnn import architecture, channels_last_of, resolve_network
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envpool_env import check_envpool
 from .envs import EnvFactory, bit_generator_class, probe_env
-from .frames import uses_frame_replay
+from .envs import env_factory as envs_factory
+from .frames import check_frames_fit, uses_frame_replay
 from .logger import StageTimer
 from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
 from .reinforce import STAGES as REINFORCE_STAGES
 from .reinforce import Reinforce, train_reinforce
+from .replay import check_replay_fits, torch_dtype
 from .run import (
     Counters,
     Run,
@@ -135,6 +139,39 @@ def _check_env_starts(path: Path, starts: object) -> None:
                                   "bit generator state); the file is damaged or crafted")
 
 
+def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFactory,
+                  custom: bool = False) -> None:
+    """What DQN needs of the env beyond its spaces, refused in one line before the run dir
+    exists: a CNN's image (shape, size, no --hidden), an env that reports life loss for
+    --life-loss-terminal on, a possible --frame-replay, and memory for the replay."""
+    kind = "custom" if custom else resolve_network(cfg.network, obs_space)
+    shape = tuple(obs_space.shape)
+    if kind == "cnn":
+        if len(shape) != 3:
+            raise ConfigError(f"--network cnn needs image observations (a Box of rank 3, e.g. "
+                              f"[4, 84, 84] or [10, 10, 4]); {cfg.env_id} has shape {list(shape)}: "
+                              "use --network mlp")
+        if cfg.hidden != Config.hidden:
+            raise ConfigError(f"--hidden sets the MLP's layers, but {cfg.env_id} has image "
+                              "observations, so --network auto trains a CNN whose layers are its "
+                              "architecture's; drop --hidden or pass --network mlp")
+        architecture(shape, channels_last_of(shape, is_minatar(cfg.env_id)))
+    if cfg.life_loss_terminal == "on":
+        env = make_env()
+        try:
+            lives = reports_life_loss(env)
+        finally:
+            env.close()
+        if not lives:
+            raise ConfigError(f"--life-loss-terminal on: {cfg.env_id} does not report life loss "
+                              "(info[\"life_loss\"]); pass --life-loss-terminal off or auto")
+    dtype = torch_dtype(obs_space.dtype)
+    if uses_frame_replay(cfg.frame_replay, kind, shape, obs_space.dtype):
+        check_frames_fit(cfg.buffer_size, shape, dtype, device, cfg.num_envs, cfg.n_step)
+    elif kind != "rbf":
+        check_replay_fits(cfg.buffer_size, shape, dtype, device)
+
+
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
           timer: StageTimer | None = None, eval_env_factory: EnvFactory | None = None,
           q_network: torch.nn.Module | None = None, **overrides) -> TrainResult:
@@ -156,7 +193,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     if q_network is not None and cfg.algo != "dqn":
         raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
                           "network (set its layers with --hidden)")
-    if q_network is not None and cfg.network != "mlp":
+    if q_network is not None and cfg.network not in ("auto", "mlp"):
         raise ConfigError(f"q_network is a network of your own, --network {cfg.network} another; "
                           "pass one of them")
     device = resolve_device(cfg.device)
@@ -170,9 +207,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     target_return = cfg.target_return if cfg.target_return is not None else threshold
     if cfg.vector == "envpool":
         check_envpool(cfg.env_id, obs_space, act_space, custom_factory=env_factory is not None)
-    if cfg.algo == "dqn":  # an impossible --frame-replay on is refused before the run dir exists
-        uses_frame_replay(cfg.frame_replay, "custom" if q_network is not None else cfg.network,
-                          obs_space.shape, obs_space.dtype)
+    if cfg.algo == "dqn":
+        check_dqn_env(cfg, obs_space, device, env_factory or envs_factory(cfg.env_id),
+                      custom=q_network is not None)
     run_dir = prepare_run_dir(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
     if ckpt is not None:

@@ -126,6 +126,46 @@ class DictObsEnv(FixedLengthEnv):
             {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)})
 
 
+LIVES_REWARDS = (5.0, -3.0, 0.0, 2.5, -0.5, 7.0, 0.0, 1.0, -9.0)
+"""LivesEnv's raw reward at each step t of a game (whatever the action): the game lasts
+len(LIVES_REWARDS) steps and returns their sum, 3.0 (1.0 once sign-clipped)."""
+LIVES_LOST_AT = (3, 6)
+"""Steps after which LivesEnv has lost a life and the game goes on (3 lives, the last one ends
+the game at step 9)."""
+
+
+class LivesEnv(gym.Env):
+    """A game with lives, like Atari's: obs = [t, lives], the raw rewards LIVES_REWARDS, a life
+    lost after steps 3 and 6 (info["life_loss"] True, the game goes on) and game over after 9.
+    Every step and reset reports info["life_loss"], as atari.LifeLossInfo does."""
+
+    metadata = {"render_modes": []}
+    reports_life_loss = True
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t, self.lives = 0, 3
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t, self.lives], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.lives = 0, 3
+        return self._obs(), {"life_loss": False}
+
+    def step(self, action):
+        reward = LIVES_REWARDS[self.t]
+        self.t += 1
+        lost = self.t in LIVES_LOST_AT
+        self.lives -= lost
+        terminated = self.t == len(LIVES_REWARDS)
+        if terminated:
+            self.lives = 0
+        return self._obs(), reward, terminated, False, {"life_loss": lost}
+
+
 class BrokenEnv(gym.Env):
     """An env whose constructor fails, like one missing a data file."""
 
@@ -144,8 +184,12 @@ ENVS = {
     "TextObs-v0": TextObsEnv,
     "DictObs-v0": DictObsEnv,
     "Broken-v0": BrokenEnv,
+    "Lives-v0": LivesEnv,
 }
 
 for _name, _cls in ENVS.items():
     if f"FastdqnTest/{_name}" not in gym.registry:
         gym.register(id=f"FastdqnTest/{_name}", entry_point=_cls)
+if "FastdqnTest/LivesTruncated-v0" not in gym.registry:  # truncated on the step a life is lost
+    gym.register(id="FastdqnTest/LivesTruncated-v0", entry_point=LivesEnv,
+                 max_episode_steps=LIVES_LOST_AT[1])

@@ -431,7 +431,8 @@ def decode(stacks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 FRAME_RUN = dict(env_id="FrameCounter", env_factory=make_frame_env, vector="sync", num_envs=3,
-                 hidden=(16,), batch_size=8, buffer_size=96, learning_starts=24, gamma=GAMMA,
+                 hidden=(16,), network="mlp", batch_size=8, buffer_size=96, learning_starts=24,
+                 gamma=GAMMA,
                  eval_every=0, solve_episodes=1, eval_envs=1, progress=False, save_buffer=True)
 
 

@@ -309,7 +309,7 @@ def test_total_episodes_stops_at_that_episode(tmp_path) -> None:
     ({"rbf_scales": (float("nan"),)}, "--rbf-scales"),
     ({"rbf_fit_steps": 0}, "--rbf-fit-steps"),
     ({"dueling": True}, "--dueling needs --network mlp"),
-    ({"network": "rbff"}, "--network must be one of mlp, rbf"),
+    ({"network": "rbff"}, "--network must be one of auto, mlp, cnn, rbf"),
 ])
 def test_bad_rbf_settings_name_their_flag(overrides, flag) -> None:
     with pytest.raises(ConfigError, match=flag):
