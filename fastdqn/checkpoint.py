@@ -215,6 +215,18 @@ def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
                               "tensor fastdqn writes; the file is crafted or damaged")
 
 
+def load_online(path: str | os.PathLike, ckpt: dict, module: torch.nn.Module,
+                check_state: Callable[[str | os.PathLike, object, torch.nn.Module, str], None]
+                ) -> torch.nn.Module:
+    """`module` (built from the checkpoint's checked spec) with the checkpoint's online weights,
+    each tensor checked by `check_state` before load_state_dict sees it."""
+    learner = ckpt.get("learner")
+    online = learner.get("online") if isinstance(learner, dict) else None
+    check_state(path, online, module, "learner.online")
+    module.load_state_dict(online)
+    return module
+
+
 def network_of(path: str | os.PathLike, spec: object) -> MLP:
     """The network a checkpoint's "net" entry declares, checked before anything is sized by it.
 

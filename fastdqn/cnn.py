@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .checkpoint import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS, CheckpointError
+from .checkpoint import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS, CheckpointError, load_online
 from .config import ConfigError
 
 NATURE = {"convs": [(32, 8, 4), (64, 4, 2), (64, 3, 1)], "fc": [512]}
@@ -242,13 +242,7 @@ def check_state(path: str | Path, state: object, module: torch.nn.Module, where:
 
 def module_from_checkpoint(path: str | Path, ckpt: dict) -> ConvQNetwork:
     """The trained CNN of a checkpoint (its online copy), validated field by field."""
-    args = check_spec(path, ckpt.get("net"))
-    module = ConvQNetwork(**args)
-    learner = ckpt.get("learner")
-    online = learner.get("online") if isinstance(learner, dict) else None
-    check_state(path, online, module, "learner.online")
-    module.load_state_dict(online)
-    return module
+    return load_online(path, ckpt, ConvQNetwork(**check_spec(path, ckpt.get("net"))), check_state)
 
 
 def resolve_network(network: str, obs_space: gym.Space) -> str:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_online
 from .seeds import FIT, episode_seed
 
 MAX_FEATURES = 2**20
@@ -205,10 +205,4 @@ def check_state(path: str | Path, state: object, module: RBFQNetwork, where: str
 
 def module_from_checkpoint(path: str | Path, ckpt: dict) -> RBFQNetwork:
     """The trained RBF network of a checkpoint (its online copy), validated field by field."""
-    sizes = check_spec(path, ckpt.get("net"))
-    module = RBFQNetwork(**sizes)
-    learner = ckpt.get("learner")
-    online = learner.get("online") if isinstance(learner, dict) else None
-    check_state(path, online, module, "learner.online")
-    module.load_state_dict(online)
-    return module
+    return load_online(path, ckpt, RBFQNetwork(**check_spec(path, ckpt.get("net"))), check_state)
