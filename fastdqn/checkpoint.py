@@ -215,6 +215,24 @@ def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
                               "tensor fastdqn writes; the file is crafted or damaged")
 
 
+def check_module_state(path: str | os.PathLike, state: object, module: torch.nn.Module,
+                       where: str, what: str = "network") -> None:
+    """The tensors of a module in a checkpoint (`where`, e.g. learner.online) must be exactly
+    `module`'s: same names, shapes and dtypes, all finite; load_state_dict would otherwise
+    raise a traceback, or broadcast a wrong shape."""
+    want = module.state_dict()
+    if not isinstance(state, dict) or set(state) != set(want):
+        raise CheckpointError(f"{path}: {where} does not hold the {what}'s tensors "
+                              f"({', '.join(list(want)[:6])}, ...); the file is damaged")
+    for name, t in want.items():
+        got = state[name]
+        if (not isinstance(got, torch.Tensor) or got.shape != t.shape or got.dtype != t.dtype
+                or (got.is_floating_point() and not bool(torch.isfinite(got).all()))):
+            dtype = str(t.dtype).replace("torch.", "")
+            raise CheckpointError(f"{path}: {where}.{name} is not a finite {dtype} tensor of "
+                                  f"shape {list(t.shape)}; the file is damaged")
+
+
 def load_online(path: str | os.PathLike, ckpt: dict, module: torch.nn.Module,
                 check_state: Callable[[str | os.PathLike, object, torch.nn.Module, str], None]
                 ) -> torch.nn.Module:

@@ -34,7 +34,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .checkpoint import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS, CheckpointError, load_online
+from .checkpoint import (
+    MAX_HIDDEN_LAYERS,
+    MAX_NETWORK_PARAMS,
+    CheckpointError,
+    check_module_state,
+    load_online,
+)
 from .config import ConfigError
 
 NATURE = {"convs": [(32, 8, 4), (64, 4, 2), (64, 3, 1)], "fc": [512]}
@@ -226,18 +232,8 @@ def check_spec(path: str | Path, spec: object) -> dict:
 
 
 def check_state(path: str | Path, state: object, module: torch.nn.Module, where: str) -> None:
-    """The tensors of a module in a checkpoint (`where`, e.g. learner.online) must be exactly
-    `module`'s: same names, shapes and dtypes, all finite."""
-    want = module.state_dict()
-    if not isinstance(state, dict) or set(state) != set(want):
-        raise CheckpointError(f"{path}: {where} does not hold the network's tensors "
-                              f"({', '.join(list(want)[:6])}, ...); the file is damaged")
-    for name, t in want.items():
-        got = state[name]
-        if (not isinstance(got, torch.Tensor) or got.shape != t.shape or got.dtype != t.dtype
-                or (got.is_floating_point() and not bool(torch.isfinite(got).all()))):
-            raise CheckpointError(f"{path}: {where}.{name} is not a finite {t.dtype} tensor of "
-                                  f"shape {list(t.shape)}; the file is damaged")
+    """A CNN's tensors in a checkpoint, exactly `module`'s (checkpoint.check_module_state)."""
+    check_module_state(path, state, module, where, "cnn")
 
 
 def module_from_checkpoint(path: str | Path, ckpt: dict) -> ConvQNetwork:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_online
+from .checkpoint import CheckpointError, check_module_state, load_online
 from .seeds import FIT, episode_seed
 
 MAX_FEATURES = 2**20
@@ -187,18 +187,9 @@ def check_spec(path: str | Path, spec: object) -> dict:
 
 def check_state(path: str | Path, state: object, module: RBFQNetwork, where: str) -> None:
     """The module's tensors in a checkpoint (`where`, e.g. learner.online) must be exactly
-    those of `module`: same names, shapes, float32, finite. load_state_dict would otherwise
-    raise a traceback, or a file could smuggle in an std of 0."""
-    want = module.state_dict()
-    if not isinstance(state, dict) or set(state) != set(want):
-        raise CheckpointError(f"{path}: {where} does not hold the rbf network's tensors "
-                              f"({', '.join(want)}); the file is damaged")
-    for name, t in want.items():
-        got = state[name]
-        if (not isinstance(got, torch.Tensor) or got.shape != t.shape
-                or got.dtype != torch.float32 or not bool(torch.isfinite(got).all())):
-            raise CheckpointError(f"{path}: {where}.{name} is not a finite float32 tensor of "
-                                  f"shape {list(t.shape)}; the file is damaged")
+    those of `module` (checkpoint.check_module_state), and its std positive: a file could
+    otherwise smuggle in an std of 0."""
+    check_module_state(path, state, module, where, "rbf network")
     if not bool((state["std"] > 0).all()):
         raise CheckpointError(f"{path}: {where}.std has values <= 0; the file is damaged")
 
