@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from time_to_solve import run_train, show  # bench/ is the script's own folder on sys.path
 
 
 @dataclass(frozen=True)
@@ -75,18 +74,11 @@ def train_args(nb: Notebook, smoke: bool) -> list[str]:
 def run_one(nb: Notebook, seed: int, run_dir: Path, smoke: bool) -> dict:
     """One `fastdqn train` in a fresh process; the row's figures from its summary.json."""
     args = train_args(nb, smoke)
-    cmd = [sys.executable, "-m", "fastdqn", "train", *args, "--seed", str(seed),
-           "--run-dir", str(run_dir), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     row = {**asdict(nb), "seed": seed, "command": "fastdqn train " + " ".join(args)
            + f" --seed {seed}"}
-    summary_file = run_dir / "summary.json"
-    if proc.returncode != 0 or not summary_file.is_file():
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {**row, "error": f"exit {proc.returncode}: {tail}"}
-    s = json.loads(summary_file.read_text())
+    s = run_train(seed, run_dir, args)
+    if "error" in s:
+        return {**row, "error": s["error"]}
     final = s["final_eval"] or {}
     return {**row, "episodes_run": s["episodes"], "env_steps": s["total_env_steps"],
             "wall_time_s": s["wall_time_s"], "sps": s["sps"],
@@ -94,10 +86,6 @@ def run_one(nb: Notebook, seed: int, run_dir: Path, smoke: bool) -> dict:
             "solved": s["solved"], "time_to_solve_s": s["time_to_solve_s"],
             "final_eval_mean": final.get("mean"), "final_eval_std": final.get("std"),
             "best_eval_mean": (s["best_eval"] or {}).get("mean")}
-
-
-def _num(v, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
 
 
 def table(rows: list[dict]) -> str:
@@ -116,7 +104,7 @@ def table(rows: list[dict]) -> str:
                   else f"{r['final_eval_mean']:.1f} ± {r['final_eval_std']:.1f}")
         out.append(f"| {r['system']} | `{r['preset'] or 'defaults'}` | {r['episodes_run']:,d} | "
                    f"{r['env_steps']:,d} | {r['wall_time_s']:.0f} s | "
-                   f"{_num(r['train_mean_return_100'], '.1f')} | {greedy} | {solved} | "
+                   f"{show(r['train_mean_return_100'], '.1f')} | {greedy} | {solved} | "
                    f"{r['reported_result']} | {r['reported_time']} |")
     return "\n".join(out)
 

@@ -65,8 +65,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, (SMOKE_TRAIN_ARGS if args.smoke else []) + extra
 
 
-def train_one(seed: int, run_dir: Path, train_args: list[str]) -> dict:
-    """One `fastdqn train` in a fresh process; its summary.json, or why it failed."""
+def run_train(seed: int, run_dir: Path, train_args: list[str]) -> dict:
+    """One `fastdqn train` in a fresh process (this checkout's fastdqn): its summary.json as a
+    dict, or {"error": "exit N: last line of stderr"}."""
     cmd = [sys.executable, "-m", "fastdqn", "train", "--seed", str(seed), "--run-dir", str(run_dir),
            "--no-progress", *train_args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -75,8 +76,15 @@ def train_one(seed: int, run_dir: Path, train_args: list[str]) -> dict:
     summary_file = run_dir / "summary.json"
     if proc.returncode != 0 or not summary_file.is_file():
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"seed": seed, "error": f"exit {proc.returncode}: {tail}"}
-    s = json.loads(summary_file.read_text())
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(summary_file.read_text())
+
+
+def train_one(seed: int, run_dir: Path, train_args: list[str]) -> dict:
+    """One seed's row: its summary's figures, or why it failed."""
+    s = run_train(seed, run_dir, train_args)
+    if "error" in s:
+        return {"seed": seed, "error": s["error"]}
     return {
         "seed": seed, "solved": s["solved"], "steps_to_solve": s["steps_to_solve"],
         "time_to_solve_s": s["time_to_solve_s"], "wall_time_s": s["wall_time_s"],
