@@ -303,11 +303,11 @@ class DQN:
             return Policy.of_module(self.learner.online, self.device)
         return Policy(self.net, self.flat_params(), self.device)
 
-    def rbf_module(self, flat: torch.Tensor | None = None) -> RBFQNetwork:
-        """The flat route's RBF model as one module: its features and, as the head, the linear
-        MLP of `flat` (default: the online parameters)."""
+    def rbf_module(self) -> RBFQNetwork:
+        """The flat route's RBF model as one module: its features and, as the head, the online
+        parameters of the linear MLP."""
         assert self.rbf is not None
-        (w, b), = self.net.views(self.learner.params if flat is None else flat)
+        (w, b), = self.net.views(self.learner.params)
         with torch.no_grad():
             self.rbf.head.weight.copy_(w)
             self.rbf.head.bias.copy_(b)
@@ -371,6 +371,7 @@ class DQN:
             raise CheckpointError(f"{path} was trained with{'' if on else 'out'} frame replay; "
                                   f"pass --frame-replay {'on' if on else 'off'} to resume it")
         net = ckpt["net"] if isinstance(ckpt["net"], dict) else {}
+        learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
         want = self.net_spec()
         if net.get("kind", "mlp") != want["kind"]:
             raise CheckpointError(f"{path} holds a {net.get('kind', 'mlp')} network, this run a "
@@ -383,23 +384,14 @@ class DQN:
                 flag = "--dueling" if net.get("dueling") else "--no-dueling"
                 raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
                                       f" a dueling head; pass {flag} to match")
-        if want["kind"] == "mlp":
             flat = network_of(path, net)
-            learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
             params = learner.get("params")
             if (not isinstance(params, torch.Tensor) or params.shape != (flat.num_params,)
                     or (flat.in_dim, flat.n_actions) != (self.net.in_dim, self.net.n_actions)):
                 raise CheckpointError(f"{path}: its parameters do not fit its network shape; the "
                                       "file is damaged")
             if isinstance(self.learner, Learner):
-                opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
-                _check_shapes(path, {"learner.target": (learner.get("target"), params.shape),
-                                     "learner.optimizer.exp_avg": (opt.get("exp_avg"),
-                                                                   params.shape),
-                                     "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"),
-                                                                      params.shape),
-                                     "learner.optimizer.step": (opt.get("step"), ())})
-        learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
+                _check_flat_learner(path, learner, params.shape)
         if isinstance(self.learner, ReferenceLearner):
             saved = learner.get("optimizer_kind", "adam")
             if saved != self.learner.optimizer_kind:
@@ -423,7 +415,6 @@ class DQN:
                     f"{path} has {net.get('n_features')} rbf features over scales "
                     f"{net.get('scales')}, not {want['n_features']} over {want['scales']}; "
                     "pass --rbf-features and --rbf-scales to match")
-            learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
             flat = isinstance(learner.get("params"), torch.Tensor)
             if flat != (self.rbf is not None):
                 was, flag = ("the flat", "--learner auto") if flat else ("the reference",
@@ -436,12 +427,8 @@ class DQN:
                 check_state(path, learner.get("target"), self.learner.online, "learner.target")
             else:
                 shape = (self.net.num_params,)
-                opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
-                _check_shapes(path, {"learner.params": (learner["params"], shape),
-                                     "learner.target": (learner.get("target"), shape),
-                                     "learner.optimizer.exp_avg": (opt.get("exp_avg"), shape),
-                                     "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"), shape),
-                                     "learner.optimizer.step": (opt.get("step"), ())})
+                _check_shapes(path, {"learner.params": (learner["params"], shape)})
+                _check_flat_learner(path, learner, shape)
         buffer = ckpt.get("buffer", {})
         saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
         if saved != self.cfg.buffer_size:
@@ -501,6 +488,16 @@ def _check_optimizer_state(path: Path, state: object, params: list[torch.Tensor]
                 raise CheckpointError(f"{path}: learner.optimizer.state[{i}].{str(name)[:20]} is "
                                       f"not a finite tensor of shape {list(shape)}; the file is "
                                       "damaged")
+
+
+def _check_flat_learner(path: Path, learner: dict, shape: tuple) -> None:
+    """The flat learner's target and Adam moments have the parameters' shape, its step count
+    is a scalar."""
+    opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
+    _check_shapes(path, {"learner.target": (learner.get("target"), shape),
+                         "learner.optimizer.exp_avg": (opt.get("exp_avg"), shape),
+                         "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"), shape),
+                         "learner.optimizer.step": (opt.get("step"), ())})
 
 
 def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:
