@@ -213,9 +213,11 @@ class Evaluator:
     """
 
     def __init__(self, cfg: Config, counters: Counters, target_return: float | None,
-                 play: Callable[[int, int], EvalResult], logger: RunLogger) -> None:
+                 play: Callable[[int, int], EvalResult], logger: RunLogger,
+                 elapsed: Callable[[], float]) -> None:
         self.cfg, self.c, self.target, self.play, self.logger = (
             cfg, counters, target_return, play, logger)
+        self.elapsed = elapsed  # the run's wall clock (s), resumed runs included
         self.latest: EvalResult | None = None  # the newest result, with its returns
 
     def due(self) -> bool:
@@ -253,8 +255,8 @@ class Evaluator:
 
     def record(self, result: EvalResult, kind: str) -> dict:
         """An eval's entry in summary.json: what was measured, on how many episodes, which seeds."""
-        entry = {"step": self.c.step, "kind": kind, **result.to_dict(),
-                 "seeds": self.seeds(result.episodes)}
+        entry = {"step": self.c.step, "wall_time_s": round(self.elapsed(), 3),
+                 "kind": kind, **result.to_dict(), "seeds": self.seeds(result.episodes)}
         self.c.evals.append(entry)
         self.latest = result
         self.logger.scalar("eval/mean_return", result.mean, self.c.step)
@@ -321,9 +323,10 @@ class Run:
                                     cfg.num_workers, cfg.env_timeout)
         self.logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                                 purge_step=self.c.step if ckpt is not None else None)
-        self.evaluator = Evaluator(cfg, self.c, target_return, self._play, self.logger)
-        self.signals = Signals()
         self.start = time.perf_counter() - self.c.wall_time
+        self.evaluator = Evaluator(cfg, self.c, target_return, self._play, self.logger,
+                                   lambda: time.perf_counter() - self.start)
+        self.signals = Signals()
         self.window = (time.perf_counter(), self.c.step)
         self.sps = 0.0
         self.logged_episodes = self.c.episodes

@@ -42,7 +42,7 @@ def evaluator(returns: list[float], target: float | None = 100.0, **cfg):
     c = Counters(next_eval=10)
     play = Script(returns)
     config = Config(eval_every=10, eval_episodes=2, solve_episodes=4, **cfg)
-    return Evaluator(config, c, target, play, FakeLogger()), c, play
+    return Evaluator(config, c, target, play, FakeLogger(), lambda: 1.5), c, play
 
 
 def test_screening_below_the_target_plays_only_the_screening_episodes():

@@ -61,6 +61,8 @@ def test_every_evaluation_records_its_episodes_and_seeds_and_writes_checkpoint_p
     evals = result.summary["evals"]
     assert [(e["step"], e["kind"], e["episodes"]) for e in evals] == [
         (16, "screen", 2), (32, "screen", 2), (40, "final", 3)]
+    walls = [e["wall_time_s"] for e in evals]  # the run's clock at each, for curves vs time
+    assert 0 < walls[0] <= walls[1] <= walls[2] <= result.summary["wall_time_s"]
     for e in evals:
         assert e["seeds"] == {"stream": "select", "first": episode_seed(1, SELECT),
                               "count": e["episodes"]}
