@@ -237,8 +237,10 @@ class Config:
     num_threads: int = 1
     """torch CPU threads for the learner (1 is fastest for DQN-sized nets: measured)."""
     cuda_graphs: bool = True
-    """On a CUDA device, replay the act step and the K learner steps as CUDA graphs (no effect
-    elsewhere: the CPU uses its numba-fused step, MPS plain torch ops)."""
+    """On a CUDA device, replay the MLP's act step and K learner steps as CUDA graphs, and a
+    CNN's whole update as one (any module learner's but --learner reference's and a network
+    passed from Python); each graph is checked against the eager step on first use. No effect
+    elsewhere: the CPU uses its numba-fused step, MPS plain torch ops."""
     progress: bool = True
     """Show the console progress line."""
     resume: bool = False

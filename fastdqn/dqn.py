@@ -66,7 +66,8 @@ class DQN:
     ("custom"); --network auto is cnn on image observations, mlp otherwise. The learner route:
     `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for
     the MLP, dueling or not, and for the RBF model's linear head; `ReferenceLearner` (nn.Module +
-    autograd) for a CNN, a custom network, --optimizer rmsprop, and --learner reference.
+    autograd; its update as a CUDA graph on CUDA, graphed_update.py) for a CNN, a custom
+    network, --optimizer rmsprop, and --learner reference (never graphed: it is the reference).
 
     Training-only reward shaping (Atari's protocol, `--clip-rewards`, `--life-loss-terminal`):
     the rows stored get sign-clipped rewards, and a step whose infos say a life was lost is
@@ -105,13 +106,16 @@ class DQN:
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
                     adam_eps=cfg.adam_eps, device=device)
         reference = cfg.learner == "reference" or cfg.optimizer != "adam"
+        # The module route runs under CUDA graphs unless the user asked for the plain reference
+        # or brought their own module (whose forward fastdqn cannot promise is capturable).
+        module_opts = dict(optimizer=cfg.optimizer, **opts, cuda_graphs=(
+            cfg.cuda_graphs and cfg.learner != "reference" and q_network is None))
         if self.kind == "cnn":
             module = cnn_for(obs_space, n_actions, cfg.dueling, cfg.seed, is_minatar(cfg.env_id))
-            self.learner: Learner | ReferenceLearner = ReferenceLearner(
-                module, optimizer=cfg.optimizer, **opts)
+            self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **module_opts)
         elif self.kind == "rbf" and reference:
             module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
-            self.learner = ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
+            self.learner = ReferenceLearner(module, **module_opts)
         elif self.kind == "rbf":
             self.rbf = self.rbf_network(in_dim, n_actions, env_factory, resuming).to(device)
             self.net = MLP(self.rbf.n_features, n_actions, (), False)
@@ -122,7 +126,7 @@ class DQN:
         elif self.custom or reference or self.frames:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             module = q_network if self.custom else self.net.to_module(init)
-            self.learner = ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
+            self.learner = ReferenceLearner(module, **module_opts)
         else:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
             self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)

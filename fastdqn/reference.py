@@ -3,7 +3,8 @@
 
 This is the definition of a DQN update in fastdqn, written as plainly as torch allows. The fast
 routes (the flat-MLP torch ops, the Numba-fused CPU step, the CUDA graphs) are optimizations of
-it for the networks they support, and the tests check each against it for every combination of
+it for the networks they support (on CUDA this route's own `update` runs as a CUDA graph,
+graphed_update.py), and the tests check each against it for every combination of
 options. It is also the route for networks users pass in from Python, and for any option a fast
 route does not support.
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .graphed_update import GraphedUpdates
 from .networks import preprocess
 from .prioritized import PrioritizedSampler, TorchPrioritized
 from .replay import Batch, ReplayBuffer
@@ -60,7 +62,7 @@ class ReferenceLearner:
     def __init__(self, module: torch.nn.Module, *, lr: float, gamma: float, tau: float,
                  target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
                  max_grad_norm: float = 10.0, adam_eps: float = 1e-8, optimizer: str = "adam",
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", cuda_graphs: bool = False) -> None:
         self.device = torch.device(device)
         self.online = module.to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
@@ -71,9 +73,14 @@ class ReferenceLearner:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.optimizer_kind = optimizer
+        # A CUDA graph can capture the optimizer step only with its step count on the device.
+        capturable = cuda_graphs and self.device.type == "cuda"
         self.optimizer: torch.optim.Optimizer = (
-            torch.optim.Adam(self.params, lr=lr, eps=adam_eps) if optimizer == "adam"
-            else torch.optim.RMSprop(self.params, lr=lr, **RMSPROP))
+            torch.optim.Adam(self.params, lr=lr, eps=adam_eps, capturable=capturable)
+            if optimizer == "adam"
+            else torch.optim.RMSprop(self.params, lr=lr, capturable=capturable, **RMSPROP))
+        self.settings = [{k: v for k, v in g.items() if k != "params"}
+                         for g in self.optimizer.param_groups]
         self.gamma, self.tau, self.interval = gamma, tau, target_update_interval
         self.loss_kind, self.double, self.max_grad_norm = loss, double_dqn, max_grad_norm
         self.steps = 0
@@ -81,6 +88,8 @@ class ReferenceLearner:
         self.q_sum = torch.zeros((), device=self.device)
         self.stat_count = 0
         self.per_generator = torch.Generator(self.device).manual_seed(0)
+        self.fallbacks: list[str] = []
+        self.graphs: GraphedUpdates | None = (GraphedUpdates(self) if capturable else None)
 
     def learn(self, buffer: ReplayBuffer, sampler, k: int, batch_size: int, beta: float = 1.0,
               lap: Callable[[str], None] = _no_lap) -> None:
@@ -107,7 +116,11 @@ class ReferenceLearner:
             lap("learn")
 
     def route(self, device: torch.device) -> str:
-        return f"reference (nn.Module + autograd + torch.optim.{OPTIMIZERS[self.optimizer_kind]})"
+        what = f"nn.Module + autograd + torch.optim.{OPTIMIZERS[self.optimizer_kind]}"
+        if self.graphs is not None:
+            return f"reference under CUDA graphs ({what})"
+        fell = [f for f in self.fallbacks if f.startswith("learner cuda-graphs")]
+        return f"reference ({what}" + (f"; {fell[0]}" if fell else "") + ")"
 
     def q_values(self, obs: torch.Tensor) -> torch.Tensor:
         """Online Q-values of a batch of raw observations (no gradient)."""
@@ -116,6 +129,18 @@ class ReferenceLearner:
 
     def step(self, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
         """One update on `batch`; returns |TD error| per row (the new PER priorities)."""
+        td = self.graphs(batch, weights) if self.graphs is not None else None
+        if td is None:
+            td = self.update(batch, weights)
+        self.steps += 1
+        if self.steps % self.interval == 0:
+            self.update_target()
+        self.stat_count += 1
+        return td
+
+    def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor:
+        """The device work of a step (the target's periodic update aside), with no host sync:
+        what a CUDA graph captures. Returns |TD error| per row."""
         x, x_next = preprocess(batch.obs), preprocess(batch.next_obs)
         q_a = self.online(x).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
         with torch.no_grad():
@@ -131,13 +156,9 @@ class ReferenceLearner:
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
-        self.steps += 1
-        if self.steps % self.interval == 0:
-            self.update_target()
         with torch.no_grad():
             self.loss_sum += loss.detach()
             self.q_sum += q_a.detach().mean()
-        self.stat_count += 1
         return (q_a.detach() - y).abs()
 
     @torch.no_grad()
@@ -163,11 +184,51 @@ class ReferenceLearner:
     def state_dict(self) -> dict:
         return {"online": {k: v.cpu().clone() for k, v in self.online.state_dict().items()},
                 "target": {k: v.cpu().clone() for k, v in self.target.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "steps": self.steps,
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "steps": self.steps,
                 "optimizer_kind": self.optimizer_kind}
 
     def load_state_dict(self, state: dict) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.keep_own_settings()
         self.steps = int(state["steps"])
+        if self.graphs is not None:  # the optimizer's state tensors are new: capture again
+            self.graphs = GraphedUpdates(self)
+
+    @torch.no_grad()
+    def keep_own_settings(self) -> None:
+        """Put this run's optimizer settings back after a load: the file's param_groups hold
+        another run's lr, eps and code paths (capturable, foreach), which are data here, not
+        orders; the step count goes where this run's setting keeps it."""
+        for group, mine in zip(self.optimizer.param_groups, self.settings):
+            group.update(mine)
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")):
+                    where = p.device if mine["capturable"] else torch.device("cpu")
+                    state["step"] = state["step"].to(where, torch.float32)
+
+    @torch.no_grad()
+    def live_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor a step changes (parameters, gradients, optimizer state, stats)."""
+        state = {f"online.{i}": p for i, p in enumerate(self.params)}
+        state.update({f"target.{i}": t for i, t in enumerate(self.target_params)})
+        state.update({f"grad.{i}": p.grad for i, p in enumerate(self.params)
+                      if p.grad is not None})
+        for i, p in enumerate(self.params):
+            for name, v in self.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    state[f"optimizer.{i}.{name}"] = v
+        state.update(loss_sum=self.loss_sum, q_sum=self.q_sum)
+        return state
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of `live_state` (on the device, no host sync)."""
+        return {k: v.detach().clone() for k, v in self.live_state().items()}
+
+    @torch.no_grad()
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        """Back to a `snapshot`, in place: a captured graph keeps pointing at the same storage."""
+        for k, v in self.live_state().items():
+            v.copy_(snap[k])
