@@ -195,6 +195,9 @@ def _train(args: argparse.Namespace) -> int:
               if s["solved"] else "not solved")
     fe = s["final_eval"]
     evals = f"; eval {fe['mean']:.1f} ± {fe['std']:.1f} ({fe['episodes']} episodes)" if fe else ""
+    if s.get("stopped"):
+        return _fail(f"{s['stopped']}; stopped at {s['total_env_steps']:,d} steps, "
+                     f"{_kept(cfg)}", 1)
     if result.signal is not None:
         sys.stderr.write(f"interrupted at {s['total_env_steps']:,d} steps; checkpoint saved. "
                          f"Resume with: {_resume_command(result.run_dir, cfg.env_id)}\n")

@@ -232,6 +232,29 @@ class Config:
     env_timeout: float = 60.0
     """Seconds to wait for an env worker's reply before declaring it hung and killing it;
     0 waits forever (sharded and async vector envs)."""
+    actors: int = 0
+    """Ape-X (Horgan et al. 2018) on Ray: this many actors, each stepping its own --num-envs
+    envs with its own fixed epsilon, feeding prioritized replay (always on) and this process's
+    learner; 0: one machine, as usual. Needs pip install -e ".[ray]"."""
+    ray_address: str = ""
+    """Ape-X: the Ray cluster to join (what `ray start --head` prints, e.g. 10.0.0.1:6379);
+    empty: a local Ray started and shut down by fastdqn."""
+    weight_sync_every: int = 400
+    """Ape-X: learner steps between weight publications; each actor loads the newest weights
+    with its next block request."""
+    actor_block: int = 32
+    """Ape-X: vector steps an actor plays per block it ships (a block holds about
+    actor_block x num_envs rows)."""
+    actor_epsilon: float = 0.4
+    """Ape-X: actor i explores with actor_epsilon ** (1 + actor_alpha * i / (actors - 1))."""
+    actor_alpha: float = 7.0
+    """Ape-X: the exponent's spread over actors (see actor_epsilon)."""
+    actor_restarts: int = 3
+    """Ape-X: times Ray restarts each actor whose process or node dies; past actors x this many
+    losses the run stops (checkpoint written)."""
+    actor_timeout: float = 120.0
+    """Ape-X: seconds without a block from any actor before the run stops (checkpoint written):
+    the learner never waits forever."""
     log_every: int = 2_000
     """Env steps between TensorBoard scalar writes (the only host syncs of device values)."""
     num_threads: int = 1
@@ -276,6 +299,7 @@ class Config:
             raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
                               f"a linear policy), got {self.policy_hidden}")
         self._validate_algo_fields()
+        self._validate_apex()
         _choice("vector", self.vector, ["sharded", "async", "sync", "envpool"])
         _choice("learner", self.learner, ["auto", "reference"])
         _choice("frame_replay", self.frame_replay, ["auto", "on", "off"])
@@ -356,6 +380,49 @@ class Config:
                     raise ConfigError(f"--{_flag(name)} applies to --algo {owner} only, not "
                                       f"--algo {self.algo}; drop it or pass --algo {owner}")
 
+    def _validate_apex(self) -> None:
+        """--actors replaces the single-machine exploration schedule and vector-env loop; its
+        own settings without --actors, and the settings it replaces with it, are refused."""
+        from .apex import MAX_ACTORS
+
+        if not 0 <= self.actors <= MAX_ACTORS:
+            raise ConfigError(f"--actors must be in 0..{MAX_ACTORS}, got {self.actors}")
+        defaults = Config()
+        own = ["ray_address", "weight_sync_every", "actor_block", "actor_epsilon", "actor_alpha",
+               "actor_restarts", "actor_timeout"]
+        if not self.actors:
+            for name in own:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ConfigError(f"--{_flag(name)} applies to Ape-X runs only; drop it or "
+                                      "pass --actors K")
+            return
+        for name in ["weight_sync_every", "actor_block"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.actor_restarts < 0:
+            raise ConfigError(f"--actor-restarts must be >= 0, got {self.actor_restarts}")
+        if not 0 < self.actor_timeout < float("inf"):
+            raise ConfigError(f"--actor-timeout must be a number of seconds > 0, got "
+                              f"{self.actor_timeout}")
+        if not 0 <= self.actor_epsilon <= 1:
+            raise ConfigError(f"--actor-epsilon must be in [0, 1], got {self.actor_epsilon}")
+        if not 0 <= self.actor_alpha < float("inf"):
+            raise ConfigError(f"--actor-alpha must be a number >= 0, got {self.actor_alpha}")
+        for name in ["eps_schedule", "eps_start", "eps_end", "eps_decay_steps",
+                     "eps_episode_decay", "exploration", "temperature"]:
+            if getattr(self, name) != getattr(defaults, name):
+                raise ConfigError(f"--{_flag(name)} sets one machine's exploration; Ape-X actors "
+                                  "each keep their own epsilon (--actor-epsilon, --actor-alpha): "
+                                  f"drop it or drop --actors")
+        if self.total_episodes:
+            raise ConfigError("--total-episodes counts one machine's episodes; with --actors "
+                              "budget in --total-timesteps")
+        rows = self.actor_block * self.num_envs * self.n_step
+        if rows > self.buffer_size:
+            raise ConfigError(f"an actor's block (--actor-block {self.actor_block} x --num-envs "
+                              f"{self.num_envs}, up to {rows} rows with n-step) exceeds --buffer-size "
+                              f"{self.buffer_size}; lower --actor-block or raise --buffer-size")
+
     def _validate_network(self) -> None:
         _choice("network", self.network, ["auto", "mlp", "cnn", "rbf"])
         _choice("optimizer", self.optimizer, ["adam", "rmsprop"])
@@ -405,7 +472,7 @@ class Config:
 
 
 ALGO_ONLY: dict[str, list[str]] = {
-    "replay": ["n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer",
+    "replay": ["actors", "n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer",
                "network", "rbf_features", "rbf_scales", "rbf_fit_steps", "frame_replay",
                "optimizer", "clip_rewards", "life_loss_terminal"],
     "pqn": ["pqn_rollout", "pqn_lambda", "pqn_epochs", "pqn_minibatches", "pqn_anneal_lr"],

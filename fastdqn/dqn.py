@@ -5,6 +5,7 @@ is `run.Run`'s; this file is what DQN adds to it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,21 @@ def train_dqn(run: Run, agent: DQN) -> None:
         if run.maybe_evaluate():
             break
         run.maybe_checkpoint()
+
+
+def training_signal(rewards: np.ndarray, terminated: np.ndarray, infos: dict | None,
+                    clip_rewards: bool, life_loss_terminal: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """What the replay stores of a vector step's rewards and terminations: sign-clipped with
+    --clip-rewards, and terminal where `infos` says a life was lost with --life-loss-terminal
+    (new arrays; the episode statistics keep the raw ones)."""
+    if clip_rewards:
+        rewards = sign_rewards(rewards)
+    if life_loss_terminal and infos:
+        lost = life_loss_of(infos)
+        if lost is not None:
+            terminated = terminated | lost
+    return rewards, terminated
 
 
 class DQN:
@@ -135,9 +151,10 @@ class DQN:
             FrameReplay(cfg.buffer_size, row_shape, row_dtype, device, n_envs, cfg.n_step)
             if self.frames else ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device))
         self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(cfg.seed)
-        if cfg.prioritized and device.type == "cpu":  # the Numba sum tree
+        self.prioritized = cfg.prioritized or cfg.actors > 0  # Ape-X's replay is prioritized
+        if self.prioritized and device.type == "cpu":  # the Numba sum tree
             self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, cfg.seed)
-        elif cfg.prioritized:  # priorities on the device: sampled without a host sync
+        elif self.prioritized:  # priorities on the device: sampled without a host sync
             self.sampler = TorchPrioritized(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, device)
             self.learner.per_generator.manual_seed(cfg.seed + 2)
         self.nstep = None
@@ -216,12 +233,13 @@ class DQN:
                                                       "NaN or inf Q-values while acting"))
         return boltzmann(q, self.cfg.temperature, self.act_gen)
 
-    def learn(self, c: Counters, lap) -> None:
-        """The learner steps due for the transitions collected so far (K per iteration)."""
+    def learn(self, c: Counters, lap, new: int | None = None) -> None:
+        """The learner steps due for the `new` transitions just collected (default: one vector
+        step's): --gradient-steps per --train-every transitions, K per call."""
         cfg = self.cfg
         if self.buffer.size < self.learning_starts:
             return
-        c.due += cfg.num_envs * cfg.gradient_steps
+        c.due += (cfg.num_envs if new is None else new) * cfg.gradient_steps
         k, c.due = divmod(c.due, cfg.train_every)
         if k:
             beta = beta_at(c.step, cfg.total_timesteps, cfg.per_beta)
@@ -236,12 +254,8 @@ class DQN:
         whose `infos["life_loss"]` is set is stored as terminated (no bootstrap, and an n-step
         window ends there; the frame replay finds its stacks from the frames, so a life loss
         does not break them). The caller's arrays are not modified."""
-        if self.clip_rewards:
-            rewards = sign_rewards(rewards)
-        if self.life_loss_terminal and infos:
-            lost = life_loss_of(infos)
-            if lost is not None:
-                terminated = terminated | lost
+        rewards, terminated = training_signal(rewards, terminated, infos, self.clip_rewards,
+                                              self.life_loss_terminal)
         if isinstance(self.buffer, FrameReplay):
             first, n = self.add_frames(actions, rewards, next_obs, terminated, truncated)
             if not n:
@@ -275,6 +289,53 @@ class DQN:
         rows = self.nstep.push(torch.from_numpy(obs_ptr), actions.cpu().numpy(), rewards,
                                torch.from_numpy(next_ptr), terminated, truncated)
         return buf.add_rows(*rows)
+
+    # -- Ape-X (apex.py) ------------------------------------------------------------------------
+
+    def actor_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The online and target Q-networks as CPU modules (copies), whatever the route: what
+        an actor acts and computes priorities with."""
+        if isinstance(self.learner, ReferenceLearner):
+            return (copy.deepcopy(self.learner.online).cpu(),
+                    copy.deepcopy(self.learner.target).cpu())
+        if self.rbf is not None:
+            online = copy.deepcopy(self.rbf_module()).cpu()
+            target = copy.deepcopy(online)
+            (w, b), = self.net.views(self.learner.target.cpu())
+            with torch.no_grad():
+                target.head.weight.copy_(w)
+                target.head.bias.copy_(b)
+            return online, target
+        return (self.net.to_module(self.learner.params.detach().cpu()),
+                self.net.to_module(self.learner.target.detach().cpu()))
+
+    def actor_weights(self) -> dict:
+        """What actors load: the state dicts of `actor_modules`."""
+        online, target = self.actor_modules()
+        return {"online": online.state_dict(), "target": target.state_dict()}
+
+    def ingest(self, block: dict) -> int:
+        """Add an actor's rows with the priorities it computed (|delta| before any learner
+        step); returns how many rows it held."""
+        dev = self.device
+        # Ray hands arrays over read-only (zero-copy); torch wants writable memory to wrap
+        rows = {f: torch.from_numpy(np.require(block[f], requirements="W")).to(dev)
+                for f in ("obs", "next_obs", "actions", "rewards", "dones", "discounts")}
+        if self.rbf is not None:  # the flat route's rows hold the features
+            with torch.no_grad():
+                for f in ("obs", "next_obs"):
+                    rows[f] = self.rbf.features(preprocess(rows[f]).reshape(len(rows[f]), -1))
+        first, n = self.buffer.add(rows["obs"], rows["actions"], rows["rewards"],
+                                   rows["next_obs"], rows["dones"], rows["discounts"])
+        if isinstance(self.sampler, PrioritizedSampler):
+            idx = (first + np.arange(n)) % self.buffer.capacity
+            self.sampler.on_add(idx)
+            self.sampler.update(idx, block["priorities"])
+        elif isinstance(self.sampler, TorchPrioritized):
+            idx = self.buffer.rows(first, n)
+            self.sampler.on_add(idx)
+            self.sampler.update(idx, torch.from_numpy(block["priorities"]).to(dev))
+        return n
 
     # -- what the run needs --------------------------------------------------------------------
 
@@ -447,7 +508,7 @@ class DQN:
         elif "buffer" in ckpt:
             _check_buffer(path, buffer, self.cfg.buffer_size, self.row_shape)
         rng = ckpt.get("rng", {}).get("sampler")
-        if isinstance(rng, dict) != self.cfg.prioritized:
+        if isinstance(rng, dict) != self.prioritized:
             flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
             raise CheckpointError(f"{path} was trained with{'' if isinstance(rng, dict) else 'out'}"
                                   f" prioritized replay; pass {flag} to match")

@@ -49,6 +49,27 @@ def all_finite(tensors, optimizer: torch.optim.Optimizer) -> bool:
     return bool(ok)
 
 
+@torch.no_grad()
+def td_targets(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
+               double: bool) -> torch.Tensor:
+    """y = R + discount * (1 - terminated) * Q_target(s', a*) for each row, a* chosen by the
+    online net (double DQN) or the target net: the learner's targets, and Ape-X actors' for
+    the initial priorities of the rows they ship."""
+    x_next = preprocess(batch.next_obs)
+    q_next_all = target(x_next)
+    chooser = online(x_next) if double else q_next_all
+    q_next = q_next_all.gather(1, chooser.argmax(1, keepdim=True)).squeeze(1)
+    return batch.rewards + batch.discounts * (1.0 - batch.dones) * q_next
+
+
+@torch.no_grad()
+def td_abs(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
+           double: bool) -> torch.Tensor:
+    """|y - Q_online(s, a)| per row: a row's priority before any learner step has seen it."""
+    q_a = online(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    return (td_targets(online, target, batch, double) - q_a).abs()
+
+
 RMSPROP = {"alpha": 0.95, "eps": 0.01, "centered": True}
 """torch.optim.RMSprop's settings in the MinAtar paper's DQN (Young & Tian 2019, MinAtar's
 examples/dqn.py: SQUARED_GRAD_MOMENTUM 0.95, MIN_SQUARED_GRAD 0.01, centered, no momentum)."""
@@ -141,13 +162,8 @@ class ReferenceLearner:
     def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor:
         """The device work of a step (the target's periodic update aside), with no host sync:
         what a CUDA graph captures. Returns |TD error| per row."""
-        x, x_next = preprocess(batch.obs), preprocess(batch.next_obs)
-        q_a = self.online(x).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            q_next_all = self.target(x_next)
-            chooser = self.online(x_next) if self.double else q_next_all
-            q_next = q_next_all.gather(1, chooser.argmax(1, keepdim=True)).squeeze(1)
-            y = batch.rewards + batch.discounts * (1.0 - batch.dones) * q_next
+        q_a = self.online(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        y = td_targets(self.online, self.target, batch, self.double)
         per_row = (F.smooth_l1_loss(q_a, y, reduction="none") if self.loss_kind == "huber"
                    else F.mse_loss(q_a, y, reduction="none"))
         loss = (per_row * weights).mean() if weights is not None else per_row.mean()

@@ -305,7 +305,7 @@ class Run:
     def __init__(self, cfg: Config, *, run_dir: Path, device: torch.device,
                  target_return: float | None, obs_space, act_space, ckpt: dict | None,
                  timer: StageTimer, env_factory: EnvFactory | None,
-                 eval_env_factory: EnvFactory | None) -> None:
+                 eval_env_factory: EnvFactory | None, envs=None) -> None:
         self.cfg, self.run_dir, self.device, self.timer = cfg, run_dir, device, timer
         self.target_return, self.ckpt = target_return, ckpt
         self.obs_space, self.act_space = obs_space, act_space
@@ -319,8 +319,8 @@ class Run:
         self.ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
         self.eval_env_factory = eval_env_factory
         # Envs first: async workers are forked, which must happen before any thread starts.
-        self.envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.vector, env_factory,
-                                    cfg.num_workers, cfg.env_timeout)
+        self.envs = envs if envs is not None else make_vector_env(
+            cfg.env_id, cfg.num_envs, cfg.vector, env_factory, cfg.num_workers, cfg.env_timeout)
         self.logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                                 purge_step=self.c.step if ckpt is not None else None)
         self.start = time.perf_counter() - self.c.wall_time
@@ -335,6 +335,7 @@ class Run:
         self.final_eval: EvalResult | None = None
         self.best_due = False
         self.diverged: TrainingDiverged | None = None
+        self.stopped: str | None = None  # why the loop gave up (Ape-X's actors lost)
 
     def attach(self, agent: Agent) -> None:
         self.agent = agent
@@ -398,6 +399,23 @@ class Run:
             c.end_steps.append(c.step)
             c.episodes += 1
             self.ep_return[i], self.ep_length[i] = 0.0, 0
+
+    def count_block(self, steps: int, returns: list[float], lengths: list[int]) -> None:
+        """Advance the counters by a block of `steps` env steps collected elsewhere (an Ape-X
+        actor's), with the episodes that ended in it (stamped at the block's last step)."""
+        c = self.c
+        c.step += steps
+        c.iteration += 1
+        for ret, length in zip(returns, lengths):
+            c.returns.append(float(ret))
+            c.lengths.append(int(length))
+            c.end_steps.append(c.step)
+            c.episodes += 1
+
+    def stop(self, reason: str) -> None:
+        """The loop cannot go on: finish writes the checkpoint and the summary says why."""
+        self.stopped = reason
+        self.logger.message(f"stopping: {reason}")
 
     def maybe_log(self, **scalars: float) -> None:
         """TensorBoard scalars every --log-every steps (the agent's loss statistics are read,
@@ -500,7 +518,8 @@ class Run:
         summary.json and returns.png; re-raises a divergence after writing them."""
         cfg, c, agent = self.cfg, self.c, self.agent
         interrupted = self.signals.received is not None
-        if self.final_eval is None and not interrupted and self.diverged is None:
+        if (self.final_eval is None and not interrupted and self.diverged is None
+                and self.stopped is None):
             self.final_eval, self.best_due = self.evaluator.final()
         if self.diverged is None:
             self.save("checkpoint.pt", cfg.save_buffer)
@@ -522,6 +541,7 @@ class Run:
             "target_return": self.target_return, "episodes": c.episodes,
             "train_mean_return_100": mean100(c.returns),
             "interrupted": interrupted, "diverged": self.diverged is not None,
+            "stopped": self.stopped,
             "device": str(self.device), **agent.summary(),
             "stage_us_per_iter": {k: round(v, 1) for k, v in self.timer.us_per_iteration().items()},
             "evals": c.evals, "config": cfg.to_dict(), "version": __version__,

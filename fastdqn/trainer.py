@@ -221,6 +221,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     # slower; flushing them to zero cost the learner step 12% when they appeared (measured).
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
+    fleet = None
     try:
         if cfg.algo == "pqn":
             agent: DQN | PQN | Reinforce = PQN(cfg, obs_space, act_space, device)
@@ -237,16 +238,24 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             agent.load_state_dict(ckpt)
             torch.set_rng_state(ckpt["rng"]["torch"])
             remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
+        if cfg.actors:  # Ape-X: Ray actors step the envs; this process learns (apex.py)
+            from .apex import STAGES as APEX_STAGES
+            from .apex import make_fleet, train_apex
+
+            fleet = make_fleet(cfg, agent, env_factory, ckpt["counters"]["step"] if ckpt else 0)
+            loop, stages = (lambda run, agent: train_apex(run, agent, fleet)), APEX_STAGES
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
                   timer=timer or StageTimer(stages), env_factory=env_factory,
-                  eval_env_factory=eval_env_factory or env_factory)
+                  eval_env_factory=eval_env_factory or env_factory, envs=fleet)
         run.attach(agent)
         with run:
             loop(run, agent)
         epsilon = getattr(agent, "epsilon", None)  # REINFORCE explores by sampling its policy
         return run.finish(epsilon=epsilon(run.c) if epsilon is not None else None)
     finally:
+        if fleet is not None:  # a Run that failed to start never closed it
+            fleet.close()
         torch.set_num_threads(prev_threads)
         if flush:
             torch.set_flush_denormal(False)
