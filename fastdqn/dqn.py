@@ -522,7 +522,10 @@ class DQN:
             raise CheckpointError(f"checkpoint.pt: its network state does not load into this "
                                   f"run's network ({str(e).splitlines()[0][:120]}); the file is "
                                   "damaged or from another network") from None
-        self.sampler.set_state(ckpt["rng"]["sampler"])
+        sampler = ckpt["rng"]["sampler"]
+        if isinstance(sampler, dict) and "buffer" not in ckpt:  # the rows, and so their
+            sampler = {**sampler, "priorities": sampler["priorities"][:0]}  # priorities, are gone
+        self.sampler.set_state(sampler)
         self.act_gen.set_state(ckpt["rng"]["act"])
         if "per" in ckpt["rng"]:
             self.learner.per_generator.set_state(ckpt["rng"]["per"])

@@ -602,3 +602,23 @@ def test_torch_prioritized_runs_in_a_cuda_graph_without_host_sync():
     np.testing.assert_allclose(g_w[same], w[same], rtol=1e-6)
     assert float(t.max_priority) == pytest.approx(20.01)
     assert float(t.priorities[701]) == pytest.approx(20.01 ** 0.6)
+
+
+@pytest.mark.parametrize("save_buffer", [False, True])
+def test_a_prioritized_run_resumes_with_or_without_its_buffer(tmp_path, save_buffer):
+    """Without the buffer the rows start afresh, and so must their priorities: the sum tree
+    of the checkpoint covered rows the resumed buffer no longer has (sampling them failed)."""
+    from fastdqn import train
+    from fastdqn.checkpoint import load_checkpoint
+
+    run = dict(env_id="CartPole-v1", vector="sync", num_envs=2, hidden=(8,), batch_size=8,
+               buffer_size=512, learning_starts=16, prioritized=True, eval_every=0,
+               solve_episodes=1, eval_envs=1, progress=False, save_buffer=save_buffer,
+               run_dir=str(tmp_path / "run"))
+    train(**run, total_timesteps=300)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["rng"]["sampler"]["priorities"].numel() == 300
+    result = train(**run, total_timesteps=400, resume=True)
+    assert result.summary["total_env_steps"] == 400
+    priorities = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["rng"]["sampler"]["priorities"]
+    assert priorities.numel() == (400 if save_buffer else 100)
