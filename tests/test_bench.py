@@ -137,3 +137,25 @@ def test_replay_memory_smoke_measures_both_replays(tmp_path) -> None:
         for key in ["replay_rss_gib", "add_us_per_vector_step", "gather_us_batch_32"]:
             assert fig[key] > 0, key
     assert frames["tensor_gib"] < frames["row_buffer_tensor_gib"] / 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason='ray is not installed: pip install -e ".[ray]"')
+def test_apex_bench_reports_throughput_ceiling_and_arithmetic(tmp_path) -> None:
+    out = tmp_path / "apex.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "apex.py"), "--actors", "1,2",
+                        "--seconds", "1", "--ingest-blocks", "10", "--nodes", "2",
+                        "--json", str(out), "--", "--env", "CartPole-v1", "--num-envs", "2",
+                        "--learning-starts", "64", "--batch-size", "16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())
+    assert [t["actors"] for t in fig["throughput"]] == [1, 2]
+    assert all(s > 0 for t in fig["throughput"] for s in t["per_actor_sps"])
+    assert len(fig["throughput"][1]["per_actor_sps"]) == 2
+    ingest = fig["ingest"]
+    assert ingest["rows_per_s"] > 0 and ingest["batch_size"] == 16
+    assert ingest["learner_steps_per_s"] > 0
+    per_actor = fig["throughput"][0]["per_actor_sps"][0]
+    assert f"= {ingest['rows_per_s'] / per_actor:.2f} actors" in fig["arithmetic"][0]
+    assert fig["arithmetic"][1].startswith("2 nodes x 16 cores: 31 actor cores")
