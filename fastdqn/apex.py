@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import socket
 import time
 import uuid
 
@@ -65,6 +66,46 @@ def require_ray():
     except ImportError:
         raise ConfigError("--actors needs ray: pip install -e \".[ray]\"") from None
     return ray
+
+
+def unreachable(address: str, timeout: float = 10.0) -> str | None:
+    """Why nothing answers at a Ray address (host:port, optionally ray://), or None. Ray's own
+    connect retries for minutes against a wrong address; one TCP connection tells at once."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return "not an address of the form HOST:PORT"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        return f"nothing answers there ({e.strerror or type(e).__name__})"
+    return None
+
+
+def connect(cfg: Config) -> bool:
+    """Join the cluster at --ray-address, or start a local Ray with room for every actor;
+    False if the caller had Ray running already (then it is theirs to shut down). Done before
+    the run dir is touched, so a wrong address changes nothing on disk."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "auto":
+        problem = unreachable(address)
+        if problem:
+            raise ConfigError(f"--ray-address {address}: {problem}; start the cluster with `ray "
+                              "start --head` there, or drop --ray-address for a local Ray")
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 namespace=f"fastdqn-{uuid.uuid4().hex[:12]}",
+                 # a local Ray: every actor fits on this machine, however many cores it has
+                 num_cpus=None if address else max(os.cpu_count() or 1, cfg.actors))
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise ConfigError(f"--ray-address {address}: cannot join that Ray cluster "
+                          f"({lines[0][:160] if lines else type(e).__name__}); start it with "
+                          "`ray start --head` there, or drop --ray-address for a local Ray"
+                          ) from None
+    return True
 
 
 class ActorsLost(RuntimeError):
@@ -160,17 +201,9 @@ class Fleet:
     in `run.Run` (`close`, `closed`, `get_attr`): actors start fresh episodes on resume."""
 
     def __init__(self, cfg: Config, online: torch.nn.Module, env_factory: EnvFactory | None,
-                 start_step: int) -> None:
+                 start_step: int, owns_ray: bool) -> None:
         ray = self.ray = require_ray()
-        self.cfg = cfg
-        self.started = not ray.is_initialized()
-        if self.started:
-            local = not cfg.ray_address
-            ray.init(address=cfg.ray_address or None, include_dashboard=False,
-                     logging_level=logging.ERROR, namespace=f"fastdqn-{uuid.uuid4().hex[:12]}",
-                     # every actor fits on this machine, however many cores it has
-                     num_cpus=max(os.cpu_count() or 1, cfg.actors) if local else None)
-        self.namespace = ray.get_runtime_context().namespace
+        self.cfg, self.owns_ray = cfg, owns_ray
         remote = ray.remote(num_cpus=1, max_restarts=cfg.actor_restarts,
                             max_task_retries=0)(Actor)
         self.epsilons = actor_epsilons(cfg.actors, cfg.actor_epsilon, cfg.actor_alpha)
@@ -270,7 +303,8 @@ class Fleet:
         return []
 
     def close(self) -> None:
-        """Stop every actor; shut Ray down if this run started it (a joined cluster stays)."""
+        """Stop every actor; leave Ray if this run joined it (`connect`: a local Ray stops, a
+        joined cluster stays up)."""
         if self.closed:
             return
         self.closed = True
@@ -281,7 +315,8 @@ class Fleet:
             except Exception:  # an actor already gone is what we want
                 pass
         self.pending.clear()
-        ray.shutdown()
+        if self.owns_ray:
+            ray.shutdown()
 
 
 def train_apex(run, agent, fleet: Fleet) -> None:
@@ -331,11 +366,17 @@ def train_apex(run, agent, fleet: Fleet) -> None:
         run.maybe_checkpoint()
 
 
-def make_fleet(cfg: Config, agent, env_factory: EnvFactory | None, start_step: int) -> Fleet:
-    """The actors for `agent`'s network, refused in one line where Ape-X cannot run."""
-    if agent.frames:
+def check_apex(cfg: Config, frames: bool) -> None:
+    """Where Ape-X cannot run, refused in one line before anything starts."""
+    if frames:
         raise ConfigError("--actors ships whole observations as rows; the frame replay is "
                           "single-machine: pass --frame-replay off (with a --buffer-size that "
                           "fits)")
-    return Fleet(cfg, agent.actor_modules()[0], env_factory, start_step)
+
+
+def make_fleet(cfg: Config, agent, env_factory: EnvFactory | None, start_step: int,
+               owns_ray: bool) -> Fleet:
+    """The actors for `agent`'s network (Ray already joined: `connect`)."""
+    check_apex(cfg, agent.frames)
+    return Fleet(cfg, agent.actor_modules()[0], env_factory, start_step, owns_ray)
 

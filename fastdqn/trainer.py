@@ -210,10 +210,25 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     if cfg.algo == "dqn":
         check_dqn_env(cfg, obs_space, device, env_factory or envs_factory(cfg.env_id),
                       custom=q_network is not None)
-    run_dir = prepare_run_dir(cfg)
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
-    if ckpt is not None:
-        check_compatible(ckpt, cfg, obs_space.shape, int(act_space.n), run_dir / "checkpoint.pt")
+    owns_ray = False
+    if cfg.actors:
+        from .apex import check_apex, connect
+
+        check_apex(cfg, uses_frame_replay(cfg.frame_replay, resolve_network(
+            cfg.network, obs_space), tuple(obs_space.shape), obs_space.dtype))
+        owns_ray = connect(cfg)
+    try:
+        run_dir = prepare_run_dir(cfg)
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt") if cfg.resume else None
+        if ckpt is not None:
+            check_compatible(ckpt, cfg, obs_space.shape, int(act_space.n),
+                             run_dir / "checkpoint.pt")
+    except BaseException:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+        raise
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
@@ -242,7 +257,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             from .apex import STAGES as APEX_STAGES
             from .apex import make_fleet, train_apex
 
-            fleet = make_fleet(cfg, agent, env_factory, ckpt["counters"]["step"] if ckpt else 0)
+            fleet = make_fleet(cfg, agent, env_factory, ckpt["counters"]["step"] if ckpt else 0,
+                               owns_ray)
             loop, stages = (lambda run, agent: train_apex(run, agent, fleet)), APEX_STAGES
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
@@ -256,6 +272,10 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     finally:
         if fleet is not None:  # a Run that failed to start never closed it
             fleet.close()
+        elif owns_ray:
+            import ray
+
+            ray.shutdown()
         torch.set_num_threads(prev_threads)
         if flush:
             torch.set_flush_denormal(False)

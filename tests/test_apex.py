@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from fastdqn import ConfigError, train
-from fastdqn.apex import Actor, actor_epsilons, make_fleet, require_ray
+from fastdqn.apex import Actor, actor_epsilons, check_apex, require_ray
 from fastdqn.config import make_config
 from fastdqn.dqn import DQN
 from fastdqn.envs import make_vector_env, real_next_obs
@@ -171,11 +171,9 @@ def test_apex_settings_are_refused_in_one_line(settings, message):
 
 
 def test_the_frame_replay_is_refused_with_actors():
-    class FrameAgent:
-        frames = True
-
     with pytest.raises(ConfigError, match="--frame-replay off"):
-        make_fleet(make_config(actors=2), FrameAgent(), None, 0)
+        check_apex(make_config(actors=2), frames=True)
+    check_apex(make_config(actors=2), frames=False)
 
 
 def test_without_ray_actors_name_the_extra(monkeypatch):
@@ -354,3 +352,21 @@ def test_sigint_checkpoints_stops_every_actor_and_leaves_no_ray_process(tmp_path
     assert ckpt["counters"]["step"] == summary["total_env_steps"] > 0
     left = wait_until(lambda: not ray_processes(), 20)
     assert left, f"Ray processes left behind: {ray_processes()}"
+
+
+@needs_ray
+@pytest.mark.parametrize("address, problem", [
+    ("127.0.0.1:1", "nothing answers there"),
+    ("nonsense", "not an address of the form HOST:PORT"),
+])
+def test_a_wrong_ray_address_is_one_line_and_touches_nothing(tmp_path, address, problem):
+    from conftest import run_fastdqn
+
+    run_dir = tmp_path / "run"
+    r = run_fastdqn("train", "--env", "CartPole-v1", "--actors", "1", "--ray-address", address,
+                    "--run-dir", str(run_dir), timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --ray-address {address}: {problem}")
+    assert lines[0].endswith("drop --ray-address for a local Ray")
+    assert not run_dir.exists()
