@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_solve import OWNED_FLAGS, run_train  # noqa: E402
+from time_to_solve import refuse_owned_flags, run_train  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -44,10 +44,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = p.parse_args(own)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
-    clash = [a for a in extra if a.split("=")[0] in OWNED_FLAGS]
-    if clash:
-        p.error(f"{', '.join(clash)} after -- would override what this benchmark sets per run; "
-                "use --seeds/--seed-base (and --runs-dir) instead")
+    refuse_owned_flags(p, extra)
     return args, extra
 
 

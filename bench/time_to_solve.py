@@ -58,11 +58,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.seeds = 2 if args.smoke else 5
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    refuse_owned_flags(p, extra)
+    return args, (SMOKE_TRAIN_ARGS if args.smoke else []) + extra
+
+
+def refuse_owned_flags(p: argparse.ArgumentParser, extra: list[str]) -> None:
+    """`fastdqn train` arguments that would override what a per-seed benchmark sets: refused."""
     clash = [a for a in extra if a.split("=")[0] in OWNED_FLAGS]
     if clash:
         p.error(f"{', '.join(clash)} after -- would override what this benchmark sets per run; "
                 "use --seeds/--seed-base (and --runs-dir) instead")
-    return args, (SMOKE_TRAIN_ARGS if args.smoke else []) + extra
 
 
 def run_train(seed: int, run_dir: Path, train_args: list[str]) -> dict:

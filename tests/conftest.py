@@ -18,6 +18,16 @@ from scripted_envs import env_id as scripted_env_id
 from fastdqn.networks import MLP
 from fastdqn.replay import Batch
 
+CUDA_DEVICES = [
+    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                    reason="needs a CUDA device")),
+    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
+                                                    reason="needs two CUDA devices")),
+]
+"""Devices for the CUDA-graph tests, each run while cuda:0 is current: on cuda:1, a stream,
+event or capture left on the current device would record nothing of the learner's work.
+Skipped, not faked, without them."""
+
 # ---------------------------------------------------------------------------------------------
 # CountingEnv: every observation says which episode and which step it is, so any transition
 # stored in the buffer can be checked against the truth.

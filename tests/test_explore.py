@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import CUDA_DEVICES
 
 from fastdqn.explore import (
     ActingQ,
@@ -254,14 +255,6 @@ def test_decoy_differs_from_the_example():
     assert torch.equal(decoy_obs(obs), torch.zeros(3, 4))
     assert torch.equal(decoy_obs(torch.zeros(3, 4, dtype=torch.uint8)),
                        torch.ones(3, 4, dtype=torch.uint8))
-
-
-CUDA_DEVICES = [
-    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                    reason="needs a CUDA device")),
-    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
-                                                    reason="needs two CUDA devices")),
-]
 
 
 @pytest.mark.parametrize("device", CUDA_DEVICES)

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import CUDA_DEVICES
 
 from fastdqn.cnn import cnn_for
 from fastdqn.graphed_update import GraphedUpdates, StaticUpdate, layout
@@ -216,13 +217,6 @@ def test_route_names_the_graphs_only_where_they_run():
 # ---------------------------------------------------------------------------------------------
 # CUDA only: real captures
 # ---------------------------------------------------------------------------------------------
-
-CUDA_DEVICES = [
-    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                    reason="needs a CUDA device")),
-    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
-                                                    reason="needs two CUDA devices")),
-]
 
 
 @pytest.mark.parametrize("device", CUDA_DEVICES)

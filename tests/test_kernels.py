@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import CUDA_DEVICES
 
 from fastdqn import kernels
 from fastdqn.learner import GraphedSteps, Learner
@@ -195,16 +196,6 @@ def test_learn_marks_every_stage():
         laps: list[str] = []
         learner.learn_block(buf, np.zeros((2, 8), np.int64), laps.append)
         assert laps == ["sample", "learn", "target", "learn", "target"]
-
-
-CUDA_DEVICES = [
-    pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                    reason="needs a CUDA device")),
-    pytest.param("cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2,
-                                                    reason="needs two CUDA devices")),
-]
-"""Devices for the CUDA-graph tests, each run while cuda:0 is current: on cuda:1, a stream,
-event or capture left on the current device would record nothing of the learner's work."""
 
 
 def cuda_pair(device: str, **kw) -> tuple[ReplayBuffer, Learner, Learner]:
