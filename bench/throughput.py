@@ -6,7 +6,7 @@ time goes, stage by stage; optionally (5) Stable-Baselines3's DQN at the same se
 Defaults are the canonical configuration of shared/DESIGN.md.
 
     python bench/throughput.py                    # canonical config on the best device
-    python bench/throughput.py --vs-sb3 --json out.json
+    python bench/throughput.py --vs sb3 --json out.json
     python bench/throughput.py --vector sharded,envpool --rounds 3   # vector envs side by side
     python bench/throughput.py --smoke            # seconds; what CI runs
 """
@@ -34,6 +34,7 @@ from fastdqn.pqn import STAGES as PQN_STAGES
 from fastdqn.trainer import STAGES, resolve_device
 
 VECTORS = ("sharded", "async", "sync", "envpool")
+PEERS = ("sb3",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,19 +64,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="write a torch.profiler Chrome trace and top-ops table of the loop")
-    p.add_argument("--vs-sb3", action="store_true",
-                   help="also time Stable-Baselines3 DQN at the same settings (pip install .[bench])")
+    p.add_argument("--vs", default="", metavar="LIST",
+                   help="also time these libraries' DQN at the same settings, one after another: "
+                   f"a comma-separated subset of {','.join(PEERS)} (pip install -e .[bench])")
     p.add_argument("--vs-pqn", action="store_true",
                    help="also time --algo pqn on its own defaults at the same envs and MLP")
     p.add_argument("--smoke", action="store_true", help="tiny step counts (CI)")
     args = p.parse_args(argv)
     args.vectors = args.vector.split(",")
+    args.peers = list(dict.fromkeys(v for v in args.vs.split(",") if v))
+    unknown = [v for v in args.peers if v not in PEERS]
+    if unknown:
+        p.error(f"--vs takes a comma-separated subset of {','.join(PEERS)}; unknown: {','.join(unknown)}")
     bad = [v for v in args.vectors if v not in VECTORS]
     if bad or args.rounds < 1:
         p.error(f"--vector takes {', '.join(VECTORS)} (comma-separated), got {args.vector}"
                 if bad else "--rounds must be >= 1")
-    if len(args.vectors) > 1 and (args.vs_sb3 or args.vs_pqn or args.profile):
-        p.error("--vs-sb3, --vs-pqn and --profile measure one --vector; pass one")
+    if len(args.vectors) > 1 and (args.peers or args.vs_pqn or args.profile):
+        p.error("--vs, --vs-pqn and --profile measure one --vector; pass one")
+    if args.peers and (args.prioritized or args.dueling or args.n_step > 1):
+        p.error("--vs times the peers without prioritized replay, dueling or n-step: drop those flags")
     args.vector = args.vectors[0]
     if args.smoke:
         args.steps, args.warmup, args.learning_starts = 2_000, 1_000, 500
@@ -164,8 +172,16 @@ print(json.dumps({"sps": a["steps"] / (time.perf_counter() - t)}))
 """
 
 
-def sb3_sps(args: argparse.Namespace, device: torch.device) -> float:
-    """Stable-Baselines3 DQN (DummyVecEnv, its default) at the same settings, in a subprocess."""
+PEER_SCRIPTS = {"sb3": SB3_SCRIPT}
+PEER_NAMES = {"sb3": "Stable-Baselines3 DQN"}
+
+
+def peer_sps(peer: str, args: argparse.Namespace, device: torch.device) -> float:
+    """A peer library's DQN training SPS at the bench's settings, after the same warm-up.
+
+    Each peer runs in a subprocess of its own so that its imports, threads and globals cannot
+    touch fastdqn's measurement or the next peer's.
+    """
     payload = json.dumps({
         "env": args.env, "num_envs": args.num_envs, "seed": args.seed, "hidden": args.hidden,
         "buffer_size": args.buffer_size, "learning_starts": args.learning_starts,
@@ -174,10 +190,11 @@ def sb3_sps(args: argparse.Namespace, device: torch.device) -> float:
         "warmup": max(args.warmup, args.learning_starts), "steps": args.steps,
         "threads": args.num_threads,
     })
-    out = subprocess.run([sys.executable, "-c", SB3_SCRIPT, payload], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PEER_SCRIPTS[peer], payload], capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"SB3 run failed (pip install -e .[bench]?): {out.stderr.strip()[-500:]}")
+        raise SystemExit(f"{PEER_NAMES[peer]} run failed (pip install -e .[bench]?): "
+                         f"{out.stderr.strip()[-500:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["sps"])
 
 
@@ -238,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "version": __version__, "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile", "vectors")},
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile", "vectors", "peers")},
     }
     extras = [name for name, on in (("prioritized", args.prioritized), ("dueling", args.dueling),
                                     (f"{args.n_step}-step", args.n_step > 1)) if on]
@@ -259,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         figures["pqn_to_dqn_ratio"] = round(pqn / plain_sps, 2)
         print(f"  PQN (--algo pqn defaults): {pqn:10,.0f} SPS  ({pqn / plain_sps:.2f}x DQN's, "
               f"{100 * pqn / fig['env_only_sps']:.0f}% of env-only)")
-    if args.vs_sb3:
-        sb3 = sb3_sps(args, device)
-        figures["sb3_sps"] = round(sb3, 1)
-        figures["speedup_vs_sb3"] = round(plain_sps / sb3, 2)
-        print(f"  Stable-Baselines3 DQN    : {sb3:10,.0f} SPS  -> fastdqn is "
-              f"{plain_sps / sb3:.1f}x faster")
+    for peer in args.peers:
+        sps = peer_sps(peer, args, device)
+        figures[f"{peer}_sps"] = round(sps, 1)
+        figures[f"speedup_vs_{peer}"] = round(plain_sps / sps, 2)
+        print(f"  {PEER_NAMES[peer]:<25}: {sps:10,.0f} SPS  -> fastdqn is "
+              f"{plain_sps / sps:.1f}x faster", flush=True)
     if args.profile:
         print(profile_loop(args, device, Path(args.profile)))
         figures["profile_dir"] = args.profile
