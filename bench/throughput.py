@@ -150,6 +150,8 @@ def pqn_sps(args: argparse.Namespace, device: torch.device, run_dir: str) -> flo
     return timer.sps()
 
 
+# Each peer script reads the settings (bench args and fastdqn's own defaults) as JSON in argv[1],
+# trains untimed for "warmup" env steps, then prints {"sps": ...} over the next "steps".
 SB3_SCRIPT = r"""
 import json, sys, time
 import torch
@@ -157,14 +159,24 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.env_util import make_vec_env
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
-env = make_vec_env(a["env"], n_envs=a["num_envs"], seed=a["seed"])
+env = make_vec_env(a["env"], n_envs=a["num_envs"], seed=a["seed"])  # DummyVecEnv, its default
 hidden = [int(h) for h in a["hidden"].split(",")]
 # One gradient step per train_every transitions: every vec step brings num_envs transitions.
 grad_steps = max(1, a["num_envs"] * a["gradient_steps"] // a["train_every"])
-model = DQN("MlpPolicy", env, learning_rate=6.3e-4, buffer_size=a["buffer_size"],
-            learning_starts=a["learning_starts"], batch_size=a["batch_size"], train_freq=1,
-            gradient_steps=grad_steps, target_update_interval=250,
-            policy_kwargs={"net_arch": hidden}, device=a["device"], seed=a["seed"], verbose=0)
+# SB3's finest target update is one Polyak step per vec step (target_update_interval counts env
+# steps); tau compounded over that vec step's gradient steps tracks the online net as fastdqn's
+# per-step tau does. SB3's loss is Huber (smooth L1); its DQN has no double-DQN option.
+tau = 1 - (1 - a["tau"]) ** (grad_steps / a["target_update_interval"])
+# exploration_fraction is of each learn() call's total; the timed call's total is warmup + steps,
+# so epsilon decays linearly over eps_decay_steps env steps there, as in fastdqn.
+model = DQN("MlpPolicy", env, learning_rate=a["lr"], buffer_size=a["buffer_size"],
+            learning_starts=a["learning_starts"], batch_size=a["batch_size"], gamma=a["gamma"],
+            train_freq=1, gradient_steps=grad_steps, target_update_interval=a["num_envs"], tau=tau,
+            exploration_initial_eps=a["eps_start"], exploration_final_eps=a["eps_end"],
+            exploration_fraction=min(1.0, a["eps_decay_steps"] / (a["warmup"] + a["steps"])),
+            max_grad_norm=a["max_grad_norm"],
+            policy_kwargs={"net_arch": hidden, "optimizer_kwargs": {"eps": a["adam_eps"]}},
+            device=a["device"], seed=a["seed"], verbose=0)
 model.learn(total_timesteps=a["warmup"])
 t = time.perf_counter()
 model.learn(total_timesteps=a["steps"], reset_num_timesteps=False)
@@ -180,15 +192,20 @@ def peer_sps(peer: str, args: argparse.Namespace, device: torch.device) -> float
     """A peer library's DQN training SPS at the bench's settings, after the same warm-up.
 
     Each peer runs in a subprocess of its own so that its imports, threads and globals cannot
-    touch fastdqn's measurement or the next peer's.
+    touch fastdqn's measurement or the next peer's. What the bench has no flag for (lr, gamma,
+    target update, epsilon schedule, loss, gradient clipping) comes from fastdqn's defaults.
     """
+    cfg = bench_config(args, device, run_dir="")
     payload = json.dumps({
         "env": args.env, "num_envs": args.num_envs, "seed": args.seed, "hidden": args.hidden,
         "buffer_size": args.buffer_size, "learning_starts": args.learning_starts,
         "batch_size": args.batch_size, "train_every": args.train_every,
         "gradient_steps": args.gradient_steps, "device": str(device),
         "warmup": max(args.warmup, args.learning_starts), "steps": args.steps,
-        "threads": args.num_threads,
+        "threads": args.num_threads, "lr": cfg.lr, "adam_eps": cfg.adam_eps, "gamma": cfg.gamma,
+        "tau": cfg.tau, "target_update_interval": cfg.target_update_interval,
+        "max_grad_norm": cfg.max_grad_norm, "loss": cfg.loss, "double_dqn": cfg.double_dqn,
+        "eps_start": cfg.eps_start, "eps_end": cfg.eps_end, "eps_decay_steps": cfg.eps_decay_steps,
     })
     out = subprocess.run([sys.executable, "-c", PEER_SCRIPTS[peer], payload], capture_output=True,
                          text=True, check=False)
