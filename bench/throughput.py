@@ -34,7 +34,7 @@ from fastdqn.pqn import STAGES as PQN_STAGES
 from fastdqn.trainer import STAGES, resolve_device
 
 VECTORS = ("sharded", "async", "sync", "envpool")
-PEERS = ("sb3",)
+PEERS = ("sb3", "tianshou")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,8 +184,65 @@ print(json.dumps({"sps": a["steps"] / (time.perf_counter() - t)}))
 """
 
 
-PEER_SCRIPTS = {"sb3": SB3_SCRIPT}
-PEER_NAMES = {"sb3": "Stable-Baselines3 DQN"}
+TIANSHOU_SCRIPT = r"""
+import json, sys, time
+import gymnasium as gym
+import numpy as np
+import torch
+from tianshou.algorithm import DQN
+from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
+from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.data import Collector, CollectStats, VectorReplayBuffer
+from tianshou.env import DummyVectorEnv
+from tianshou.trainer import OffPolicyTrainerParams
+from tianshou.utils.net.common import Net
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+torch.manual_seed(a["seed"])
+np.random.seed(a["seed"])
+# DummyVectorEnv: Tianshou's docs advise it over SubprocVectorEnv for fast envs (no IPC).
+envs = DummyVectorEnv([lambda: gym.make(a["env"]) for _ in range(a["num_envs"])])
+envs.seed(a["seed"])
+probe = gym.make(a["env"])
+net = Net(state_shape=probe.observation_space.shape, action_shape=int(probe.action_space.n),
+          hidden_sizes=[int(h) for h in a["hidden"].split(",")]).to(a["device"])
+policy = DiscreteQLearningPolicy(model=net, action_space=probe.action_space,
+                                 eps_training=a["eps_start"])
+# Tianshou's DQN copies the target net whole (no soft update): one copy every interval / tau
+# learner steps, the soft update's time constant (200 at tau 0.005). Its DQN takes no
+# gradient-norm clipping, so it runs without.
+algorithm = DQN(policy=policy, optim=AdamOptimizerFactory(lr=a["lr"], eps=a["adam_eps"]),
+                gamma=a["gamma"], target_update_freq=max(1, round(a["target_update_interval"] / a["tau"])),
+                is_double=a["double_dqn"], huber_loss_delta=1.0 if a["loss"] == "huber" else None)
+collector = Collector[CollectStats](algorithm, envs, VectorReplayBuffer(a["buffer_size"], len(envs)),
+                                    exploration_noise=True)
+collector.reset()
+# Its trainer has no learning-starts setting: the first transitions come from random actions.
+collector.collect(n_step=-(-a["learning_starts"] // a["num_envs"]) * a["num_envs"], random=True)
+
+
+def train(start, n):
+    def set_eps(epoch, env_step):
+        frac = min(1.0, (start + env_step) / a["eps_decay_steps"])
+        policy.set_eps_training(a["eps_start"] + frac * (a["eps_end"] - a["eps_start"]))
+    # One vec step of transitions per collection, then gradient_steps / train_every per transition.
+    return algorithm.run_training(OffPolicyTrainerParams(
+        training_collector=collector, max_epochs=1, epoch_num_steps=n,
+        collection_step_num_env_steps=a["num_envs"], batch_size=a["batch_size"],
+        update_step_num_gradient_steps_per_sample=a["gradient_steps"] / a["train_every"],
+        training_fn=set_eps, verbose=False, show_progress=False))
+
+
+if a["warmup"] > a["learning_starts"]:
+    train(a["learning_starts"], a["warmup"] - a["learning_starts"])
+t = time.perf_counter()
+result = train(a["warmup"], a["steps"])
+print(json.dumps({"sps": result.train_step / (time.perf_counter() - t)}))
+"""
+
+
+PEER_SCRIPTS = {"sb3": SB3_SCRIPT, "tianshou": TIANSHOU_SCRIPT}
+PEER_NAMES = {"sb3": "Stable-Baselines3 DQN", "tianshou": "Tianshou DQN"}
 
 
 def peer_sps(peer: str, args: argparse.Namespace, device: torch.device) -> float:
