@@ -34,7 +34,7 @@ from fastdqn.pqn import STAGES as PQN_STAGES
 from fastdqn.trainer import STAGES, resolve_device
 
 VECTORS = ("sharded", "async", "sync", "envpool")
-PEERS = ("sb3", "tianshou")
+PEERS = ("sb3", "tianshou", "torchrl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,8 +241,72 @@ print(json.dumps({"sps": result.train_step / (time.perf_counter() - t)}))
 """
 
 
-PEER_SCRIPTS = {"sb3": SB3_SCRIPT, "tianshou": TIANSHOU_SCRIPT}
-PEER_NAMES = {"sb3": "Stable-Baselines3 DQN", "tianshou": "Tianshou DQN"}
+TORCHRL_SCRIPT = r"""
+import json, sys, time
+import torch
+from tensordict.nn import TensorDictSequential
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import SerialEnv
+from torchrl.envs.libs.gym import GymEnv
+from torchrl.modules import MLP, EGreedyModule, QValueActor
+from torchrl.objectives import DQNLoss, SoftUpdate
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+torch.manual_seed(a["seed"])
+device = torch.device(a["device"])
+# SerialEnv of GymEnv: the envs step in this process, like the other peers' vector envs. Its
+# docs keep ParallelEnv (a process per env) for CPU-heavy env steps; GymEnv(num_envs=...) is
+# gymnasium's AsyncVectorEnv, a process per env too.
+env = SerialEnv(a["num_envs"], lambda: GymEnv(a["env"]))
+env.set_seed(a["seed"])
+proof = GymEnv(a["env"])
+mlp = MLP(in_features=proof.observation_spec["observation"].shape[-1],
+          out_features=proof.action_spec.space.n, activation_class=torch.nn.ReLU,
+          num_cells=[int(h) for h in a["hidden"].split(",")], device=device)
+actor = QValueActor(module=mlp, spec=proof.action_spec.to(device), in_keys=["observation"])
+greedy = EGreedyModule(spec=actor.spec, eps_init=a["eps_start"], eps_end=a["eps_end"],
+                       annealing_num_steps=a["eps_decay_steps"], device=device)
+rb = TensorDictReplayBuffer(storage=LazyTensorStorage(max_size=a["buffer_size"], device=device),
+                            batch_size=a["batch_size"])
+# smooth_l1 is the Huber loss with delta 1.
+loss = DQNLoss(value_network=actor, loss_function="smooth_l1" if a["loss"] == "huber" else "l2",
+               delay_value=True, double_dqn=a["double_dqn"])
+loss.make_value_estimator(gamma=a["gamma"])
+target = SoftUpdate(loss, tau=a["tau"])
+optim = torch.optim.Adam(loss.parameters(), lr=a["lr"], eps=a["adam_eps"])
+# One vec step per batch; random actions for learning_starts frames. The policy is not
+# recurrent: no InitTracker transform for it (0.14 warns and asks to choose).
+collector = Collector(env, TensorDictSequential(actor, greedy), frames_per_batch=a["num_envs"],
+                      total_frames=a["warmup"] + a["steps"], init_random_frames=a["learning_starts"],
+                      device=device, storing_device=device, auto_register_policy_transforms=False)
+updates_per_batch = max(1, a["num_envs"] * a["gradient_steps"] // a["train_every"])
+frames, updates, t, timed_from = 0, 0, None, 0
+for data in collector:
+    frames += data.numel()
+    rb.extend(data.reshape(-1))
+    greedy.step(data.numel())
+    if frames >= a["learning_starts"]:
+        for _ in range(updates_per_batch):
+            td_loss = loss(rb.sample())
+            optim.zero_grad()
+            td_loss["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(list(loss.parameters()), max_norm=a["max_grad_norm"])
+            optim.step()
+            updates += 1
+            if updates % a["target_update_interval"] == 0:
+                target.step()
+    collector.update_policy_weights_()
+    if t is None and frames >= a["warmup"]:
+        t, timed_from = time.perf_counter(), frames
+sps = (frames - timed_from) / (time.perf_counter() - t)
+collector.shutdown()
+print(json.dumps({"sps": sps}))
+"""
+
+
+PEER_SCRIPTS = {"sb3": SB3_SCRIPT, "tianshou": TIANSHOU_SCRIPT, "torchrl": TORCHRL_SCRIPT}
+PEER_NAMES = {"sb3": "Stable-Baselines3 DQN", "tianshou": "Tianshou DQN", "torchrl": "TorchRL DQN"}
 
 
 def peer_sps(peer: str, args: argparse.Namespace, device: torch.device) -> float:
