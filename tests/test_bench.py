@@ -49,6 +49,30 @@ def test_throughput_compares_vector_envs_in_one_run(tmp_path) -> None:
     assert "--vector envpool (median of 2)" in r.stdout
 
 
+PEER_MODULES = ("stable_baselines3", "tianshou", "torchrl")
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in PEER_MODULES),
+                    reason='a peer library is not installed: pip install -e ".[bench]"')
+def test_throughput_times_every_peer_in_one_run(tmp_path) -> None:
+    out = tmp_path / "tp.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--smoke",
+                        "--env", "CartPole-v1", "--num-envs", "4", "--device", "cpu",
+                        "--vs", "sb3,tianshou,torchrl", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())
+    for peer in ("sb3", "tianshou", "torchrl"):
+        assert fig[f"{peer}_sps"] > 0, peer
+        assert fig[f"speedup_vs_{peer}"] > 0, peer
+
+
+def test_throughput_refuses_an_unknown_peer() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--vs", "sb3,rllib"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown: rllib" in r.stderr
+
+
 def test_time_to_solve_smoke_reports_every_field(tmp_path) -> None:
     out = tmp_path / "tts.json"
     runs = tmp_path / "runs"
