@@ -2,11 +2,13 @@
 
 Measures, in one run and at the same settings: (1) env-only SPS of the same vector env with
 random actions, (2) training-loop SPS after warm-up, (3) their ratio, (4) where each iteration's
-time goes, stage by stage; optionally (5) Stable-Baselines3's DQN at the same settings.
+time goes, stage by stage; optionally (5) other libraries' DQN at the same settings, each in
+a subprocess of its own, one after another (--vs: Stable-Baselines3, Tianshou, TorchRL), so
+that every ratio comes from one run on one machine state.
 Defaults are the canonical configuration of shared/DESIGN.md.
 
     python bench/throughput.py                    # canonical config on the best device
-    python bench/throughput.py --vs sb3 --json out.json
+    python bench/throughput.py --vs sb3,tianshou,torchrl --json out.json
     python bench/throughput.py --vector sharded,envpool --rounds 3   # vector envs side by side
     python bench/throughput.py --smoke            # seconds; what CI runs
 """
