@@ -370,15 +370,20 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pqn_lambda <= 1:
             raise ConfigError(f"--pqn-lambda must be in [0, 1], got {self.pqn_lambda}")
-        defaults = Config()
         for other, names in ALGO_ONLY.items():
             if other == self.algo or (self.algo == "dqn" and other == "replay"):
                 continue
-            for name in names:
-                if getattr(self, name) != getattr(defaults, name):
-                    owner = "dqn" if other == "replay" else other
-                    raise ConfigError(f"--{_flag(name)} applies to --algo {owner} only, not "
-                                      f"--algo {self.algo}; drop it or pass --algo {owner}")
+            name = self._changed(names)
+            if name:
+                owner = "dqn" if other == "replay" else other
+                raise ConfigError(f"--{_flag(name)} applies to --algo {owner} only, not "
+                                  f"--algo {self.algo}; drop it or pass --algo {owner}")
+
+    def _changed(self, names: list[str]) -> str | None:
+        """The first of `names` set away from its default (a flag, a preset, a file), if any:
+        what the refusals of settings that do not apply look for."""
+        defaults = Config()
+        return next((n for n in names if getattr(self, n) != getattr(defaults, n)), None)
 
     def _validate_apex(self) -> None:
         """--actors replaces the single-machine exploration schedule and vector-env loop; its
@@ -387,14 +392,12 @@ class Config:
 
         if not 0 <= self.actors <= MAX_ACTORS:
             raise ConfigError(f"--actors must be in 0..{MAX_ACTORS}, got {self.actors}")
-        defaults = Config()
-        own = ["ray_address", "weight_sync_every", "actor_block", "actor_epsilon", "actor_alpha",
-               "actor_restarts", "actor_timeout"]
+        own = self._changed(["ray_address", "weight_sync_every", "actor_block", "actor_epsilon",
+                             "actor_alpha", "actor_restarts", "actor_timeout"])
         if not self.actors:
-            for name in own:
-                if getattr(self, name) != getattr(defaults, name):
-                    raise ConfigError(f"--{_flag(name)} applies to Ape-X runs only; drop it or "
-                                      "pass --actors K")
+            if own:
+                raise ConfigError(f"--{_flag(own)} applies to Ape-X runs only; drop it or pass "
+                                  "--actors K")
             return
         for name in ["weight_sync_every", "actor_block"]:
             if getattr(self, name) < 1:
@@ -408,12 +411,12 @@ class Config:
             raise ConfigError(f"--actor-epsilon must be in [0, 1], got {self.actor_epsilon}")
         if not 0 <= self.actor_alpha < float("inf"):
             raise ConfigError(f"--actor-alpha must be a number >= 0, got {self.actor_alpha}")
-        for name in ["eps_schedule", "eps_start", "eps_end", "eps_decay_steps",
-                     "eps_episode_decay", "exploration", "temperature"]:
-            if getattr(self, name) != getattr(defaults, name):
-                raise ConfigError(f"--{_flag(name)} sets one machine's exploration; Ape-X actors "
-                                  "each keep their own epsilon (--actor-epsilon, --actor-alpha): "
-                                  f"drop it or drop --actors")
+        name = self._changed(["eps_schedule", "eps_start", "eps_end", "eps_decay_steps",
+                              "eps_episode_decay", "exploration", "temperature"])
+        if name:
+            raise ConfigError(f"--{_flag(name)} sets one machine's exploration; Ape-X actors each "
+                              "keep their own epsilon (--actor-epsilon, --actor-alpha): drop it "
+                              "or drop --actors")
         if self.total_episodes:
             raise ConfigError("--total-episodes counts one machine's episodes; with --actors "
                               "budget in --total-timesteps")
@@ -431,17 +434,17 @@ class Config:
                               "paper's 0.01); drop it or pass --optimizer adam")
         _choice("clip_rewards", self.clip_rewards, ["auto", "on", "off"])
         _choice("life_loss_terminal", self.life_loss_terminal, ["auto", "on", "off"])
-        if self.eval_epsilon is not None and not 0 <= self.eval_epsilon <= 1:
+        eps = self.eval_epsilon
+        if eps is not None and not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
             raise ConfigError(f"--eval-epsilon must be in [0, 1] (or none), got {self.eval_epsilon}")
         if self.network == "cnn" and self.hidden != Config.hidden:
             raise ConfigError("--hidden sets the MLP's layers; a CNN's layers are its "
                               "architecture's (see --network); drop --hidden or pass --network mlp")
         if self.network != "rbf":
-            defaults = Config()
-            for name in ["rbf_features", "rbf_scales", "rbf_fit_steps"]:
-                if getattr(self, name) != getattr(defaults, name):
-                    raise ConfigError(f"--{_flag(name)} applies to --network rbf only; drop it "
-                                      "or pass --network rbf")
+            name = self._changed(["rbf_features", "rbf_scales", "rbf_fit_steps"])
+            if name:
+                raise ConfigError(f"--{_flag(name)} applies to --network rbf only; drop it or "
+                                  "pass --network rbf")
             return
         from .rbf import MAX_FEATURES, MAX_SCALES
 
