@@ -198,3 +198,4 @@ def wait_for_no_tagged(tag: str, timeout: float = 5.0) -> list[int]:
     while (pids := tagged_pids(tag)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pids
+
