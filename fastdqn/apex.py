@@ -42,6 +42,7 @@ from .networks import preprocess
 from .nstep import NStepWriter
 from .reference import td_abs
 from .replay import FIELDS, Batch, torch_dtype
+from .run import EpisodeTally
 from .seeds import TRAIN, episode_seed
 
 STAGES = ("wait", "ingest", "sample", "learn", "target", "sync", "log")
@@ -138,8 +139,7 @@ class Actor:
         self.eps = torch.full((c.num_envs,), epsilon)
         self.clip_rewards = auto_on(c.clip_rewards, c.env_id)
         self.life_loss_terminal = auto_on(c.life_loss_terminal, c.env_id)
-        self.ep_return = np.zeros(c.num_envs)
-        self.ep_length = np.zeros(c.num_envs, dtype=np.int64)
+        self.tally = EpisodeTally(c.num_envs)
 
     def load(self, weights: dict) -> None:
         self.online.load_state_dict(weights["online"])
@@ -163,18 +163,13 @@ class Actor:
             self.load(w)
             self.version = version
         c, start = self.cfg, time.perf_counter()
-        parts, returns, lengths = [], [], []
+        parts, ended = [], []
         for _ in range(steps):
             x = torch.from_numpy(self.obs.copy())
             actions = self.act(x)
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
             real = torch.from_numpy(real_next_obs(next_obs, infos, self.real_next).copy())
-            self.ep_return += rewards
-            self.ep_length += 1
-            for i in np.flatnonzero(terminated | truncated):
-                returns.append(float(self.ep_return[i]))
-                lengths.append(int(self.ep_length[i]))
-                self.ep_return[i], self.ep_length[i] = 0.0, 0
+            ended += self.tally.step(rewards, terminated | truncated)
             r, term = training_signal(rewards, terminated, infos, self.clip_rewards,
                                       self.life_loss_terminal)
             if self.nstep is not None:
@@ -188,8 +183,8 @@ class Actor:
         priorities = td_abs(self.online, self.target, batch, c.double_dqn)
         elapsed = time.perf_counter() - start
         return {"index": self.index, "epsilon": self.epsilon, "env_steps": steps * c.num_envs,
-                "sps": steps * c.num_envs / max(elapsed, 1e-9), "returns": returns,
-                "lengths": lengths, "priorities": priorities.numpy(),
+                "sps": steps * c.num_envs / max(elapsed, 1e-9), "ended": ended,
+                "priorities": priorities.numpy(),
                 **{f: getattr(batch, f).numpy() for f in FIELDS}}
 
     def close(self) -> None:
@@ -341,7 +336,7 @@ def train_apex(run, agent, fleet: Fleet) -> None:
         new = 0
         for b in blocks:
             new += agent.ingest(b)
-            run.count_block(b["env_steps"], b["returns"], b["lengths"])
+            run.count_block(b["env_steps"], b["ended"])
         ingested += new
         lap("ingest")
         if new:
@@ -366,17 +361,8 @@ def train_apex(run, agent, fleet: Fleet) -> None:
         run.maybe_checkpoint()
 
 
-def check_apex(cfg: Config, frames: bool) -> None:
-    """Where Ape-X cannot run, refused in one line before anything starts."""
-    if frames:
-        raise ConfigError("--actors ships whole observations as rows; the frame replay is "
-                          "single-machine: pass --frame-replay off (with a --buffer-size that "
-                          "fits)")
-
-
 def make_fleet(cfg: Config, agent, env_factory: EnvFactory | None, start_step: int,
                owns_ray: bool) -> Fleet:
-    """The actors for `agent`'s network (Ray already joined: `connect`)."""
-    check_apex(cfg, agent.frames)
+    """The actors for `agent`'s network (Ray joined by `connect`)."""
     return Fleet(cfg, agent.actor_modules()[0], env_factory, start_step, owns_ray)
 

@@ -272,10 +272,21 @@ class DQN:
                 if not len(rows[0]):
                     return
                 first, n = self.buffer.add(*rows)
+        self.prioritize(first, n)
+
+    def prioritize(self, first: int, n: int, td_abs: np.ndarray | None = None) -> None:
+        """The first priorities of the n rows just written from row `first`: the top one, or
+        (|td_abs| + eps) ** alpha where they come with their TD errors (an Ape-X actor's)."""
         if isinstance(self.sampler, PrioritizedSampler):
-            self.sampler.on_add((first + np.arange(n)) % self.buffer.capacity)
+            idx = (first + np.arange(n)) % self.buffer.capacity
+            self.sampler.on_add(idx)
+            if td_abs is not None:
+                self.sampler.update(idx, td_abs)
         elif isinstance(self.sampler, TorchPrioritized):
-            self.sampler.on_add(self.buffer.rows(first, n))
+            rows = self.buffer.rows(first, n)
+            self.sampler.on_add(rows)
+            if td_abs is not None:
+                self.sampler.update(rows, torch.from_numpy(td_abs).to(self.device))
 
     def add_frames(self, actions: torch.Tensor, rewards: np.ndarray, next_obs: np.ndarray,
                    terminated: np.ndarray, truncated: np.ndarray) -> tuple[int, int]:
@@ -327,14 +338,7 @@ class DQN:
                     rows[f] = self.rbf.features(preprocess(rows[f]).reshape(len(rows[f]), -1))
         first, n = self.buffer.add(rows["obs"], rows["actions"], rows["rewards"],
                                    rows["next_obs"], rows["dones"], rows["discounts"])
-        if isinstance(self.sampler, PrioritizedSampler):
-            idx = (first + np.arange(n)) % self.buffer.capacity
-            self.sampler.on_add(idx)
-            self.sampler.update(idx, block["priorities"])
-        elif isinstance(self.sampler, TorchPrioritized):
-            idx = self.buffer.rows(first, n)
-            self.sampler.on_add(idx)
-            self.sampler.update(idx, torch.from_numpy(block["priorities"]).to(dev))
+        self.prioritize(first, n, block["priorities"])
         return n
 
     # -- what the run needs --------------------------------------------------------------------

@@ -62,12 +62,16 @@ def td_targets(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
     return batch.rewards + batch.discounts * (1.0 - batch.dones) * q_next
 
 
+def q_taken(net: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Q(s, a) of each row's own action (with the graph, where gradients are on)."""
+    return net(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+
+
 @torch.no_grad()
 def td_abs(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
            double: bool) -> torch.Tensor:
     """|y - Q_online(s, a)| per row: a row's priority before any learner step has seen it."""
-    q_a = online(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    return (td_targets(online, target, batch, double) - q_a).abs()
+    return (td_targets(online, target, batch, double) - q_taken(online, batch)).abs()
 
 
 RMSPROP = {"alpha": 0.95, "eps": 0.01, "centered": True}
@@ -162,7 +166,7 @@ class ReferenceLearner:
     def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor:
         """The device work of a step (the target's periodic update aside), with no host sync:
         what a CUDA graph captures. Returns |TD error| per row."""
-        q_a = self.online(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        q_a = q_taken(self.online, batch)
         y = td_targets(self.online, self.target, batch, self.double)
         per_row = (F.smooth_l1_loss(q_a, y, reduction="none") if self.loss_kind == "huber"
                    else F.mse_loss(q_a, y, reduction="none"))

@@ -40,6 +40,24 @@ PLOT_EVERY_S = 60.0
 end): one redraw costs ~0.5 s of matplotlib here, which at every eval was a fifth of a run."""
 
 
+class EpisodeTally:
+    """Each env's running return and length: `step` adds a vector step and hands back the
+    (return, length) of the episodes it ended, their envs starting again from zero."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def step(self, rewards: np.ndarray, done: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += rewards
+        self.lengths += 1
+        ended = []
+        for i in np.flatnonzero(done):
+            ended.append((float(self.returns[i]), int(self.lengths[i])))
+            self.returns[i], self.lengths[i] = 0.0, 0
+        return ended
+
+
 @dataclass
 class Counters:
     """Everything of the run's own progress a checkpoint must restore."""
@@ -315,8 +333,7 @@ class Run:
             self.c = Counters(**ckpt["counters"])
         self.agent: Agent | None = None
         self.env_starts: list = []
-        self.ep_return = np.zeros(cfg.num_envs)
-        self.ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
+        self.tally = EpisodeTally(cfg.num_envs)
         self.eval_env_factory = eval_env_factory
         # Envs first: async workers are forked, which must happen before any thread starts.
         self.envs = envs if envs is not None else make_vector_env(
@@ -388,25 +405,16 @@ class Run:
     def count_step(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray
                    ) -> None:
         """Advance the step counters and close the episodes that ended in this vector step."""
-        c = self.c
-        c.step += self.cfg.num_envs
-        c.iteration += 1
-        self.ep_return += rewards
-        self.ep_length += 1
-        for i in np.flatnonzero(terminated | truncated):
-            c.returns.append(float(self.ep_return[i]))
-            c.lengths.append(int(self.ep_length[i]))
-            c.end_steps.append(c.step)
-            c.episodes += 1
-            self.ep_return[i], self.ep_length[i] = 0.0, 0
+        self.count_block(self.cfg.num_envs, self.tally.step(rewards, terminated | truncated))
 
-    def count_block(self, steps: int, returns: list[float], lengths: list[int]) -> None:
-        """Advance the counters by a block of `steps` env steps collected elsewhere (an Ape-X
-        actor's), with the episodes that ended in it (stamped at the block's last step)."""
+    def count_block(self, steps: int, ended: list[tuple[float, int]]) -> None:
+        """Advance the counters by `steps` env steps and record the (return, length) of the
+        episodes that ended in them, stamped at the last step: one vector step here, or a block
+        an Ape-X actor collected."""
         c = self.c
         c.step += steps
         c.iteration += 1
-        for ret, length in zip(returns, lengths):
+        for ret, length in ended:
             c.returns.append(float(ret))
             c.lengths.append(int(length))
             c.end_steps.append(c.step)

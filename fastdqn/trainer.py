@@ -143,7 +143,8 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
                   custom: bool = False) -> None:
     """What DQN needs of the env beyond its spaces, refused in one line before the run dir
     exists: a CNN's image (shape, size, no --hidden), an env that reports life loss for
-    --life-loss-terminal on, a possible --frame-replay, and memory for the replay."""
+    --life-loss-terminal on, a possible --frame-replay (not with --actors), and memory for the
+    replay."""
     kind = "custom" if custom else resolve_network(cfg.network, obs_space)
     shape = tuple(obs_space.shape)
     if kind == "cnn":
@@ -166,7 +167,12 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
             raise ConfigError(f"--life-loss-terminal on: {cfg.env_id} does not report life loss "
                               "(info[\"life_loss\"]); pass --life-loss-terminal off or auto")
     dtype = torch_dtype(obs_space.dtype)
-    if uses_frame_replay(cfg.frame_replay, kind, shape, obs_space.dtype):
+    frames = uses_frame_replay(cfg.frame_replay, kind, shape, obs_space.dtype)
+    if frames and cfg.actors:
+        raise ConfigError("--actors ships whole observations as rows; the frame replay is "
+                          "single-machine: pass --frame-replay off (with a --buffer-size that "
+                          "fits)")
+    if frames:
         check_frames_fit(cfg.buffer_size, shape, dtype, device, cfg.num_envs, cfg.n_step)
     elif kind != "rbf":
         check_replay_fits(cfg.buffer_size, shape, dtype, device)
@@ -212,10 +218,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
                       custom=q_network is not None)
     owns_ray = False
     if cfg.actors:
-        from .apex import check_apex, connect
+        from .apex import connect
 
-        check_apex(cfg, uses_frame_replay(cfg.frame_replay, resolve_network(
-            cfg.network, obs_space), tuple(obs_space.shape), obs_space.dtype))
         owns_ray = connect(cfg)
     try:
         run_dir = prepare_run_dir(cfg)

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from fastdqn import ConfigError, train
-from fastdqn.apex import Actor, actor_epsilons, check_apex, require_ray
+from fastdqn.apex import Actor, actor_epsilons, require_ray
 from fastdqn.config import make_config
 from fastdqn.dqn import DQN
 from fastdqn.envs import make_vector_env, real_next_obs
@@ -109,7 +109,7 @@ def test_an_actors_block_is_what_one_machine_writes_for_the_same_inputs(n_step):
     for f in FIELDS:
         want = getattr(agent.buffer, f)[:n]
         assert torch.equal(torch.from_numpy(block[f]).to(want.dtype), want), f
-    assert len(block["returns"]) == len(ended)
+    assert len(block["ended"]) == len(ended)
 
 
 def test_priorities_are_the_learners_own_td_errors_and_land_on_their_rows():
@@ -171,9 +171,14 @@ def test_apex_settings_are_refused_in_one_line(settings, message):
 
 
 def test_the_frame_replay_is_refused_with_actors():
+    from fastdqn.trainer import check_dqn_env
+
+    stacks = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # what --frame-replay auto takes
     with pytest.raises(ConfigError, match="--frame-replay off"):
-        check_apex(make_config(actors=2), frames=True)
-    check_apex(make_config(actors=2), frames=False)
+        check_dqn_env(make_config(actors=2), stacks, torch.device("cpu"), short_cartpole)
+    check_dqn_env(make_config(actors=2, frame_replay="off"), stacks, torch.device("cpu"),
+                  short_cartpole)
+    check_dqn_env(make_config(frame_replay="auto"), stacks, torch.device("cpu"), short_cartpole)
 
 
 def test_without_ray_actors_name_the_extra(monkeypatch):
