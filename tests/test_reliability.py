@@ -33,11 +33,14 @@ from fastdqn.trainer import TrainingDiverged
 
 
 def start_train(run_dir: Path, *args: str, tag: str) -> subprocess.Popen:
-    """`fastdqn train` in its own process group (a terminal's Ctrl-C signals the whole group)."""
+    """`fastdqn train` in its own process group (a terminal's Ctrl-C signals the whole group),
+    with SIGINT at Python's default as a terminal starts it: pytest run as a background job has
+    it ignored, and the child would inherit that."""
     return subprocess.Popen(
         fastdqn_command("train", *args, "--run-dir", str(run_dir), "--no-progress"),
         env=subprocess_env(FASTDQN_TEST_TAG=tag), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
