@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prioritized", action="store_true", help="prioritized replay")
     p.add_argument("--n-step", type=int, default=1, help="n-step returns")
     p.add_argument("--dueling", action="store_true", help="dueling head")
+    p.add_argument("--learner", default="auto", choices=["auto", "numba", "reference"],
+                   help="learner route (numba: the CPU step before the native one)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="write a torch.profiler Chrome trace and top-ops table of the loop")
@@ -121,6 +123,7 @@ def bench_config(args: argparse.Namespace, device: torch.device, run_dir: str):
         eval_every=0, checkpoint_every=0, solve_episodes=1, eval_episodes=1, progress=False,
         num_threads=args.num_threads, log_every=5_000, target_return="none",
         prioritized=args.prioritized, n_step=args.n_step, dueling=args.dueling,
+        learner=args.learner,
     )
 
 

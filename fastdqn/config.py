@@ -162,9 +162,11 @@ class Config:
     """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer (the
     MLP's, or a CNN's fc layer; not --network rbf)."""
     learner: str = "auto"
-    """Learner route: auto (the fastest route that supports the network and options: fused on
-    the CPU, CUDA graphs on CUDA) or reference (plain nn.Module + autograd + torch.optim.Adam,
-    the route every fast one is tested against)."""
+    """Learner route: auto (the fastest route that supports the network and options: on the CPU
+    the native step of csrc/, built once per machine, else the Numba-fused one; CUDA graphs on
+    CUDA), numba (the Numba-fused CPU step even where the native one builds) or reference
+    (plain nn.Module + autograd + torch.optim.Adam, the route every fast one is tested
+    against)."""
 
     pqn_rollout: int = 32
     """PQN: vector steps per env collected before each update (the batch is rollout x num_envs
@@ -301,7 +303,7 @@ class Config:
         self._validate_algo_fields()
         self._validate_apex()
         _choice("vector", self.vector, ["sharded", "async", "sync", "envpool"])
-        _choice("learner", self.learner, ["auto", "reference"])
+        _choice("learner", self.learner, ["auto", "numba", "reference"])
         _choice("frame_replay", self.frame_replay, ["auto", "on", "off"])
         if self.n_step < 1:
             raise ConfigError(f"--n-step must be >= 1, got {self.n_step}")

@@ -121,6 +121,7 @@ class DQN:
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
                     adam_eps=cfg.adam_eps, device=device)
+        flat_opts = dict(cuda_graphs=cfg.cuda_graphs, native=cfg.learner != "numba", **opts)
         reference = cfg.learner == "reference" or cfg.optimizer != "adam"
         # The module route runs under CUDA graphs unless the user asked for the plain reference
         # or brought their own module (whose forward fastdqn cannot promise is capturable).
@@ -137,7 +138,7 @@ class DQN:
             self.net = MLP(self.rbf.n_features, n_actions, (), False)
             init = torch.cat([self.rbf.head.weight.detach().reshape(-1),
                               self.rbf.head.bias.detach()]).cpu()
-            self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
+            self.learner = Learner(self.net, init=init, **flat_opts)
             row_shape, row_dtype = (self.rbf.n_features,), torch.float32
         elif self.custom or reference or self.frames:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
@@ -145,7 +146,7 @@ class DQN:
             self.learner = ReferenceLearner(module, **module_opts)
         else:
             init = self.net.init(torch.Generator().manual_seed(cfg.seed))
-            self.learner = Learner(self.net, init=init, cuda_graphs=cfg.cuda_graphs, **opts)
+            self.learner = Learner(self.net, init=init, **flat_opts)
         self.row_shape = row_shape
         self.buffer: ReplayBuffer | FrameReplay = (
             FrameReplay(cfg.buffer_size, row_shape, row_dtype, device, n_envs, cfg.n_step)

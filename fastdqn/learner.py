@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, native
 from .networks import MLP, preprocess
 from .prioritized import PrioritizedSampler, TorchPrioritized
 from .replay import Batch, ReplayBuffer
@@ -119,7 +119,7 @@ class Learner:
                  max_grad_norm: float = 10.0, adam_eps: float = 1e-8,
                  device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                  init: torch.Tensor | None = None, fused: bool | None = None,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, native: bool = True) -> None:
         self.net = net
         self.device = torch.device(device)
         flat = init if init is not None else net.init(generator or torch.Generator())
@@ -141,7 +141,12 @@ class Learner:
         # `learn` routes: the numba-fused CPU step, CUDA graphs, or plain torch ops.
         self.fused = self.device.type == "cpu" if fused is None else fused
         self.cuda_graphs = cuda_graphs
-        self._cpu: CpuStep | None = None
+        self._cpu: CpuStep | native.NativeStep | None = None
+        # The fused CPU route runs the native step (csrc/) where it builds and passes its
+        # self-check, else the Numba one; `native_off` says why not (None: it is in use or
+        # has not been tried).
+        self.native = native
+        self.native_off: str | None = None if native else "--learner numba"
         self._graphs: GraphedSteps | None = None
         self.fused_stats = np.zeros(3)
         # Why the CUDA-graph route failed its self-check (None: it has not); summary.json
@@ -170,8 +175,11 @@ class Learner:
     def route(self, device: torch.device) -> str:
         """`learn`'s route for a buffer on `device`, as summary.json reports it."""
         route = self._route(device)
+        if route == "cpu-fused" and isinstance(self._cpu, native.NativeStep):
+            return "cpu-fused (native step: one C++ call per block, sgemm + loops)"
         if route == "cpu-fused":
-            return "cpu-fused (torch GEMMs + numba kernels)"
+            why = f"; native step off: {self.native_off}" if self.native_off else ""
+            return f"cpu-fused (torch GEMMs + numba kernels{why})"
         if self.graphs_fallback is not None and device.type == "cuda":
             return f"{route} (Adam: {self.adam_kind}; cuda-graphs fell back: {self.graphs_fallback})"
         return f"{route} (Adam: {self.adam_kind})"
@@ -201,13 +209,14 @@ class Learner:
         idx = np.empty(batch_size, dtype=np.int64)
         weights = np.empty(batch_size, dtype=np.float32)
         fused = self._route(buffer.device) == "cpu-fused"
-        if fused and (self._cpu is None or self._cpu.buffer is not buffer):
-            self._cpu = CpuStep(self, buffer, batch_size)
+        step = self.cpu_step(buffer, batch_size) if fused else None
         for _ in range(k):
             sampler.sample(buffer.size, batch_size, beta, idx, weights)
             lap("sample")
-            if fused:
-                td_abs = self._cpu(idx, weights)
+            if isinstance(step, native.NativeStep):  # the target update is inside
+                td_abs = step.steps(idx, weights)
+            elif fused:
+                td_abs = step(idx, weights)
                 self.steps += 1
             else:
                 rows = torch.from_numpy(idx).to(buffer.device)
@@ -215,9 +224,30 @@ class Learner:
                 td_abs = self.step(buffer.gather(rows), weights=w).cpu().numpy()
             lap("learn")
             sampler.update(idx, td_abs)
-            if not (fused and self._cpu.soft_target):
+            if not (fused and step.soft_target) and not isinstance(step, native.NativeStep):
                 self.maybe_update_target()
             lap("target")
+
+    def cpu_step(self, buffer: ReplayBuffer, batch_size: int) -> CpuStep | native.NativeStep:
+        """The fused CPU step for `buffer`: native where it builds and passes its self-check
+        against the Numba step (once per learner; a failure warns once and keeps Numba)."""
+        step = self._cpu
+        if step is not None and step.buffer is buffer and step.b == batch_size:
+            return step
+        if self.native and self.native_off is None:
+            try:
+                reason = native.self_check(self, buffer, batch_size)
+                if reason is None:
+                    self._cpu = native.NativeStep(self, buffer, batch_size)
+                    return self._cpu
+                warn_fallback("the native learner step", "the Numba step", reason)
+            except native.NativeUnavailable as e:
+                reason = str(e)
+                native.warn_unavailable(reason)
+            self.native_off = reason
+            self.fallbacks.append(f"learner native step: {reason}")
+        self._cpu = CpuStep(self, buffer, batch_size)
+        return self._cpu
 
     def learn_prioritized_on_device(self, buffer: ReplayBuffer, sampler: TorchPrioritized, k: int,
                                     batch_size: int, beta: float,
@@ -266,14 +296,17 @@ class Learner:
         """
         route = self._route(buffer.device)
         if route == "cpu-fused":
-            if self._cpu is None or self._cpu.buffer is not buffer:
-                self._cpu = CpuStep(self, buffer, idx.shape[1])
+            step = self.cpu_step(buffer, idx.shape[1])
             lap("sample")
+            if isinstance(step, native.NativeStep):
+                step.steps(idx)  # K steps, target updates included, in one call
+                lap("learn")
+                return
             for row in idx:
-                self._cpu(row, None)  # with the soft target update every step fused in
+                step(row, None)  # with the soft target update every step fused in
                 self.steps += 1
                 lap("learn")
-                if not self._cpu.soft_target:
+                if not step.soft_target:
                     self.maybe_update_target()
                 lap("target")
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import native
 from .atari import is_minatar, reports_life_loss
 from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
 from .cnn import architecture, channels_last_of, resolve_network
@@ -216,6 +217,10 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     if cfg.algo == "dqn":
         check_dqn_env(cfg, obs_space, device, env_factory or envs_factory(cfg.env_id),
                       custom=q_network is not None)
+        if device.type == "cpu" and cfg.learner == "auto":
+            native.prepare()  # compiles in the background while envs start (once per machine)
+        if device.type == "cpu" and cfg.learner == "auto":
+            native.prepare()  # compiles in the background while envs start (once per machine)
     owns_ray = False
     if cfg.actors:
         from .apex import connect

@@ -192,10 +192,15 @@ def test_route_names_the_path_learn_takes():
 
 def test_learn_marks_every_stage():
     buf = filled_buffer()
-    for learner in learner_pair():
+    numba, plain = learner_pair(native=False)
+    for learner in (numba, plain):
         laps: list[str] = []
         learner.learn_block(buf, np.zeros((2, 8), np.int64), laps.append)
         assert laps == ["sample", "learn", "target", "learn", "target"]
+    native, _ = learner_pair()
+    laps = []
+    native.learn_block(buf, np.zeros((2, 8), np.int64), laps.append)
+    assert laps == ["sample", "learn"]  # the block is one native call, target updates inside
 
 
 def cuda_pair(device: str, **kw) -> tuple[ReplayBuffer, Learner, Learner]:

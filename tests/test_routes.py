@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn.learner import Learner
+from fastdqn.learner import CpuStep, Learner
+from fastdqn.native import NativeStep
 from fastdqn.networks import MLP
 from fastdqn.prioritized import PrioritizedSampler, TorchPrioritized
 from fastdqn.reference import ReferenceLearner
@@ -73,12 +74,19 @@ def train_route(route: str, sampler_kind: str, obs_dtype=torch.float32, hidden=H
     if route == "reference":
         learner = ReferenceLearner(net.to_module(init), **args)
     else:
-        learner = Learner(net, init=init, fused=route == "cpu-fused", cuda_graphs=False, **args)
+        learner = Learner(net, init=init, fused=route in CPU_ROUTES, native=route == "cpu-native",
+                          cuda_graphs=False, **args)
     buf = n_step_buffer(obs_dtype)
     sampler = make_sampler(sampler_kind, buf)
     for j in range(BLOCKS):
         learner.learn(buf, sampler, K, BATCH, beta=0.4 + 0.05 * j)
+    if route in CPU_ROUTES:  # the route asked for is the one that ran
+        assert isinstance(learner._cpu, NativeStep if route == "cpu-native" else CpuStep), route
     return learner, sampler
+
+
+CPU_ROUTES = ("cpu-native", "cpu-numba")
+ROUTES = [*CPU_ROUTES, "torch-ops"]
 
 
 OPTIONS = [dict(loss=loss, double_dqn=double, dueling=dueling, max_grad_norm=clip, **target)
@@ -101,10 +109,10 @@ def test_every_route_equals_the_reference(opts, sampler_kind):
     want = flat_state(ref)
     init = MLP(OBS, ACTIONS, HIDDEN, opts["dueling"]).init(torch.Generator().manual_seed(1))
     assert (want["params"] - init).abs().max() > 1e-2  # it did learn
-    for route in ["cpu-fused", "torch-ops"]:
+    for route in ROUTES:
         fast, fast_sampler = train_route(route, sampler_kind, **dict(opts))
         assert fast.steps == ref.steps == BLOCKS * K
-        assert (fast._cpu is not None) == (route == "cpu-fused")
+        assert (fast._cpu is not None) == (route in CPU_ROUTES)
         got = flat_state(fast)
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=2e-4, atol=2e-5,
@@ -123,9 +131,9 @@ def test_a_linear_network_equals_the_reference_on_every_route(opts, sampler_kind
     want = flat_state(ref)
     init = MLP(OBS, ACTIONS, ()).init(torch.Generator().manual_seed(1))
     assert (want["params"] - init).abs().max() > 1e-2  # it did learn
-    for route in ["cpu-fused", "torch-ops"]:
+    for route in ROUTES:
         fast, fast_sampler = train_route(route, sampler_kind, hidden=(), **dict(opts))
-        assert (fast._cpu is not None) == (route == "cpu-fused")
+        assert (fast._cpu is not None) == (route in CPU_ROUTES)
         for name, value in flat_state(fast).items():
             torch.testing.assert_close(value, want[name], rtol=2e-4, atol=2e-5,
                                        msg=f"{route}: {name}")
@@ -134,7 +142,7 @@ def test_a_linear_network_equals_the_reference_on_every_route(opts, sampler_kind
                                        rtol=2e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("route", ["cpu-fused", "torch-ops"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_uint8_observations_are_scaled_the_same_on_every_route(route):
     opts = dict(loss="huber", double_dqn=True, dueling=True, max_grad_norm=10.0, tau=0.05,
                 target_update_interval=1)
@@ -162,9 +170,9 @@ def test_the_comparison_can_fail():
                 target_update_interval=1)
     ref, _ = train_route("reference", "per", **dict(opts))
     for change in [{"double_dqn": False}, {"loss": "mse"}, {"dueling": True}, {"tau": 0.06}]:
-        fast, _ = train_route("cpu-fused", "per", **{**opts, **change})
+        fast, _ = train_route("cpu-native", "per", **{**opts, **change})
         got, want = flat_state(fast)["params"], flat_state(ref)["params"]
         assert got.shape != want.shape or not torch.allclose(got, want, rtol=2e-4, atol=2e-5)
-    fast, _ = train_route("cpu-fused", "uniform", **dict(opts))
+    fast, _ = train_route("cpu-native", "uniform", **dict(opts))
     assert not torch.allclose(flat_state(fast)["params"], flat_state(ref)["params"],
                               rtol=2e-4, atol=2e-5)
