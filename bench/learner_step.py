@@ -73,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     net = MLP(8, 4, tuple(int(h) for h in a.hidden.split(",")))
     init = net.init(torch.Generator().manual_seed(a.seed))
     routes = {"torch-ops": {"fused": False, "cuda_graphs": False}}
-    if device.type == "cpu":
-        routes["cpu-fused"] = {"fused": True}
+    if device.type == "cpu":  # the Numba step, the native one (csrc/), each also with the sum tree
+        routes["cpu-fused"] = {"fused": True, "native": False}
+        routes["cpu-native"] = {"fused": True}
     if device.type == "cuda":
         routes["cuda-graphs"] = {"cuda_graphs": True}
-    if device.type == "cpu":  # the same fused step drawing from the sum tree, |TD| written back
-        routes["cpu-fused+per"] = {"fused": True}
+    if device.type == "cpu":  # the same fused steps drawing from the sum tree, |TD| written back
+        routes["cpu-fused+per"] = {"fused": True, "native": False}
+        routes["cpu-native+per"] = {"fused": True}
     routes["reference"] = {}
     us = {}
     opts = dict(lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1, device=device)
@@ -90,12 +92,18 @@ def main(argv: list[str] | None = None) -> int:
             per = PrioritizedSampler(buffer.capacity, 0.6, 1e-6, a.seed)
             per.on_add(np.arange(buffer.size))
         us[name] = time_route(learner, buffer, a.steps, a.batch_size, a.seed, per)
+        if name.startswith("cpu-native") and getattr(learner, "native_off", None):
+            sys.exit(f"learner_step.py: the native step did not run ({learner.native_off})")
         print(f"  {name:<12} {us[name]:8.1f} us per step")
     fastest = min(us, key=us.get)
     print(f"  {fastest} is {us['torch-ops'] / us[fastest]:.2f}x the speed of torch-ops")
-    if "cpu-fused+per" in us:
-        print(f"  prioritized replay keeps {100 * us['cpu-fused'] / us['cpu-fused+per']:.0f}% "
-              "of the fused step's speed")
+    if "cpu-native" in us:
+        print(f"  the native step is {us['cpu-fused'] / us['cpu-native']:.2f}x the speed of the "
+              "Numba step")
+    for route in ("cpu-fused", "cpu-native"):
+        if f"{route}+per" in us:
+            print(f"  prioritized replay keeps {100 * us[route] / us[route + '+per']:.0f}% "
+                  f"of {route}'s speed")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": str(device), "us_per_step": us}) + "\n")
     return 0

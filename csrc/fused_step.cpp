@@ -26,7 +26,7 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 namespace {
 
-constexpr int64_t kAbi = 1;
+constexpr int64_t kAbi = 2;
 constexpr int kMaxLayers = 8;
 constexpr int kNarrow = 16;  // products with a side this small are loops, not sgemm_ calls
 
@@ -109,6 +109,8 @@ struct Step {
   std::vector<float> x;                        // [2B, in]: obs rows then next_obs rows
   std::vector<std::vector<float>> h, ht, d;    // online [rows, n], target [B, n], grads [B, n]
   std::vector<float> q_next, q_choose, scratch;
+  std::vector<float> act_x;                    // the acting batch: [n, in] and its layers
+  std::vector<std::vector<float>> act_h;
 
   explicit Step(const Spec& spec) : s(spec) {
     const int64_t b = s.batch, rows = s.double_dqn ? 2 * b : b;
@@ -283,6 +285,40 @@ struct Step {
 
   int64_t n_params() const { return w_off(s.n_layers); }
 
+  // Q-values of n observations under the online parameters into q [n, n_actions]; with
+  // `uniforms` ([2, n]) also the epsilon-greedy actions: row i explores if uniforms[i] < eps,
+  // then takes action floor(uniforms[n + i] * n_actions), else the first argmax of its Q.
+  void act(const void* obs, int64_t n, const float* uniforms, float eps, float* q,
+           int64_t* actions) {
+    const int64_t dim = s.sizes[0], n_out = s.sizes[s.n_layers];
+    const int64_t n_actions = s.dueling ? n_out - 1 : n_out;
+    act_x.resize(n * dim);
+    if (s.obs_u8) {
+      const uint8_t* src = static_cast<const uint8_t*>(obs);
+      for (int64_t j = 0; j < n * dim; ++j) act_x[j] = static_cast<float>(src[j]) / 255.0f;
+    } else {
+      std::memcpy(act_x.data(), obs, n * dim * sizeof(float));
+    }
+    act_h.resize(s.n_layers);
+    for (int64_t l = 0; l < s.n_layers; ++l) act_h[l].resize(n * s.sizes[l + 1]);
+    forward(s.params, act_x.data(), n, act_h);
+    const float* out = act_h.back().data();
+    for (int64_t i = 0; i < n; ++i) {
+      float* qi = q + i * n_actions;
+      q_row(out + i * n_out, n_actions, qi);
+      if (!uniforms) continue;
+      int64_t a = 0;
+      if (uniforms[i] < eps) {
+        a = std::min(static_cast<int64_t>(uniforms[n + i] * static_cast<float>(n_actions)),
+                     n_actions - 1);
+      } else {
+        for (int64_t j = 1; j < n_actions; ++j)
+          if (qi[j] > qi[a]) a = j;
+      }
+      actions[i] = a;
+    }
+  }
+
   void clip_adam(bool soft) {
     const int64_t n = n_params();
     float* g = s.grad;
@@ -358,6 +394,13 @@ void* fdqn_create(const Spec* spec) {
 }
 
 void fdqn_destroy(void* step) { delete static_cast<Step*>(step); }
+
+// Acting: Q-values of the n observations `obs` into q [n, n_actions] and, given `uniforms`
+// [2, n], the epsilon-greedy actions into `actions` [n].
+void fdqn_act(void* handle, const void* obs, int64_t n, const float* uniforms, float eps,
+              float* q, int64_t* actions) {
+  static_cast<Step*>(handle)->act(obs, n, uniforms, eps, q, actions);
+}
 
 // K steps on the [K, B] row indices `idx` (`weights` [K, B] importance weights, or null);
 // |TD error| of the last step's rows into td_abs [B]; stats += (loss, mean Q, 1) per step.

@@ -220,12 +220,24 @@ class DQN:
     def q_values(self, obs: torch.Tensor) -> torch.Tensor:
         if isinstance(self.learner, ReferenceLearner):
             return self.learner.q_values(obs)
+        return self.acting(obs)(obs)
+
+    def acting(self, obs: torch.Tensor) -> ActingQ:
+        """The flat MLP's acting Q (built on the first batch: a CUDA graph on CUDA, the native
+        actor on a CPU where it builds, each proved against the plain forward pass)."""
         if self.acting_q is None:
-            self.acting_q = ActingQ(self.net, self.learner.online_views, obs, self.cfg.cuda_graphs)
-        return self.acting_q(obs)
+            actor = self.learner.native_actor(obs.dtype) if obs.device.type == "cpu" else None
+            self.acting_q = ActingQ(self.net, self.learner.online_views, obs,
+                                    self.cfg.cuda_graphs, actor)
+        return self.acting_q
 
     def act(self, obs: torch.Tensor, eps: float, step: int) -> torch.Tensor:
-        """Batched epsilon-greedy or Boltzmann actions on the device."""
+        """Batched epsilon-greedy or Boltzmann actions on the device (epsilon-greedy as one
+        native call where the native actor runs)."""
+        if self.cfg.exploration == "egreedy" and not isinstance(self.learner, ReferenceLearner):
+            actor = self.acting(obs).native
+            if actor is not None:
+                return actor.act(obs, eps, torch.rand((2, len(obs)), generator=self.act_gen))
         q = self.q_values(obs)
         if self.cfg.exploration == "egreedy":
             return epsilon_greedy(q, self.eps_dev.fill_(eps), self.act_gen)

@@ -48,11 +48,15 @@ class EpsilonSchedule:
 
 def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
                    ) -> torch.Tensor:
-    """Per row i: a uniform random action with probability eps[i], else argmax q[i]."""
+    """Per row i: a uniform random action with probability eps[i], else argmax q[i].
+
+    One draw of [2, n] uniforms u decides both: row i explores if u[0, i] < eps[i] and then
+    takes floor(u[1, i] * n_actions). The native actor (csrc/) maps the same uniforms the same
+    way, so both routes act alike on the same generator."""
     n, n_actions = q.shape
-    random_actions = torch.randint(n_actions, (n,), generator=generator, device=q.device)
-    explore = torch.rand(n, generator=generator, device=q.device) < eps
-    return torch.where(explore, random_actions, q.argmax(1))
+    u = torch.rand((2, n), generator=generator, device=q.device)
+    random_actions = (u[1] * n_actions).long().clamp_(max=n_actions - 1)
+    return torch.where(u[0] < eps, random_actions, q.argmax(1))
 
 
 def boltzmann(q: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -87,13 +91,19 @@ class ActingQ:
     `prove_fast_route`); elsewhere, or after a fallback, it is the plain forward pass.
     """
 
-    def __init__(self, net: MLP, views: list, example_obs: torch.Tensor, graph: bool) -> None:
+    def __init__(self, net: MLP, views: list, example_obs: torch.Tensor, graph: bool,
+                 native=None) -> None:
         self.net, self.views = net, views
         self.graph: torch.cuda.CUDAGraph | None = None
         self.fallbacks: list[str] = []
         self._fast: QFunction | None = None
+        self.native = None  # the native actor (native.NativeActor) once it proved itself
         if graph and example_obs.device.type == "cuda":
             self.prove_fast_route(self._capture, example_obs)
+        elif native is not None and example_obs.device.type == "cpu":
+            if self.prove_fast_route(lambda decoy: native.q, example_obs,
+                                     "the native acting step", "acting native"):
+                self.native = native
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The plain (eager) forward pass."""
@@ -101,7 +111,8 @@ class ActingQ:
 
     @torch.no_grad()
     def prove_fast_route(self, capture: Callable[[torch.Tensor], QFunction],
-                         example_obs: torch.Tensor) -> bool:
+                         example_obs: torch.Tensor, what: str = "acting CUDA graph",
+                         tag: str = "acting cuda-graph") -> bool:
         """Build the fast route with `capture` (given a decoy input, it returns the function
         that maps obs to Q) and keep it if its Q on `example_obs` matches the plain forward
         pass; otherwise warn once, record why in `fallbacks`, and stay on the plain forward.
@@ -119,8 +130,8 @@ class ActingQ:
             self._fast = built[0]
             return True
         self._fast, self.graph = None, None
-        self.fallbacks.append(f"acting cuda-graph: {reason}")
-        warn_fallback("acting CUDA graph", "the plain forward pass", reason)
+        self.fallbacks.append(f"{tag}: {reason}")
+        warn_fallback(what, "the plain forward pass", reason)
         return False
 
     @torch.no_grad()

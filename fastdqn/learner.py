@@ -241,13 +241,30 @@ class Learner:
                     self._cpu = native.NativeStep(self, buffer, batch_size)
                     return self._cpu
                 warn_fallback("the native learner step", "the Numba step", reason)
+                self._native_off(reason)
             except native.NativeUnavailable as e:
-                reason = str(e)
-                native.warn_unavailable(reason)
-            self.native_off = reason
-            self.fallbacks.append(f"learner native step: {reason}")
+                self._native_off(str(e), warn=True)
         self._cpu = CpuStep(self, buffer, batch_size)
         return self._cpu
+
+    def native_actor(self, obs_dtype: torch.dtype) -> native.NativeActor | None:
+        """The native actor for observations of `obs_dtype` on the live parameters, or None
+        where the native route is off or unavailable (that warns once, as for the step)."""
+        if not (self.native and self.native_off is None and self.fused
+                and self.device.type == "cpu"):
+            return None
+        try:
+            return native.NativeActor(self, obs_dtype)
+        except native.NativeUnavailable as e:
+            self._native_off(str(e), warn=True)
+            return None
+
+    def _native_off(self, reason: str, warn: bool = False) -> None:
+        """The native route is off for good on this learner, for `reason`."""
+        if warn:
+            native.warn_unavailable(reason)
+        self.native_off = reason
+        self.fallbacks.append(f"learner native step: {reason}")
 
     def learn_prioritized_on_device(self, buffer: ReplayBuffer, sampler: TorchPrioritized, k: int,
                                     batch_size: int, beta: float,

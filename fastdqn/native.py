@@ -38,7 +38,7 @@ from .selfcheck import RouteFallbackWarning, disagreement
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_step.cpp"
 """The C++ source: `csrc/` at the repository root (an editable install reads it in place)."""
-ABI = 1
+ABI = 2
 MAX_LAYERS = 8
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-Wl,-z,defs"]
 """-march=native: the library is built on the machine that runs it, and its name hashes the CPU
@@ -216,6 +216,8 @@ def load() -> ctypes.CDLL:
     lib.fdqn_destroy.argtypes = [ctypes.c_void_p]
     lib.fdqn_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.fdqn_act.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                             ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
     _library, _build = lib, None
     return lib
 
@@ -230,49 +232,92 @@ def _ptr(t: torch.Tensor | np.ndarray) -> int:
     return t.data_ptr() if isinstance(t, torch.Tensor) else t.ctypes.data
 
 
-class NativeStep:
-    """`learner.CpuStep`'s math as one native call per block of steps, on the learner's tensors
-    and the replay buffer's storage in place (no copies; the checkpoint format is unchanged)."""
+def _spec(learner, obs_dtype: torch.dtype, batch_size: int,
+          buffer=None) -> tuple[Spec, tuple[torch.Tensor, ...]]:
+    """The Spec of `learner` (and `buffer`'s storage, if given), and the tensors it points into."""
+    net, opt = learner.net, learner.optimizer
+    sizes = [net.in_dim, *net.hidden, net.n_out]
+    if len(sizes) - 1 > MAX_LAYERS:
+        raise NativeUnavailable(f"more than {MAX_LAYERS} layers")
+    if obs_dtype not in (torch.float32, torch.uint8):
+        raise NativeUnavailable(f"observations are {obs_dtype}, not float32 or uint8")
+    spec = Spec(abi=ABI, n_layers=len(sizes) - 1, batch=batch_size,
+                double_dqn=int(learner.double), dueling=int(net.dueling),
+                huber=int(learner.loss_kind == "huber"), obs_u8=int(obs_dtype == torch.uint8),
+                interval=learner.interval, lr=opt.lr, beta1=opt.betas[0], beta2=opt.betas[1],
+                eps=opt.eps, max_norm=learner.max_grad_norm, tau=learner.tau)
+    spec.sizes[:len(sizes)] = sizes
+    names = ["params", "grad", "target", "exp_avg", "exp_avg_sq", "step_count"]
+    tensors = [learner.params, learner.grad, learner.target, opt.exp_avg, opt.exp_avg_sq,
+               opt.step_count]
+    if buffer is not None:
+        names += ["obs", "next_obs", "actions", "rewards", "dones", "discounts"]
+        tensors += [buffer.obs, buffer.next_obs, buffer.actions, buffer.rewards, buffer.dones,
+                    buffer.discounts]
+    for name, t in zip(names, tensors):
+        if not t.is_contiguous() or t.device.type != "cpu":
+            raise NativeUnavailable(f"{name} is not a contiguous CPU tensor")
+        setattr(spec, name, t.data_ptr())
+    return spec, tuple(tensors)
 
-    def __init__(self, learner, buffer, batch_size: int) -> None:
-        net = learner.net
-        sizes = [net.in_dim, *net.hidden, net.n_out]
-        if len(sizes) - 1 > MAX_LAYERS:
-            raise NativeUnavailable(f"more than {MAX_LAYERS} layers")
-        lib = load()
-        opt = learner.optimizer
-        self.learner, self.buffer, self.b = learner, buffer, batch_size
-        self.soft_target = learner.interval == 1 and learner.tau < 1.0
-        # Kept alive here: the native side holds raw pointers into these.
-        self._keep = (learner.params, learner.grad, learner.target, opt.exp_avg, opt.exp_avg_sq,
-                      opt.step_count, buffer.obs, buffer.next_obs, buffer.actions,
-                      buffer.rewards, buffer.dones, buffer.discounts)
-        spec = Spec(abi=ABI, n_layers=len(sizes) - 1, batch=batch_size,
-                    double_dqn=int(learner.double), dueling=int(net.dueling),
-                    huber=int(learner.loss_kind == "huber"),
-                    obs_u8=int(buffer.obs.dtype == torch.uint8), interval=learner.interval,
-                    lr=opt.lr, beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps,
-                    max_norm=learner.max_grad_norm, tau=learner.tau)
-        spec.sizes[:len(sizes)] = sizes
-        for name, t in zip(("params", "grad", "target", "exp_avg", "exp_avg_sq", "step_count",
-                            "obs", "next_obs", "actions", "rewards", "dones", "discounts"),
-                           self._keep):
-            if not t.is_contiguous() or t.device.type != "cpu":
-                raise NativeUnavailable(f"{name} is not a contiguous CPU tensor")
-            setattr(spec, name, t.data_ptr())
-        if buffer.obs.dtype not in (torch.float32, torch.uint8) or opt.step_count.dtype != torch.float32:
-            raise NativeUnavailable("observations must be float32 or uint8")
-        self.lib = lib
-        self.handle = lib.fdqn_create(ctypes.byref(spec))
+
+class _Handle:
+    """A native Step object for one Spec, destroyed with this Python object."""
+
+    def __init__(self, spec: Spec, keep: tuple) -> None:
+        self.lib = load()
+        self._keep = keep  # the native side holds raw pointers into these
+        self.handle = self.lib.fdqn_create(ctypes.byref(spec))
         if not self.handle:
             raise NativeUnavailable("the library refused the network or batch layout")
-        self.td_abs = np.empty(batch_size, dtype=np.float32)
 
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)
         if handle:
             self.lib.fdqn_destroy(handle)
             self.handle = None
+
+
+class NativeActor(_Handle):
+    """Q-values and epsilon-greedy actions of the acting batch under the learner's live
+    parameters, in one native call (the plain forward pass is about ten torch ops)."""
+
+    def __init__(self, learner, obs_dtype: torch.dtype) -> None:
+        super().__init__(*_spec(learner, obs_dtype, 1))
+        self.n_actions = learner.net.n_actions
+        self.obs_dtype = obs_dtype
+
+    def _call(self, obs: torch.Tensor, uniforms: torch.Tensor | None, eps: float
+              ) -> tuple[torch.Tensor, np.ndarray]:
+        if obs.dtype != self.obs_dtype or obs.device.type != "cpu":
+            raise ValueError(f"the native actor takes {self.obs_dtype} CPU observations")
+        obs = obs.contiguous()
+        n = obs.shape[0]
+        q = torch.empty(n, self.n_actions)
+        actions = np.empty(n, dtype=np.int64)
+        u = None if uniforms is None else uniforms.contiguous()
+        self.lib.fdqn_act(self.handle, obs.data_ptr(), n, None if u is None else u.data_ptr(),
+                          eps, q.data_ptr(), actions.ctypes.data)
+        return q, actions
+
+    def q(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q-values [n, n_actions] of a batch of observations."""
+        return self._call(obs, None, 0.0)[0]
+
+    def act(self, obs: torch.Tensor, eps: float, uniforms: torch.Tensor) -> torch.Tensor:
+        """`explore.epsilon_greedy`'s actions for the uniforms [2, n] it would draw."""
+        return torch.from_numpy(self._call(obs, uniforms, eps)[1])
+
+
+class NativeStep(_Handle):
+    """`learner.CpuStep`'s math as one native call per block of steps, on the learner's tensors
+    and the replay buffer's storage in place (no copies; the checkpoint format is unchanged)."""
+
+    def __init__(self, learner, buffer, batch_size: int) -> None:
+        super().__init__(*_spec(learner, buffer.obs.dtype, batch_size, buffer))
+        self.learner, self.buffer, self.b = learner, buffer, batch_size
+        self.soft_target = learner.interval == 1 and learner.tau < 1.0
+        self.td_abs = np.empty(batch_size, dtype=np.float32)
 
     def steps(self, idx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """The steps of a [K, B] int64 index block (or one [B] row), each with its target update

@@ -116,7 +116,8 @@ def test_learner_step_smoke_times_every_cpu_route(tmp_path) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     us = json.loads(out.read_text())["us_per_step"]
-    assert set(us) == {"torch-ops", "cpu-fused", "cpu-fused+per", "reference"}
+    assert set(us) == {"torch-ops", "cpu-fused", "cpu-fused+per", "cpu-native", "cpu-native+per",
+                       "reference"}
     assert all(v > 0 for v in us.values())
 
 
