@@ -89,8 +89,9 @@ def time_mm(m: int, k: int, n: int, dtype: torch.dtype, min_time: float) -> floa
     return float(np.median(blocks))
 
 
-def fused_step_seconds(args: argparse.Namespace) -> float:
-    """The whole fused CPU learner step (gather to target update) at these sizes, per step."""
+def fused_step_seconds(args: argparse.Namespace, native: bool = True) -> float:
+    """The whole fused CPU learner step (gather to target update) at these sizes, per step:
+    the native one (csrc/), or with `native` False the Numba one."""
     from fastdqn.learner import Learner
     from fastdqn.networks import MLP
     from fastdqn.replay import ReplayBuffer
@@ -99,7 +100,7 @@ def fused_step_seconds(args: argparse.Namespace) -> float:
     net = MLP(args.in_dim, args.n_actions, hidden)
     learner = Learner(net, init=net.init(torch.Generator().manual_seed(0)), lr=6.3e-4,
                       gamma=0.99, tau=0.005, target_update_interval=1,
-                      double_dqn=not args.no_double, cuda_graphs=False)
+                      double_dqn=not args.no_double, cuda_graphs=False, native=native)
     buf = ReplayBuffer(10_000, (args.in_dim,), torch.float32, "cpu")
     g = torch.Generator().manual_seed(1)
     n = 10_000
@@ -115,6 +116,8 @@ def fused_step_seconds(args: argparse.Namespace) -> float:
         t = time.perf_counter()
         learner.learn_block(buf, idx)
         blocks.append((time.perf_counter() - t) / 50)
+    if native and learner.native_off:
+        sys.exit(f"roofline.py: the native step did not run ({learner.native_off})")
     return float(np.median(blocks))
 
 
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = sum(2 * m * k * n for _, m, k, n in gemms)
     big = time_mm(1024, 1024, 1024, torch.float32, args.min_time)
     fused = fused_step_seconds(args)
+    numba = fused_step_seconds(args, native=False)
     result.update({
         "flops_per_step": flops, "gemm_calls_per_step": len(gemms),
         "peak_fp32_gflops_1024": 2 * 1024**3 / big / 1e9,
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "sps_ceiling_gemm": {k: per_step / v for k, v in totals.items()},
         "fused_step_us": fused * 1e6, "sps_ceiling_fused_step": per_step / fused,
         "gemm_share_of_fused_step": totals["fp32"] / fused,
+        "numba_step_us": numba * 1e6, "sps_ceiling_numba_step": per_step / numba,
     })
     if args.loop_sps:
         result["loop_sps"] = args.loop_sps
@@ -159,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['gemm_gflops_per_step']['bf16']:.1f} GFLOP/s ({totals['bf16'] * 1e6:.0f} us)")
     print(f"SPS ceiling from the GEMMs alone ({per_step:g} transitions a step): fp32 "
           f"{result['sps_ceiling_gemm']['fp32']:,.0f}, bf16 {result['sps_ceiling_gemm']['bf16']:,.0f}")
-    print(f"the fused step: {fused * 1e6:.0f} us ({totals['fp32'] / fused:.0%} of it GEMMs): "
-          f"ceiling {result['sps_ceiling_fused_step']:,.0f} SPS")
+    print(f"the native step: {fused * 1e6:.0f} us ({totals['fp32'] / fused:.0%} of it the GEMM "
+          f"time above): ceiling {result['sps_ceiling_fused_step']:,.0f} SPS; the Numba step "
+          f"{numba * 1e6:.0f} us: ceiling {result['sps_ceiling_numba_step']:,.0f} SPS")
     if args.loop_sps:
         print(f"the loop's {args.loop_sps:,.0f} SPS is "
               f"{result['loop_fraction_of_gemm_ceiling']:.0%} of the fp32 GEMM ceiling")

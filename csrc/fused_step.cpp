@@ -26,9 +26,39 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 namespace {
 
-constexpr int64_t kAbi = 2;
+constexpr int64_t kAbi = 3;
 constexpr int kMaxLayers = 8;
 constexpr int kNarrow = 16;  // products with a side this small are loops, not sgemm_ calls
+
+// How observation rows are stored; each is read as float32, uint8 pixels scaled to [0, 1].
+enum ObsKind : int64_t { kFloat32 = 0, kUint8 = 1, kBool = 2, kFloat64 = 3 };
+
+int64_t obs_width(int64_t kind) {
+  return kind == kFloat64 ? 8 : kind == kFloat32 ? 4 : 1;
+}
+
+// Row `r` of `n` observation values of `kind` at `base`, as float32 into `out`.
+void read_obs(const void* base, int64_t kind, int64_t r, int64_t n, float* out) {
+  switch (kind) {
+    case kFloat32:
+      std::memcpy(out, static_cast<const float*>(base) + r * n, n * sizeof(float));
+      break;
+    case kUint8: {
+      const uint8_t* src = static_cast<const uint8_t*>(base) + r * n;
+      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(src[j]) / 255.0f;
+      break;
+    }
+    case kBool: {
+      const uint8_t* src = static_cast<const uint8_t*>(base) + r * n;
+      for (int64_t j = 0; j < n; ++j) out[j] = src[j] ? 1.0f : 0.0f;
+      break;
+    }
+    default: {
+      const double* src = static_cast<const double*>(base) + r * n;
+      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(src[j]);
+    }
+  }
+}
 
 // Filled by fastdqn/native.py (a ctypes.Structure with the same fields in the same order).
 struct Spec {
@@ -36,7 +66,7 @@ struct Spec {
   int64_t n_layers;                // weight layers: hidden layers + 1
   int64_t sizes[kMaxLayers + 1];   // in_dim, hidden..., n_out
   int64_t batch;
-  int64_t double_dqn, dueling, huber, obs_u8, interval;
+  int64_t double_dqn, dueling, huber, obs_kind, interval;  // obs_kind: see ObsKind
   double lr, beta1, beta2, eps, max_norm, tau;
   float *params, *grad, *target, *exp_avg, *exp_avg_sq, *step_count;
   const void *obs, *next_obs;
@@ -136,7 +166,7 @@ struct Step {
   // Start loading the rows `idx` names (obs, next_obs and the scalars): the block's next step
   // prefetches while this one computes, so the replay's random reads leave the critical path.
   void prefetch(const int64_t* idx) const {
-    const int64_t dim = s.sizes[0], width = s.obs_u8 ? 1 : 4;
+    const int64_t dim = s.sizes[0], width = obs_width(s.obs_kind);
     for (int64_t i = 0; i < s.batch; ++i) {
       const int64_t r = idx[i];
       const char* o = static_cast<const char*>(s.obs) + r * dim * width;
@@ -155,20 +185,8 @@ struct Step {
   void gather(const int64_t* idx) {
     const int64_t b = s.batch, dim = s.sizes[0];
     for (int64_t i = 0; i < b; ++i) {
-      const int64_t r = idx[i];
-      float* o = x.data() + i * dim;
-      float* n = x.data() + (b + i) * dim;
-      if (s.obs_u8) {
-        const uint8_t* src = static_cast<const uint8_t*>(s.obs) + r * dim;
-        const uint8_t* nsrc = static_cast<const uint8_t*>(s.next_obs) + r * dim;
-        for (int64_t j = 0; j < dim; ++j) {
-          o[j] = static_cast<float>(src[j]) / 255.0f;
-          n[j] = static_cast<float>(nsrc[j]) / 255.0f;
-        }
-      } else {
-        std::memcpy(o, static_cast<const float*>(s.obs) + r * dim, dim * sizeof(float));
-        std::memcpy(n, static_cast<const float*>(s.next_obs) + r * dim, dim * sizeof(float));
-      }
+      read_obs(s.obs, s.obs_kind, idx[i], dim, x.data() + i * dim);
+      read_obs(s.next_obs, s.obs_kind, idx[i], dim, x.data() + (b + i) * dim);
     }
   }
 
@@ -293,12 +311,7 @@ struct Step {
     const int64_t dim = s.sizes[0], n_out = s.sizes[s.n_layers];
     const int64_t n_actions = s.dueling ? n_out - 1 : n_out;
     act_x.resize(n * dim);
-    if (s.obs_u8) {
-      const uint8_t* src = static_cast<const uint8_t*>(obs);
-      for (int64_t j = 0; j < n * dim; ++j) act_x[j] = static_cast<float>(src[j]) / 255.0f;
-    } else {
-      std::memcpy(act_x.data(), obs, n * dim * sizeof(float));
-    }
+    for (int64_t i = 0; i < n; ++i) read_obs(obs, s.obs_kind, i, dim, act_x.data() + i * dim);
     act_h.resize(s.n_layers);
     for (int64_t l = 0; l < s.n_layers; ++l) act_h[l].resize(n * s.sizes[l + 1]);
     forward(s.params, act_x.data(), n, act_h);
@@ -388,7 +401,7 @@ int64_t fdqn_abi(void) { return kAbi; }
 // A step object for `spec`, or null when the spec is not one this build can run.
 void* fdqn_create(const Spec* spec) {
   if (spec->abi != kAbi || spec->n_layers < 1 || spec->n_layers > kMaxLayers || spec->batch < 1 ||
-      spec->interval < 1)
+      spec->interval < 1 || spec->obs_kind < kFloat32 || spec->obs_kind > kFloat64)
     return nullptr;
   return new (std::nothrow) Step(*spec);
 }

@@ -241,9 +241,9 @@ class Learner:
                     self._cpu = native.NativeStep(self, buffer, batch_size)
                     return self._cpu
                 warn_fallback("the native learner step", "the Numba step", reason)
-                self._native_off(reason)
+                self._native_off(reason, fault=True)
             except native.NativeUnavailable as e:
-                self._native_off(str(e), warn=True)
+                self._native_unavailable(e)
         self._cpu = CpuStep(self, buffer, batch_size)
         return self._cpu
 
@@ -256,15 +256,23 @@ class Learner:
         try:
             return native.NativeActor(self, obs_dtype)
         except native.NativeUnavailable as e:
-            self._native_off(str(e), warn=True)
+            self._native_unavailable(e)
             return None
 
-    def _native_off(self, reason: str, warn: bool = False) -> None:
-        """The native route is off for good on this learner, for `reason`."""
-        if warn:
-            native.warn_unavailable(reason)
+    def _native_unavailable(self, e: native.NativeUnavailable) -> None:
+        """A machine that cannot run the native step warns once; a layout it does not take
+        (NativeUnsupported) is only noted in the route."""
+        fault = not isinstance(e, native.NativeUnsupported)
+        if fault:
+            native.warn_unavailable(str(e))
+        self._native_off(str(e), fault)
+
+    def _native_off(self, reason: str, fault: bool) -> None:
+        """The native route is off for good on this learner, for `reason` (a `fault` is also
+        listed in `fallbacks`, which summary.json reports)."""
+        if fault:
+            self.fallbacks.append(f"learner native step: {reason}")
         self.native_off = reason
-        self.fallbacks.append(f"learner native step: {reason}")
 
     def learn_prioritized_on_device(self, buffer: ReplayBuffer, sampler: TorchPrioritized, k: int,
                                     batch_size: int, beta: float,

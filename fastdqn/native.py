@@ -38,7 +38,7 @@ from .selfcheck import RouteFallbackWarning, disagreement
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_step.cpp"
 """The C++ source: `csrc/` at the repository root (an editable install reads it in place)."""
-ABI = 2
+ABI = 3
 MAX_LAYERS = 8
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-Wl,-z,defs"]
 """-march=native: the library is built on the machine that runs it, and its name hashes the CPU
@@ -51,7 +51,7 @@ class Spec(ctypes.Structure):
     _fields_ = [("abi", ctypes.c_int64), ("n_layers", ctypes.c_int64),
                 ("sizes", ctypes.c_int64 * (MAX_LAYERS + 1)), ("batch", ctypes.c_int64),
                 ("double_dqn", ctypes.c_int64), ("dueling", ctypes.c_int64),
-                ("huber", ctypes.c_int64), ("obs_u8", ctypes.c_int64),
+                ("huber", ctypes.c_int64), ("obs_kind", ctypes.c_int64),
                 ("interval", ctypes.c_int64),
                 ("lr", ctypes.c_double), ("beta1", ctypes.c_double), ("beta2", ctypes.c_double),
                 ("eps", ctypes.c_double), ("max_norm", ctypes.c_double), ("tau", ctypes.c_double),
@@ -63,8 +63,17 @@ class Spec(ctypes.Structure):
                 ("dones", ctypes.c_void_p), ("discounts", ctypes.c_void_p)]
 
 
+OBS_KINDS = {torch.float32: 0, torch.uint8: 1, torch.bool: 2, torch.float64: 3}
+"""Observation dtypes the native step reads (csrc ObsKind); uint8 is scaled to [0, 1]."""
+
+
 class NativeUnavailable(RuntimeError):
     """The native step cannot be built or loaded here; the message says why in one line."""
+
+
+class NativeUnsupported(NativeUnavailable):
+    """The native step does not take this run's layout (not a fault of the machine: the Numba
+    step runs it, noted in the route, without a warning)."""
 
 
 def cache_dir() -> Path:
@@ -238,12 +247,12 @@ def _spec(learner, obs_dtype: torch.dtype, batch_size: int,
     net, opt = learner.net, learner.optimizer
     sizes = [net.in_dim, *net.hidden, net.n_out]
     if len(sizes) - 1 > MAX_LAYERS:
-        raise NativeUnavailable(f"more than {MAX_LAYERS} layers")
-    if obs_dtype not in (torch.float32, torch.uint8):
-        raise NativeUnavailable(f"observations are {obs_dtype}, not float32 or uint8")
+        raise NativeUnsupported(f"more than {MAX_LAYERS} layers")
+    if obs_dtype not in OBS_KINDS:
+        raise NativeUnsupported(f"{str(obs_dtype).replace('torch.', '')} observations")
     spec = Spec(abi=ABI, n_layers=len(sizes) - 1, batch=batch_size,
                 double_dqn=int(learner.double), dueling=int(net.dueling),
-                huber=int(learner.loss_kind == "huber"), obs_u8=int(obs_dtype == torch.uint8),
+                huber=int(learner.loss_kind == "huber"), obs_kind=OBS_KINDS[obs_dtype],
                 interval=learner.interval, lr=opt.lr, beta1=opt.betas[0], beta2=opt.betas[1],
                 eps=opt.eps, max_norm=learner.max_grad_norm, tau=learner.tau)
     spec.sizes[:len(sizes)] = sizes

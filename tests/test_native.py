@@ -156,14 +156,40 @@ def test_a_disagreeing_native_step_fails_its_self_check(cache, monkeypatch):
     assert_fell_back(lr, buf, caught, "on target vs eager")
 
 
-def test_a_network_deeper_than_the_library_takes_falls_back(cache):
+def test_a_network_deeper_than_the_library_takes_runs_on_numba_quietly(cache):
+    """A layout the native step does not take is no fault: no warning, the route says why."""
     buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         lr = train(learner(hidden=(8,) * native.MAX_LAYERS), buf)
-    lines = [str(w.message) for w in caught if issubclass(w.category, RouteFallbackWarning)]
-    assert len(lines) == 1 and "more than 8 layers" in lines[0]
-    assert isinstance(lr._cpu, CpuStep)
+    assert isinstance(lr._cpu, CpuStep) and lr.fallbacks == []
+    assert "native step off: more than 8 layers" in lr.route(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("obs_dtype", [torch.bool, torch.float64, torch.uint8])
+def test_every_observation_dtype_reads_as_the_numba_step_reads_it(cache, obs_dtype):
+    g = torch.Generator().manual_seed(3)
+    buf = ReplayBuffer(1000, (5,), obs_dtype)
+    raw = torch.randint(256, (2, 300, 5), generator=g)
+    obs = raw.bool() if obs_dtype == torch.bool else raw.to(obs_dtype)
+    if obs_dtype == torch.float64:
+        obs = obs / 100.0
+    buf.add(obs[0], torch.randint(3, (300,), generator=g), torch.randn(300, generator=g), obs[1],
+            (torch.rand(300, generator=g) < 0.2).float(), torch.full((300,), 0.99))
+    got = train(learner(), buf)
+    assert isinstance(got._cpu, native.NativeStep)
+    torch.testing.assert_close(got.params, train(learner(False), buf).params, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_an_observation_dtype_it_does_not_read_runs_on_numba_quietly(cache):
+    buf = ReplayBuffer(1000, (5,), torch.int32)
+    buf.add(torch.randint(9, (50, 5), dtype=torch.int32), torch.randint(3, (50,)), torch.randn(50),
+            torch.randint(9, (50, 5), dtype=torch.int32), torch.zeros(50), torch.full((50,), 0.99))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr = train(learner(), buf)
+    assert isinstance(lr._cpu, CpuStep) and "int32 observations" in lr.native_off
 
 
 def test_numba_learner_never_builds(cache, monkeypatch):
