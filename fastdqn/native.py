@@ -36,8 +36,12 @@ import torch
 
 from .selfcheck import RouteFallbackWarning, disagreement
 
-SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_step.cpp"
-"""The C++ source: `csrc/` at the repository root (an editable install reads it in place)."""
+_HERE = Path(__file__).resolve().parent
+SOURCE = next((p for p in (_HERE / "_csrc" / "fused_step.cpp",
+                           _HERE.parent / "csrc" / "fused_step.cpp") if p.is_file()),
+              _HERE.parent / "csrc" / "fused_step.cpp")
+"""The C++ source: inside the package in a wheel (fastdqn/_csrc), `csrc/` at the repository
+root in a checkout or an editable install."""
 ABI = 3
 MAX_LAYERS = 8
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-Wl,-z,defs"]
