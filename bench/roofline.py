@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "gemm_share_of_fused_step": totals["fp32"] / fused,
         "numba_step_us": numba * 1e6, "sps_ceiling_numba_step": per_step / numba,
     })
+    peak_s = flops / (2 * 1024**3 / big)  # the step's FLOPs at the CPU's 1024^3 rate
+    result.update({"peak_rate_us_per_step": peak_s * 1e6, "sps_ceiling_peak": per_step / peak_s,
+                   "native_step_fraction_of_peak": peak_s / fused})
     if args.loop_sps:
         result["loop_sps"] = args.loop_sps
         result["loop_fraction_of_gemm_ceiling"] = args.loop_sps / result["sps_ceiling_gemm"]["fp32"]
@@ -167,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the native step: {fused * 1e6:.0f} us ({totals['fp32'] / fused:.0%} of it the GEMM "
           f"time above): ceiling {result['sps_ceiling_fused_step']:,.0f} SPS; the Numba step "
           f"{numba * 1e6:.0f} us: ceiling {result['sps_ceiling_numba_step']:,.0f} SPS")
+    print(f"the step's FLOPs at the 1024^3 rate: {peak_s * 1e6:.0f} us, a ceiling of "
+          f"{result['sps_ceiling_peak']:,.0f} SPS; the native step runs at "
+          f"{result['native_step_fraction_of_peak']:.0%} of that rate")
     if args.loop_sps:
         print(f"the loop's {args.loop_sps:,.0f} SPS is "
               f"{result['loop_fraction_of_gemm_ceiling']:.0%} of the fp32 GEMM ceiling")

@@ -186,3 +186,17 @@ def test_apex_bench_reports_throughput_ceiling_and_arithmetic(tmp_path) -> None:
     per_actor = fig["throughput"][0]["per_actor_sps"][0]
     assert f"= {ingest['rows_per_s'] / per_actor:.2f} actors" in fig["arithmetic"][0]
     assert fig["arithmetic"][1].startswith("2 nodes x 16 cores: 31 actor cores")
+
+
+def test_roofline_smoke_reports_both_cpu_steps(tmp_path) -> None:
+    out = tmp_path / "roof.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "roofline.py"), "--min-time", "0.01",
+                        "--hidden", "16,16", "--json", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())
+    assert fig["gemm_calls_per_step"] == 11 and fig["flops_per_step"] == 2 * (
+        256 * 8 * 16 + 256 * 16 * 16 + 256 * 16 * 4 + 128 * 8 * 16 + 128 * 16 * 16 + 128 * 16 * 4
+        + 4 * 128 * 16 + 128 * 4 * 16 + 16 * 128 * 16 + 128 * 16 * 16 + 16 * 128 * 8)
+    for key in ["fused_step_us", "numba_step_us", "sps_ceiling_peak", "peak_rate_us_per_step"]:
+        assert fig[key] > 0, key
