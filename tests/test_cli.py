@@ -676,3 +676,12 @@ def test_stride_0_bomb_costs_eval_no_memory(run_dir, tmp_path) -> None:
     code, peak = peak_rss_mb("eval", str(bomb), "--episodes", "1")
     assert code == 2
     assert peak < baseline + 100, (peak, baseline)
+
+
+def test_a_value_after_a_switch_names_the_value(capsys):
+    from fastdqn.cli import main
+
+    assert main(["train", "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected values: false (a switch takes no value: --progress or --no-progress)" in err
+    assert "unknown flags: ;" not in err and len(err.strip().splitlines()) == 1
