@@ -19,6 +19,7 @@ else is used: a library is code, so one that another user could have written is 
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -136,7 +137,7 @@ def command(cxx: str, out: Path) -> list[str]:
 def library_path() -> Path:
     """Where the library for this source, compiler, torch and CPU lives in the cache."""
     if not sys.platform.startswith("linux"):
-        raise NativeUnavailable(f"the native step is built on Linux only (this is {sys.platform})")
+        raise NativeUnsupported(f"the native step is built on Linux only (this is {sys.platform})")
     if not SOURCE.is_file():
         raise NativeUnavailable(f"{SOURCE} is not installed (pip install -e . ships it)")
     cxx = compiler()
@@ -171,6 +172,16 @@ class Build:
         except OSError as e:
             self.tmp.unlink(missing_ok=True)
             raise NativeUnavailable(f"compiler does not start ({e.strerror})") from None
+        atexit.register(self.abandon)
+
+    def abandon(self) -> None:
+        """At exit with the build never waited for (the run failed before its first step):
+        stop the compiler and remove its half-written file."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            self.tmp.unlink(missing_ok=True)
 
     def wait(self) -> Path:
         """The built library (waits for the compiler); the file is renamed into place whole,
@@ -179,6 +190,7 @@ class Build:
             return self.path
         out, _ = self.proc.communicate()
         code, self.proc = self.proc.returncode, None
+        atexit.unregister(self.abandon)
         if code != 0:
             self.tmp.unlink(missing_ok=True)
             last = (out or "").strip().splitlines()[-1:] or ["no output"]

@@ -315,3 +315,11 @@ def buffer_of(agent) -> ReplayBuffer:
             torch.randn(32, generator=g), torch.randn(32, 4, generator=g), torch.zeros(32),
             torch.full((32,), 0.99))
     return buf
+
+
+def test_a_build_never_waited_for_is_stopped_at_exit(cache):
+    native.prepare()
+    build = native._build
+    assert build.proc is not None and build.tmp.exists()
+    build.abandon()  # what atexit runs when the run failed before its first step
+    assert build.proc is None and list(cache.iterdir()) == []
