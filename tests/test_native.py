@@ -51,15 +51,20 @@ def train(lr: Learner, buf: ReplayBuffer, blocks: int = 5) -> Learner:
     return lr
 
 
-def assert_fell_back(lr: Learner, buf: ReplayBuffer, caught: list, words: str) -> None:
-    """One warning naming `words`, the Numba step in use, the reason in route and fallbacks,
-    and the same parameters as a learner that never tried the native step."""
+def assert_falls_back(buf: ReplayBuffer, words: str, **kw) -> Learner:
+    """Training a learner (built with `kw`) on `buf` gives one warning naming `words`, the
+    Numba step in use, the reason in route and fallbacks, and the same parameters as a learner
+    that never tried the native step."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lr = train(learner(**kw), buf)
     lines = [str(w.message) for w in caught if issubclass(w.category, RouteFallbackWarning)]
     assert len(lines) == 1 and words in lines[0] and "using the Numba step" in lines[0], lines
     assert isinstance(lr._cpu, CpuStep)
     assert words in lr.native_off and words in lr.route(torch.device("cpu"))
     assert lr.fallbacks == [f"learner native step: {lr.native_off}"]
-    torch.testing.assert_close(lr.params, train(learner(False), buf).params, rtol=0, atol=0)
+    torch.testing.assert_close(lr.params, train(learner(False, **kw), buf).params, rtol=0, atol=0)
+    return lr
 
 
 def test_builds_once_into_a_private_cache_and_is_used(cache):
@@ -98,11 +103,7 @@ def test_prepare_builds_in_the_background(cache):
 
 def test_no_compiler_falls_back_with_one_line(cache, monkeypatch):
     monkeypatch.setenv("CXX", str(cache.parent / "no-such-compiler"))
-    buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lr = train(learner(), buf)
-    assert_fell_back(lr, buf, caught, "does not run")
+    assert_falls_back(buffer(), "does not run")
 
 
 def test_a_failing_build_falls_back_and_leaves_no_file(cache, tmp_path, monkeypatch):
@@ -111,33 +112,21 @@ def test_a_failing_build_falls_back_and_leaves_no_file(cache, tmp_path, monkeypa
                    "echo 'fused_step.cpp:1: error: boom'; exit 1\n")
     cxx.chmod(0o755)
     monkeypatch.setenv("CXX", str(cxx))
-    buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lr = train(learner(), buf)
-    assert_fell_back(lr, buf, caught, "build failed (fused_step.cpp:1: error: boom)")
+    assert_falls_back(buffer(), "build failed (fused_step.cpp:1: error: boom)")
     assert list(cache.iterdir()) == []
 
 
 def test_a_cache_others_can_write_is_refused(cache):
     cache.mkdir(mode=0o700)
     os.chmod(cache, 0o777)
-    buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lr = train(learner(), buf)
-    assert_fell_back(lr, buf, caught, "writable by others (chmod 700 it)")
+    assert_falls_back(buffer(), "writable by others (chmod 700 it)")
     assert list(cache.iterdir()) == []
 
 
 def test_a_library_that_does_not_load_is_refused(cache):
     path = native.library_path()
     path.write_bytes(b"not a shared library")
-    buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lr = train(learner(), buf)
-    assert_fell_back(lr, buf, caught, "does not load")
+    assert_falls_back(buffer(), "does not load")
 
 
 def test_a_disagreeing_native_step_fails_its_self_check(cache, monkeypatch):
@@ -149,11 +138,7 @@ def test_a_disagreeing_native_step_fails_its_self_check(cache, monkeypatch):
         return out
 
     monkeypatch.setattr(native.NativeStep, "steps", wrong)
-    buf = buffer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lr = train(learner(), buf)
-    assert_fell_back(lr, buf, caught, "on target vs eager")
+    assert_falls_back(buffer(), "on target vs eager")
 
 
 def test_a_network_deeper_than_the_library_takes_runs_on_numba_quietly(cache):
