@@ -309,15 +309,16 @@ class NativeActor(_Handle):
 
     def __init__(self, learner, obs_dtype: torch.dtype) -> None:
         super().__init__(*_spec(learner, obs_dtype, 1))
-        self.n_actions = learner.net.n_actions
+        self.n_actions, self.in_dim = learner.net.n_actions, learner.net.in_dim
         self.obs_dtype = obs_dtype
 
     def _call(self, obs: torch.Tensor, uniforms: torch.Tensor | None, eps: float
               ) -> tuple[torch.Tensor, np.ndarray]:
-        if obs.dtype != self.obs_dtype or obs.device.type != "cpu":
-            raise ValueError(f"the native actor takes {self.obs_dtype} CPU observations")
-        obs = obs.contiguous()
         n = obs.shape[0]
+        if obs.dtype != self.obs_dtype or obs.device.type != "cpu" or obs.numel() != n * self.in_dim:
+            raise ValueError(f"the native actor takes {self.obs_dtype} CPU observations of "
+                             f"{self.in_dim} values, got {obs.dtype} {list(obs.shape)}")
+        obs = obs.contiguous()
         q = torch.empty(n, self.n_actions)
         actions = np.empty(n, dtype=np.int64)
         u = None if uniforms is None else uniforms.contiguous()

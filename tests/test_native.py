@@ -232,6 +232,8 @@ def test_native_actor_matches_the_forward_pass_and_epsilon_greedy(cache, dueling
         want = epsilon_greedy(want_q, torch.full((64,), eps), theirs)
         assert torch.equal(got, want), eps
     assert set(actor.act(obs, 1.0, torch.rand((2, 64), generator=g)).tolist()) <= {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="observations of 5 values"):
+        actor.q(obs[:, :4].contiguous())  # never reads past the rows it was given
     lr.params.add_(0.05)  # the actor reads the live parameters
     torch.testing.assert_close(actor.q(obs), net.forward(lr.online_views, preprocess(obs)),
                                rtol=1e-5, atol=1e-6)
