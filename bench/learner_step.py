@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     net = MLP(8, 4, tuple(int(h) for h in a.hidden.split(",")))
     init = net.init(torch.Generator().manual_seed(a.seed))
     routes = {"torch-ops": {"fused": False, "cuda_graphs": False}}
-    if device.type == "cpu":  # the Numba step, the native one (csrc/), each also with the sum tree
+    if device.type == "cpu":  # the Numba step and the native one (csrc/)
         routes["cpu-fused"] = {"fused": True, "native": False}
         routes["cpu-native"] = {"fused": True}
     if device.type == "cuda":

@@ -50,10 +50,10 @@ class _Parser(argparse.ArgumentParser):
                     hints.append(f"{b} (did you mean {close[0]}?)")
                 else:
                     hints.append(b)
-            stray = [b for b in message.split(":", 1)[1].split() if not b.startswith("-")]
             if hints:  # values after an unknown flag are its own
                 message = f"unknown flags: {', '.join(hints)}"
             else:  # a value after a switch (--progress false) or a word on its own
+                stray = [b for b in message.split(":", 1)[1].split() if not b.startswith("-")]
                 message = (f"unexpected values: {', '.join(stray)} (a switch takes no value: "
                            "--progress or --no-progress)")
         raise SystemExit(_fail(f"{self.prog}: {message}; see {self.prog} --help"))

@@ -210,10 +210,12 @@ class Learner:
         weights = np.empty(batch_size, dtype=np.float32)
         fused = self._route(buffer.device) == "cpu-fused"
         step = self.cpu_step(buffer, batch_size) if fused else None
+        native_step = isinstance(step, native.NativeStep)  # it updates the target itself
+        own_target = native_step or (fused and step.soft_target)
         for _ in range(k):
             sampler.sample(buffer.size, batch_size, beta, idx, weights)
             lap("sample")
-            if isinstance(step, native.NativeStep):  # the target update is inside
+            if native_step:
                 td_abs = step.steps(idx, weights)
             elif fused:
                 td_abs = step(idx, weights)
@@ -224,7 +226,7 @@ class Learner:
                 td_abs = self.step(buffer.gather(rows), weights=w).cpu().numpy()
             lap("learn")
             sampler.update(idx, td_abs)
-            if not (fused and step.soft_target) and not isinstance(step, native.NativeStep):
+            if not own_target:
                 self.maybe_update_target()
             lap("target")
 

@@ -253,10 +253,6 @@ def reset() -> None:
     _build = _library = _error = None
 
 
-def _ptr(t: torch.Tensor | np.ndarray) -> int:
-    return t.data_ptr() if isinstance(t, torch.Tensor) else t.ctypes.data
-
-
 def _spec(learner, obs_dtype: torch.dtype, batch_size: int,
           buffer=None) -> tuple[Spec, tuple[torch.Tensor, ...]]:
     """The Spec of `learner` (and `buffer`'s storage, if given), and the tensors it points into."""
@@ -342,7 +338,6 @@ class NativeStep(_Handle):
     def __init__(self, learner, buffer, batch_size: int) -> None:
         super().__init__(*_spec(learner, buffer.obs.dtype, batch_size, buffer))
         self.learner, self.buffer, self.b = learner, buffer, batch_size
-        self.soft_target = learner.interval == 1 and learner.tau < 1.0
         self.td_abs = np.empty(batch_size, dtype=np.float32)
 
     def steps(self, idx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

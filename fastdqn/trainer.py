@@ -219,8 +219,6 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
                       custom=q_network is not None)
         if device.type == "cpu" and cfg.learner == "auto":
             native.prepare()  # compiles in the background while envs start (once per machine)
-        if device.type == "cpu" and cfg.learner == "auto":
-            native.prepare()  # compiles in the background while envs start (once per machine)
     owns_ray = False
     if cfg.actors:
         from .apex import connect
