@@ -144,8 +144,8 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
                   custom: bool = False) -> None:
     """What DQN needs of the env beyond its spaces, refused in one line before the run dir
     exists: a CNN's image (shape, size, no --hidden), an env that reports life loss for
-    --life-loss-terminal on, a possible --frame-replay (not with --actors), and memory for the
-    replay."""
+    --life-loss-terminal on, a possible --frame-replay (not with --actors), --learner numba
+    where the run would not take that route, and memory for the replay."""
     kind = "custom" if custom else resolve_network(cfg.network, obs_space)
     shape = tuple(obs_space.shape)
     if kind == "cnn":
@@ -169,6 +169,15 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
                               "(info[\"life_loss\"]); pass --life-loss-terminal off or auto")
     dtype = torch_dtype(obs_space.dtype)
     frames = uses_frame_replay(cfg.frame_replay, kind, shape, obs_space.dtype)
+    if cfg.learner == "numba":  # a route choice this run would ignore is refused
+        why = (f"device {device.type}" if device.type != "cpu"
+               else f"a {kind} network trains on the reference route" if kind not in ("mlp", "rbf")
+               else "the frame replay trains on the reference route" if frames
+               else f"--optimizer {cfg.optimizer} trains on the reference route"
+               if cfg.optimizer != "adam" else None)
+        if why:
+            raise ConfigError(f"--learner numba picks the flat MLP's Numba CPU step, which this "
+                              f"run does not take ({why}); drop it")
     if frames and cfg.actors:
         raise ConfigError("--actors ships whole observations as rows; the frame replay is "
                           "single-machine: pass --frame-replay off (with a --buffer-size that "

@@ -310,3 +310,29 @@ def test_a_build_never_waited_for_is_stopped_at_exit(cache):
     assert build.proc is not None and build.tmp.exists()
     build.abandon()  # what atexit runs when the run failed before its first step
     assert build.proc is None and list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("kw, why", [
+    ({"device": "meta"}, "device meta"),
+    ({"optimizer": "rmsprop"}, "--optimizer rmsprop trains on the reference route"),
+    ({"env_id": "MinAtar/Breakout-v1"}, "a cnn network trains on the reference route"),
+])
+def test_learner_numba_where_the_run_would_not_take_it_is_refused(kw, why, tmp_path):
+    """--learner numba is never parsed and ignored: a run on another route refuses it."""
+    import gymnasium as gym
+
+    from fastdqn.config import ConfigError, make_config
+    from fastdqn.envs import env_factory
+    from fastdqn.trainer import check_dqn_env
+
+    device = torch.device(kw.pop("device", "cpu"))
+    cfg = make_config(learner="numba", run_dir=str(tmp_path), **kw)
+    cfg.validate()
+    obs_space = (gym.spaces.Box(0, 1, (10, 10, 4), bool) if "env_id" in kw
+                 else gym.spaces.Box(-1.0, 1.0, (8,), np.float32))
+    with pytest.raises(ConfigError, match="--learner numba picks") as e:
+        check_dqn_env(cfg, obs_space, device, env_factory(cfg.env_id))
+    assert why in str(e.value) and "\n" not in str(e.value)
+    check_dqn_env(make_config(learner="numba"), gym.spaces.Box(-1.0, 1.0, (8,), np.float32),
+                  torch.device("cpu"), env_factory("LunarLander-v3"))  # the flat MLP takes it
+    assert not list(tmp_path.iterdir())
