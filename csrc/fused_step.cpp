@@ -16,7 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <new>
+#include <limits>
 #include <vector>
 
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
@@ -26,7 +26,7 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 namespace {
 
-constexpr int64_t kAbi = 3;
+constexpr int64_t kAbi = 4;
 constexpr int kMaxLayers = 8;
 constexpr int kNarrow = 16;  // products with a side this small are loops, not sgemm_ calls
 
@@ -67,6 +67,7 @@ struct Spec {
   int64_t sizes[kMaxLayers + 1];   // in_dim, hidden..., n_out
   int64_t batch;
   int64_t double_dqn, dueling, huber, obs_kind, interval;  // obs_kind: see ObsKind
+  int64_t capacity;                // rows of the replay storage (0: an acting-only handle)
   double lr, beta1, beta2, eps, max_norm, tau;
   float *params, *grad, *target, *exp_avg, *exp_avg_sq, *step_count;
   const void *obs, *next_obs;
@@ -139,12 +140,14 @@ struct Step {
   std::vector<float> x;                        // [2B, in]: obs rows then next_obs rows
   std::vector<std::vector<float>> h, ht, d;    // online [rows, n], target [B, n], grads [B, n]
   std::vector<float> q_next, q_choose, scratch;
+  std::vector<int64_t> acts;                   // [B]: the checked actions of the gathered rows
   std::vector<float> act_x;                    // the acting batch: [n, in] and its layers
   std::vector<std::vector<float>> act_h;
 
   explicit Step(const Spec& spec) : s(spec) {
     const int64_t b = s.batch, rows = s.double_dqn ? 2 * b : b;
     x.resize(2 * b * s.sizes[0]);
+    acts.resize(b);
     for (int64_t l = 0; l < s.n_layers; ++l) {
       h.emplace_back(rows * s.sizes[l + 1]);
       ht.emplace_back(b * s.sizes[l + 1]);
@@ -169,6 +172,7 @@ struct Step {
     const int64_t dim = s.sizes[0], width = obs_width(s.obs_kind);
     for (int64_t i = 0; i < s.batch; ++i) {
       const int64_t r = idx[i];
+      if (r < 0 || r >= s.capacity) continue;  // refused by gather; no address formed from it
       const char* o = static_cast<const char*>(s.obs) + r * dim * width;
       const char* n = static_cast<const char*>(s.next_obs) + r * dim * width;
       for (int64_t off = 0; off < dim * width; off += 64) {
@@ -182,12 +186,24 @@ struct Step {
     }
   }
 
-  void gather(const int64_t* idx) {
-    const int64_t b = s.batch, dim = s.sizes[0];
+  int64_t n_actions() const { return s.sizes[s.n_layers] - (s.dueling ? 1 : 0); }
+
+  // The rows `idx` names into x. The indices and the actions those rows hold are data (a replay
+  // buffer can come from a file), and td_grad writes drow[a]: each is checked here, one compare
+  // per row, before anything outside this object's scratch is read or written. False when one
+  // is out of range ([0, rows) and [0, n_actions)).
+  bool gather(const int64_t* idx, int64_t rows) {
+    const int64_t b = s.batch, dim = s.sizes[0], n_act = n_actions();
     for (int64_t i = 0; i < b; ++i) {
-      read_obs(s.obs, s.obs_kind, idx[i], dim, x.data() + i * dim);
-      read_obs(s.next_obs, s.obs_kind, idx[i], dim, x.data() + (b + i) * dim);
+      const int64_t r = idx[i];
+      if (r < 0 || r >= rows) return false;
+      const int64_t a = s.actions[r];
+      if (a < 0 || a >= n_act) return false;
+      acts[i] = a;  // td_grad uses this checked copy, never a second read of the buffer
+      read_obs(s.obs, s.obs_kind, r, dim, x.data() + i * dim);
+      read_obs(s.next_obs, s.obs_kind, r, dim, x.data() + (b + i) * dim);
     }
+    return true;
   }
 
   void forward(const float* params, const float* in, int64_t rows,
@@ -243,7 +259,7 @@ struct Step {
         if (q_choose[j] > q_choose[best]) best = j;
       const int64_t r = idx[i];
       const float y = s.rewards[r] + s.discounts[r] * (1.0f - s.dones[r]) * q_next[best];
-      const int64_t a = s.actions[r];
+      const int64_t a = acts[i];
       float q_a = out[i * n_out + first + a];
       if (s.dueling) {
         float mean_adv = 0.0f;
@@ -322,8 +338,10 @@ struct Step {
       if (!uniforms) continue;
       int64_t a = 0;
       if (uniforms[i] < eps) {
-        a = std::min(static_cast<int64_t>(uniforms[n + i] * static_cast<float>(n_actions)),
-                     n_actions - 1);
+        const float u = uniforms[n + i];  // in [0, 1); anything else (NaN too) stays in range
+        if (u > 0.0f)
+          a = std::min(static_cast<int64_t>(std::min(u, 1.0f) * static_cast<float>(n_actions)),
+                       n_actions - 1);
       } else {
         for (int64_t j = 1; j < n_actions; ++j)
           if (qi[j] > qi[a]) a = j;
@@ -369,11 +387,12 @@ struct Step {
     for (int64_t i = 0; i < n; ++i) s.target[i] += tau * (s.params[i] - s.target[i]);
   }
 
-  // One step on rows idx; `steps` counts learner steps before it (for a hard target's period).
-  void step(const int64_t* idx, const float* weights, float* td_abs, double* stats,
+  // One step on rows idx (each below `rows`); `steps` counts learner steps before it (for a
+  // hard target's period). False, with nothing changed, when gather refuses a row.
+  bool step(const int64_t* idx, int64_t rows, const float* weights, float* td_abs, double* stats,
             int64_t steps) {
     const int64_t b = s.batch;
-    gather(idx);
+    if (!gather(idx, rows)) return false;
     forward(s.params, x.data(), s.double_dqn ? 2 * b : b, h);
     forward(s.target, x.data() + b * s.sizes[0], b, ht);
     const int64_t last = s.n_layers - 1;
@@ -382,8 +401,31 @@ struct Step {
     const bool soft = s.interval == 1 && s.tau < 1.0;
     clip_adam(soft);
     if (!soft && (steps + 1) % s.interval == 0) update_target();
+    return true;
   }
 };
+
+// Whether this build can run `s`: every dimension fits the int that sgemm_ takes (rows are up
+// to 2B), the parameter count fits int64, and the learner's tensors are given.
+bool valid(const Spec& s) {
+  constexpr int64_t kInt = std::numeric_limits<int>::max();
+  if (s.abi != kAbi || s.n_layers < 1 || s.n_layers > kMaxLayers || s.batch < 1 ||
+      s.batch > kInt / 2 || s.interval < 1 || s.obs_kind < kFloat32 || s.obs_kind > kFloat64 ||
+      s.capacity < 0)
+    return false;
+  if (!s.params || !s.grad || !s.target || !s.exp_avg || !s.exp_avg_sq || !s.step_count)
+    return false;
+  if (s.capacity > 0 && (!s.obs || !s.next_obs || !s.actions || !s.rewards || !s.dones ||
+                         !s.discounts))
+    return false;
+  int64_t total = 0;
+  for (int64_t l = 0; l <= s.n_layers; ++l)
+    if (s.sizes[l] < 1 || s.sizes[l] > kInt) return false;
+  for (int64_t l = 0; l < s.n_layers; ++l)
+    if (__builtin_add_overflow(total, s.sizes[l] * s.sizes[l + 1] + s.sizes[l + 1], &total))
+      return false;
+  return s.sizes[s.n_layers] > (s.dueling ? 1 : 0);
+}
 
 }  // namespace
 
@@ -391,34 +433,57 @@ extern "C" {
 
 int64_t fdqn_abi(void) { return kAbi; }
 
-// A step object for `spec`, or null when the spec is not one this build can run.
+// No exception crosses this C boundary (it would abort the Python process): each entry point
+// catches them and returns null or an error code, which fastdqn/native.py turns into a fallback
+// or a Python exception.
+
+// A step object for `spec`, or null when the spec is not one this build can run or its buffers
+// cannot be allocated (a huge batch).
 void* fdqn_create(const Spec* spec) {
-  if (spec->abi != kAbi || spec->n_layers < 1 || spec->n_layers > kMaxLayers || spec->batch < 1 ||
-      spec->interval < 1 || spec->obs_kind < kFloat32 || spec->obs_kind > kFloat64)
+  if (!spec || !valid(*spec)) return nullptr;
+  try {
+    return new Step(*spec);
+  } catch (...) {
     return nullptr;
-  return new (std::nothrow) Step(*spec);
+  }
 }
 
 void fdqn_destroy(void* step) { delete static_cast<Step*>(step); }
 
 // Acting: Q-values of the n observations `obs` into q [n, n_actions] and, given `uniforms`
-// [2, n], the epsilon-greedy actions into `actions` [n].
-void fdqn_act(void* handle, const void* obs, int64_t n, const float* uniforms, float eps,
-              float* q, int64_t* actions) {
-  static_cast<Step*>(handle)->act(obs, n, uniforms, eps, q, actions);
+// [2, n], the epsilon-greedy actions into `actions` [n]. 0, or -1 for arguments it cannot take
+// (n beyond sgemm_'s int), -2 when its scratch cannot be allocated.
+int64_t fdqn_act(void* handle, const void* obs, int64_t n, const float* uniforms, float eps,
+                 float* q, int64_t* actions) {
+  if (!handle || n < 0 || n > std::numeric_limits<int>::max() || (n > 0 && (!obs || !q)) ||
+      (uniforms && !actions))
+    return -1;
+  try {
+    static_cast<Step*>(handle)->act(obs, n, uniforms, eps, q, actions);
+  } catch (...) {
+    return -2;
+  }
+  return 0;
 }
 
-// K steps on the [K, B] row indices `idx` (`weights` [K, B] importance weights, or null);
-// |TD error| of the last step's rows into td_abs [B]; stats += (loss, mean Q, 1) per step.
-void fdqn_steps(void* handle, const int64_t* idx, int64_t k, const float* weights, float* td_abs,
-                double* stats, int64_t steps) {
+// K steps on the [K, B] row indices `idx`, each below `rows` (the buffer's filled rows);
+// `weights` [K, B] importance weights, or null; |TD error| of the last step's rows into
+// td_abs [B]; stats += (loss, mean Q, 1) per step. Returns the steps it ran: k, or the index of
+// the step that found a row index or a stored action out of range (that step and the ones after
+// it change nothing); -1 for arguments it cannot take (an acting-only handle).
+int64_t fdqn_steps(void* handle, const int64_t* idx, int64_t k, const float* weights,
+                   float* td_abs, double* stats, int64_t steps, int64_t rows) {
   Step* st = static_cast<Step*>(handle);
+  if (!st || st->s.capacity < 1 || k < 0 || (k > 0 && (!idx || !td_abs || !stats))) return -1;
+  rows = std::min(rows, st->s.capacity);
   const int64_t b = st->s.batch;
-  st->prefetch(idx);
+  if (k > 0) st->prefetch(idx);
   for (int64_t j = 0; j < k; ++j) {
     if (j + 1 < k) st->prefetch(idx + (j + 1) * b);
-    st->step(idx + j * b, weights ? weights + j * b : nullptr, td_abs, stats, steps + j);
+    if (!st->step(idx + j * b, rows, weights ? weights + j * b : nullptr, td_abs, stats, steps + j))
+      return j;
   }
+  return k;
 }
 
 }  // extern "C"

@@ -22,24 +22,31 @@ _FAST = {"reassoc", "nsz"}
 
 @numba.njit(cache=True)
 def gather_rows(idx: np.ndarray, obs: np.ndarray, next_obs: np.ndarray, divisor: np.float32,
-                out: np.ndarray) -> None:
-    """out[:B] = obs[idx] / divisor, out[B:] = next_obs[idx] / divisor, as float32 rows."""
+                out: np.ndarray) -> int:
+    """out[:B] = obs[idx] / divisor, out[B:] = next_obs[idx] / divisor, as float32 rows.
+    Returns -1, or the position in `idx` of a row outside [0, len(obs)) (nothing read for it:
+    Numba indexes without bounds checks)."""
     b = idx.shape[0]
     d = obs.shape[1]
     for i in range(b):
         r = idx[i]
+        if r < 0 or r >= obs.shape[0] or r >= next_obs.shape[0]:
+            return i
         for j in range(d):
             out[i, j] = np.float32(obs[r, j]) / divisor
             out[b + i, j] = np.float32(next_obs[r, j]) / divisor
+    return -1
 
 
 @numba.njit(cache=True)
 def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: np.ndarray,
             rewards: np.ndarray, dones: np.ndarray, discounts: np.ndarray, weights: np.ndarray,
             huber: bool, double: bool, dueling: bool, d_out: np.ndarray, grad_bias: np.ndarray,
-            td_abs: np.ndarray, stats: np.ndarray) -> None:
+            td_abs: np.ndarray, stats: np.ndarray) -> int:
     """dLoss/d(last layer outputs) for a batch, the last layer's bias gradient, |TD error| per
-    row (the new priorities) and running loss / Q sums.
+    row (the new priorities) and running loss / Q sums. Returns -1, or the position of a row
+    whose stored action is outside [0, n_actions) (it indexes d_out: checked, not trusted),
+    with nothing written.
 
     `out` holds the online net's last-layer outputs for [s; s'] (2B rows) when `double`, else
     for s (B rows); `out_target` the target net's for s'. Without `dueling` they are Q; with
@@ -57,6 +64,10 @@ def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: n
     inv_n = one / np.float32(n_actions)
     q_next = np.empty(n_actions, dtype=np.float32)
     q_choose = np.empty(n_actions, dtype=np.float32)
+    for i in range(b):  # before any write: a refused batch leaves grad_bias and stats as they were
+        a = actions[idx[i]]
+        if a < 0 or a >= n_actions:
+            return i
     for j in range(n_out):
         grad_bias[j] = 0.0
     loss = 0.0
@@ -72,8 +83,10 @@ def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: n
             if q_choose[j] > q_choose[best]:
                 best = j
         r = idx[i]
-        y = rewards[r] + discounts[r] * (one - dones[r]) * q_next[best]
         a = actions[r]
+        if a < 0 or a >= n_actions:
+            return i
+        y = rewards[r] + discounts[r] * (one - dones[r]) * q_next[best]
         q_a = out[i, first + a]
         if dueling:
             mean_adv = np.float32(0.0)
@@ -104,6 +117,7 @@ def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: n
     stats[0] += loss / b
     stats[1] += q_sum / b
     stats[2] += 1.0
+    return -1
 
 
 @numba.njit(cache=True, inline="always")

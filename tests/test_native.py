@@ -4,9 +4,15 @@ one line. That it equals the reference for every option is in test_routes.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +33,23 @@ def cache(tmp_path, monkeypatch):
     native.reset()
     yield d
     native.reset()
+
+
+def fake_compiler(folder: Path, build: str, name: str = "fake-cxx") -> Path:
+    """A compiler script that answers --version and runs the shell line `build` for a build,
+    with $out set to the file it is asked to write."""
+    cxx = folder / name
+    cxx.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake 1.0 && exit 0\n"
+                   'out=""; prev=""; for a in "$@"; do [ "$prev" = -o ] && out="$a"; prev="$a"; done\n'
+                   f"{build}\n")
+    cxx.chmod(0o755)
+    return cxx
+
+
+def in_subprocess(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh Python on the cache `cache` (where a crash would end only it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "FASTDQN_CACHE_DIR": str(cache), **env})
 
 
 def buffer(rows: int = 400) -> ReplayBuffer:
@@ -75,7 +98,9 @@ def test_builds_once_into_a_private_cache_and_is_used(cache):
     libs = list(cache.glob("*.so"))
     assert len(libs) == 1 and libs[0].name.startswith("fused_step-")
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
-    assert [p for p in cache.iterdir() if p not in libs] == []  # no temp file left
+    sidecar = cache / (libs[0].name + ".sha256")  # the hash each later load checks first
+    assert sidecar.read_text().strip() == hashlib.sha256(libs[0].read_bytes()).hexdigest()
+    assert sorted(cache.iterdir()) == [libs[0], sidecar]  # no temp file left
     # A second process (here: after a reset) loads the cached file without compiling.
     native.reset()
     built = libs[0].stat().st_mtime_ns
@@ -123,10 +148,22 @@ def test_a_cache_others_can_write_is_refused(cache):
     assert list(cache.iterdir()) == []
 
 
-def test_a_library_that_does_not_load_is_refused(cache):
+def test_a_cached_library_that_does_not_load_is_rebuilt(cache):
+    """Bytes that match their hash but do not load (a library copied from another machine):
+    deleted and built again, and the native step runs."""
     path = native.library_path()
     path.write_bytes(b"not a shared library")
+    (cache / (path.name + ".sha256")).write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+    lr = train(learner(), buffer())
+    assert isinstance(lr._cpu, native.NativeStep) and lr.fallbacks == []
+    assert path.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_fresh_build_that_does_not_load_is_refused(cache, tmp_path, monkeypatch):
+    cxx = fake_compiler(tmp_path, 'printf "not a shared library" > "$out"')
+    monkeypatch.setenv("CXX", str(cxx))
     assert_falls_back(buffer(), "does not load")
+    assert list(cache.iterdir()) == []  # not kept, so the next run does not trust it
 
 
 def test_a_disagreeing_native_step_fails_its_self_check(cache, monkeypatch):
@@ -336,3 +373,331 @@ def test_learner_numba_where_the_run_would_not_take_it_is_refused(kw, why, tmp_p
     check_dqn_env(make_config(learner="numba"), gym.spaces.Box(-1.0, 1.0, (8,), np.float32),
                   torch.device("cpu"), env_factory("LunarLander-v3"))  # the flat MLP takes it
     assert not list(tmp_path.iterdir())
+
+
+# --- issue 20: the build and cache fail in one line; native code never trusts an index -------
+
+
+def one_fallback_line(caught) -> str:
+    lines = [str(w.message) for w in caught if issubclass(w.category, RouteFallbackWarning)]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    return lines[0]
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder of this user that no one else can write and this process cannot write either:
+    mode 0500, or, where that does not stop this process (root), a /proc folder of its own."""
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        return folder
+    return Path(f"/proc/{os.getpid()}/fdinfo")
+
+
+def test_an_unwritable_cache_falls_back_with_one_line(cache, tmp_path, monkeypatch):
+    folder = unwritable_folder(tmp_path)
+    monkeypatch.setenv("FASTDQN_CACHE_DIR", str(folder))
+    assert_falls_back(buffer(), "is not writable")
+
+
+def test_a_cache_below_a_file_falls_back_with_one_line(cache, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FASTDQN_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    assert_falls_back(buffer(), "unusable (Not a directory)")
+
+
+def test_every_oserror_on_the_cache_path_is_one_line(cache):
+    """Whatever OSError the cache raises after the folder checks (here: a sidecar that is a
+    folder), the run goes on with the Numba step and one line naming it."""
+    path = native.library_path()
+    (cache / (path.name + ".sha256")).mkdir()
+    assert_falls_back(buffer(), "native cache failed on")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed", "no sidecar",
+                                    "truncated after the run started"])
+def test_a_damaged_cached_library_is_rebuilt_never_loaded(cache, damage):
+    """The cached file is checked against its sidecar hash before dlopen: a truncated library
+    used to kill every later run with SIGBUS. Loading runs in a subprocess, so a crash is an
+    exit code here."""
+    native.prepare()
+    path = native._build.wait()  # built, never loaded by this process
+    whole = path.read_bytes()
+    sidecar = cache / (path.name + ".sha256")
+    truncate = (f"p = {str(path)!r}; b = open(p, 'rb').read()\n"
+                "open(p + '.x', 'wb').write(b[:len(b) // 2]); os.replace(p + '.x', p)")
+    load = "print(native.load().fdqn_abi())"
+    code = f"import os\nfrom fastdqn import native\n{truncate}\n{load}"
+    if damage == "truncated after the run started":  # checked again right before dlopen
+        code = f"import os\nfrom fastdqn import native\nnative.prepare()\n{truncate}\n{load}"
+    elif damage == "no sidecar":
+        sidecar.unlink()
+        code = f"from fastdqn import native\n{load}"
+    elif damage == "one byte changed":
+        (path.with_name("x")).write_bytes(whole[:-100] + bytes([whole[-100] ^ 0xFF]) + whole[-99:])
+        path.with_name("x").replace(path)
+        code = f"from fastdqn import native\n{load}"
+    out = in_subprocess(code, cache)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == [str(native.ABI)]
+    assert path.read_bytes() == whole  # rebuilt (the build is deterministic)
+    assert sidecar.read_text().strip() == hashlib.sha256(whole).hexdigest()
+    assert sorted(cache.iterdir()) == [path, sidecar]
+
+
+@pytest.mark.parametrize("words", ["g++ -fdiagnostics-color=never", "wrapper"])
+def test_cxx_with_arguments_builds_and_takes_the_native_route(cache, tmp_path, monkeypatch, words):
+    """$CXX is split like a shell splits it (ccache g++, flags, a quoted path with a space),
+    for the version probe and the build; the cache key follows it."""
+    plain = native.library_path()
+    if words == "wrapper":  # as `ccache g++`: a program that runs the compiler it is given
+        folder = tmp_path / "a folder"
+        folder.mkdir()
+        wrapper = folder / "my wrapper"
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path / "calls"}"\nexec "$@"\n')
+        wrapper.chmod(0o755)
+        words = f"'{wrapper}' g++"
+    monkeypatch.setenv("CXX", words)
+    assert native.library_path() != plain
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr = train(learner(), buffer())
+    assert isinstance(lr._cpu, native.NativeStep) and lr.fallbacks == []
+    if "wrapper" in words:
+        calls = (tmp_path / "calls").read_text().splitlines()
+        assert "g++ --version" in calls  # the probe
+        assert [c for c in calls if c.startswith("g++ -O3") and " -o " in c]  # and the build
+    native.reset()
+    native.prepare()  # a later run finds it cached: no compiler started
+    assert native._build.proc is None
+
+
+def gone(pid: int) -> bool:
+    """Waits (on the process's exit event, not a clock) until `pid` has ended."""
+    import select
+
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd_open to wait on a process that is not a child")
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], 60)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("stage", ["build", "--version"])
+def test_a_stalling_compiler_is_stopped_and_falls_back(cache, tmp_path, monkeypatch, stage):
+    """A compiler that never finishes (it waits on a pipe no one writes) is killed with every
+    process it started once the timeout passes; the run falls back with one line."""
+    never, ready = tmp_path / "never", tmp_path / "ready"
+    os.mkfifo(never)
+    os.mkfifo(ready)
+    if stage == "build":  # a child holding the output pipe, as cc1plus would; its pid to `ready`
+        cxx = fake_compiler(tmp_path, f'cat "{never}" > /dev/null & echo $! > "{ready}"; wait')
+        monkeypatch.setattr(native, "BUILD_TIMEOUT", 0.5)
+        monkeypatch.setenv("CXX", str(cxx))
+        native.prepare()
+        with open(ready) as f:  # the compiler is stalled from here on
+            child = int(f.read())
+        why = "the compiler ran past 0.5 s and was stopped"
+    else:
+        cxx = tmp_path / "stalling-cxx"
+        cxx.write_text(f'#!/bin/sh\nexec cat "{never}"\n')
+        cxx.chmod(0o755)
+        monkeypatch.setattr(native, "PROBE_TIMEOUT", 0.5)
+        monkeypatch.setenv("CXX", str(cxx))
+        why = "does not answer --version within 0.5 s (stopped)"
+    assert_falls_back(buffer(), why)
+    if stage == "build":
+        assert gone(child)  # the compiler's own child too
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("handler", ["default", "the run's"])
+def test_a_build_ended_by_sigterm_leaves_no_temp_file(cache, tmp_path, monkeypatch, handler):
+    """Killed mid-build by SIGTERM: with the run's handlers the process exits normally and its
+    exit hook stops the compiler and removes the temp file; with none (instant death) the next
+    run's sweep removes the file its dead process left."""
+    never, ready = tmp_path / "never", tmp_path / "ready"
+    os.mkfifo(never)
+    os.mkfifo(ready)
+    cxx = fake_compiler(tmp_path, f'echo $$ > "{ready}"; exec cat "{never}"')
+    install = ("signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))" if handler == "the run's"
+               else "pass")
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import signal, sys\n{install}\nfrom fastdqn import native\n"
+         "native.prepare()\nprint(native._build.tmp, flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "FASTDQN_CACHE_DIR": str(cache), "CXX": str(cxx)})
+    tmp = Path(child.stdout.readline().strip())
+    with open(ready) as f:  # the compiler is running (and stalled)
+        compiler = int(f.read())
+    assert tmp.parent == cache and tmp.exists()
+    child.send_signal(signal.SIGTERM)
+    if handler == "default":
+        assert child.wait(timeout=60) == -signal.SIGTERM
+        assert tmp.exists()  # no Python code ran
+        with open(never, "w"):  # let the orphaned compiler end
+            pass
+        monkeypatch.setenv("CXX", str(fake_compiler(tmp_path, "exit 1", "failing-cxx")))
+        with pytest.raises(native.NativeUnavailable, match="build failed"):
+            native.load()  # the next run: its sweep removes what the dead one left
+    else:
+        assert child.wait(timeout=60) == 3
+        assert gone(compiler)  # stopped by the exit hook
+    assert list(cache.iterdir()) == []
+
+
+def test_a_temp_file_of_a_live_build_is_kept(cache):
+    """The sweep removes only what no running build owns (here: this very process's)."""
+    native.prepare()
+    build = native._build
+    native.reset()
+    native.prepare()  # another build of the same library, while the first still runs
+    assert build.tmp.exists()
+    native._build.abandon()
+    build.abandon()
+
+
+@pytest.mark.parametrize("layout", ["writable parent", "writable parent via a symlink",
+                                    "sticky parent", "parent of another user"])
+def test_a_cache_others_could_swap_is_refused(cache, tmp_path, monkeypatch, layout):
+    """Every folder above the cache is checked, not only the last one: in a folder others can
+    write, another user could rename the cache away and put their own library in its place."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777 if layout == "sticky parent" else 0o777)
+    path = shared / "cache"
+    if layout == "writable parent via a symlink":
+        os.chmod(shared, 0o755)
+        real = tmp_path / "open"
+        real.mkdir()
+        os.chmod(real, 0o777)
+        (shared / "link").symlink_to(real)
+        path = shared / "link" / "cache"
+    if layout == "parent of another user":
+        if os.getuid() != 0:
+            pytest.skip("only root can give a folder to another user")
+        os.chmod(shared, 0o755)
+        os.chown(shared, 65534, 65534)
+    monkeypatch.setenv("FASTDQN_CACHE_DIR", str(path))
+    if layout == "sticky parent":  # others cannot rename what they do not own: allowed (/tmp)
+        assert native.library_path().parent == path
+        return
+    why = "belongs to another user" if layout == "parent of another user" else "others can write"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lr = train(learner(), buffer())
+    assert why in one_fallback_line(caught) and isinstance(lr._cpu, CpuStep)
+    assert not list(path.glob("*.so"))
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+@pytest.mark.parametrize("bad", ["action 3", "action -1", "row"])
+def test_an_out_of_range_row_or_action_raises_before_any_update(cache, use_native, bad):
+    """Both CPU steps index with the sampled rows and the actions those rows hold: each is
+    checked, and the step that meets a bad one raises before changing anything."""
+    buf = buffer()
+    lr = train(learner(use_native), buf, blocks=1)
+    assert isinstance(lr._cpu, native.NativeStep if use_native else CpuStep)
+    idx = np.random.default_rng(1).integers(0, buf.size, (2, 32))
+    if bad == "row":
+        idx[1, 7] = buf.size
+        match = f"sampled replay row {buf.size} is outside the buffer's {buf.size} filled rows"
+    else:
+        buf.actions[idx[1, 7]] = int(bad.split()[1])
+        match = f"replay row {idx[1, 7]} holds action {bad.split()[1]}, outside 0..2"
+    steps = lr.steps
+    lr.learn_block(buf, idx[:1])
+    before = lr.snapshot()
+    with pytest.raises(native.ReplayCorrupt, match=match):
+        lr.learn_block(buf, idx[1:])
+    after = lr.snapshot()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    assert lr.steps == steps + 1
+
+
+@pytest.mark.parametrize("learner_kind", ["auto", "numba"])
+def test_a_crafted_action_never_writes_out_of_bounds(cache, learner_kind):
+    """The issue's instance, 50 000 000 in the buffer's actions, used to end the process with
+    SIGSEGV on both CPU routes; now it is a Python exception (run in a subprocess: a crash is
+    an exit code here)."""
+    code = f"""
+import numpy as np, torch
+from fastdqn import native
+from fastdqn.learner import Learner
+from fastdqn.networks import MLP
+from fastdqn.replay import ReplayBuffer
+buf = ReplayBuffer(1000, (5,), torch.float32)
+buf.add(torch.randn(64, 5), torch.randint(3, (64,)), torch.randn(64), torch.randn(64, 5),
+        torch.zeros(64), torch.full((64,), 0.99))
+net = MLP(5, 3, (16,))
+lr = Learner(net, lr=1e-3, gamma=0.99, tau=0.05, target_update_interval=1,
+             init=net.init(torch.Generator().manual_seed(1)), native={learner_kind == "auto"})
+lr.learn_block(buf, np.zeros((1, 32), np.int64))
+buf.actions[:] = 50_000_000
+try:
+    lr.learn_block(buf, np.arange(64).reshape(2, 32))
+except native.ReplayCorrupt as e:
+    print(type(lr._cpu).__name__, e)
+"""
+    out = in_subprocess(code, cache)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    route = "NativeStep" if learner_kind == "auto" else "CpuStep"
+    assert out.stdout.startswith(f"{route} replay row 0 holds action 50000000, outside 0..2")
+
+
+def test_a_huge_batch_is_refused_not_an_abort(cache):
+    """fdqn_create refuses a batch beyond what sgemm_'s int indexes, and returns null where its
+    buffers cannot be allocated (std::bad_alloc used to cross the C boundary and abort). Run in
+    a subprocess: an abort is an exit code here."""
+    native.load()  # built here; the subprocess loads it from the cache
+    code = """
+import ctypes, numpy as np, torch
+from fastdqn import native
+from tests.test_native import buffer, learner
+try:
+    native.NativeStep(learner(), buffer(), 2**31)
+except native.NativeUnavailable as e:
+    print("refused:", e)
+keep = [np.zeros(8, np.float32) for _ in range(6)]
+spec = native.Spec(abi=native.ABI, n_layers=1, batch=2**22, interval=1, lr=1e-3)
+spec.sizes[:2] = [2**22, 3]  # its x alone: 2**45 floats, more than any address space holds
+for name, a in zip(["params", "grad", "target", "exp_avg", "exp_avg_sq", "step_count"], keep):
+    setattr(spec, name, a.ctypes.data)
+try:
+    native._Handle(spec, tuple(keep))
+except native.NativeUnavailable as e:
+    print("refused:", e)
+"""
+    out = in_subprocess(code, cache, PYTHONPATH=str(Path(__file__).parent.parent))
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused: the library refused batch")
+                                   for line in lines), lines
+    assert "batch 2147483648" in lines[0] and "batch 4194304" in lines[1]
+
+
+def test_the_console_shows_a_fallback_as_one_line(tmp_path):
+    """`fastdqn train` without a compiler prints the fallback as a single stderr line (Python's
+    default format adds the source line that raised it) and still trains on the Numba step."""
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "fastdqn", "train", "--env", "CartPole-v1", "--num-envs", "2",
+         "--total-timesteps", "600", "--learning-starts", "100", "--eval-every", "0",
+         "--eval-episodes", "1", "--solve-episodes", "1", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "FASTDQN_CACHE_DIR": str(tmp_path / "cache"),
+             "CXX": str(tmp_path / "no-such-compiler")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if "native" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), out.stderr
+    assert "self._native_unavailable" not in out.stderr and "warnings.warn" not in out.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "numba" in summary["learner_route"].lower()
