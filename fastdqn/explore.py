@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import cuda_capture
 from .networks import MLP, preprocess
 from .selfcheck import check_route, warn_fallback
 
@@ -141,19 +142,10 @@ class ActingQ:
         dev = obs.device
         with torch.cuda.device(dev):
             static_obs = obs.clone()
-            side = torch.cuda.Stream(device=dev)
-            current = torch.cuda.current_stream(dev)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.forward(static_obs)
-            current.wait_stream(side)
+            cuda_capture.warm_up(torch.cuda.Stream(device=dev), lambda: self.forward(static_obs), 3)
             graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev)):
-                    static_q = self.forward(static_obs)
-            finally:  # a failing capture_end skips torch.cuda.graph's own stream reset
-                torch.cuda.set_stream(current)
+            static_q = cuda_capture.capture(graph, torch.cuda.Stream(device=dev),
+                                            lambda: self.forward(static_obs))
         self.graph = graph
 
         def replay(obs: torch.Tensor) -> torch.Tensor:

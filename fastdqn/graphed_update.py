@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import cuda_capture
 from .replay import FIELDS, Batch
 from .selfcheck import check_route, warn_fallback
 
@@ -70,6 +71,8 @@ class GraphedUpdates:
     def __init__(self, learner: ReferenceLearner) -> None:
         self.learner = learner
         self.graphs: dict[tuple, tuple[StaticUpdate, torch.cuda.CUDAGraph]] = {}
+        # The warm-up and capture streams, made at the first capture (on the learner's device).
+        self.streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None
 
     def __call__(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor | None:
         """|TD error| of the update done on this batch, or None when the caller must run it
@@ -88,26 +91,33 @@ class GraphedUpdates:
     def capture_and_replay(self, key: tuple, batch: Batch,
                            weights: torch.Tensor | None) -> torch.Tensor:
         """Capture the update on `learner.device` (whichever device is current), put the
-        learner back where it was before the warm-up, and replay the graph once on `batch`."""
+        learner back where it was before the warm-up, whether the capture worked or raised, and
+        replay the graph once on `batch`."""
         learner = self.learner
         before = learner.snapshot()
-        dev = learner.device
-        with torch.cuda.device(dev):
-            static = StaticUpdate(learner, batch, weights)
-            side, current = torch.cuda.Stream(device=dev), torch.cuda.current_stream(dev)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP):
-                    static.run()
-            current.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static.run()
+        static = StaticUpdate(learner, batch, weights)
+        try:
+            graph = self.capture(static)
+        finally:  # the warm-up runs were real updates: undone however the capture ended
             learner.restore(before)
+        with torch.cuda.device(learner.device):
             static.load(batch, weights)
             graph.replay()
         self.graphs[key] = (static, graph)
         return static.td
+
+    def capture(self, static: StaticUpdate) -> torch.cuda.CUDAGraph:
+        """WARMUP eager runs of `static` on a side stream, then its capture on an explicit
+        stream, both of the learner's device and under it (cuda_capture.py)."""
+        dev = self.learner.device
+        with torch.cuda.device(dev):
+            if self.streams is None:
+                self.streams = torch.cuda.Stream(device=dev), torch.cuda.Stream(device=dev)
+            side, stream = self.streams
+            cuda_capture.warm_up(side, static.run, WARMUP)
+            graph = torch.cuda.CUDAGraph()
+            cuda_capture.capture(graph, stream, static.run)
+        return graph
 
     def prove(self, batch: Batch, weights: torch.Tensor | None,
               fast: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import kernels, native
+from . import cuda_capture, kernels, native
 from .networks import MLP, preprocess
 from .prioritized import PrioritizedSampler, TorchPrioritized
 from .replay import Batch, ReplayBuffer
@@ -585,15 +585,20 @@ class CpuStep:
     def __call__(self, idx: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         """One step on rows `idx` (PER `weights`, or None); returns |TD error| per row (a view
         the next call overwrites)."""
-        b, x = self.b, self.x
-        kernels.gather_rows(idx, self.obs, self.next_obs, self.divisor, self.x_np)
+        b, x, n = self.b, self.x, self.buffer.size
+        # Rows and stored actions index arrays that Numba does not bounds-check: the kernels
+        # check them (rows against the filled ones) and refuse before any update.
+        if kernels.gather_rows(idx, self.obs[:n], self.next_obs[:n], self.divisor,
+                               self.x_np) >= 0:
+            raise native.replay_fault(idx, n, self.actions, self.learner.net.n_actions)
         self._forward(self.online, x if self.double else x[:b], self.h)
         self._forward(self.target, x[b:], self.h_target)
         last = len(self.h) - 1
-        kernels.td_grad(self.q_np, self.q_target_np, idx, self.actions, self.rewards, self.dones,
-                        self.discounts, self.ones if weights is None else weights, self.huber,
-                        self.double, self.dueling, self.d_np[last], self.grad_b[last],
-                        self.td_abs, self.learner.fused_stats)
+        if kernels.td_grad(self.q_np, self.q_target_np, idx, self.actions, self.rewards,
+                           self.dones, self.discounts, self.ones if weights is None else weights,
+                           self.huber, self.double, self.dueling, self.d_np[last],
+                           self.grad_b[last], self.td_abs, self.learner.fused_stats) >= 0:
+            raise native.replay_fault(idx, n, self.actions, self.learner.net.n_actions)
         for i in range(last, -1, -1):
             torch.mm(self.d[i].t(), self.inputs[i], out=self.grad_w[i])
             if i > 0:
@@ -670,11 +675,7 @@ class GraphedSteps:
         return (idx.shape[0] if self.per_graph_target else 1), idx.shape[1]
 
     def _warm_up(self, block: np.ndarray | torch.Tensor) -> None:
-        current = torch.cuda.current_stream(self.device)
-        self.side.wait_stream(current)
-        with torch.cuda.stream(self.side):
-            self._eager(block)
-        current.wait_stream(self.side)
+        cuda_capture.warm_up(self.side, lambda: self._eager(block))
 
     def _stage(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
         """`idx` in the pinned staging block of its shape, and the event that the block's
@@ -721,15 +722,9 @@ class GraphedSteps:
                                      dtype=torch.int64 if self.sampler is None else torch.float64)
             graph = torch.cuda.CUDAGraph()
             counts = self.learner.steps, self.learner.stat_count
-            current = torch.cuda.current_stream(self.device)
             try:
-                # An explicit stream: torch.cuda.graph's default one belongs to the device
-                # that was current at the process's first capture.
-                with torch.cuda.graph(graph, stream=self.capture_stream):
-                    self._steps(static_idx)
-            finally:  # a failing capture_end skips torch.cuda.graph's own stream reset
-                torch.cuda.set_stream(current)
-            # Capture records the kernels without running them: no step has happened yet.
-            self.learner.steps, self.learner.stat_count = counts
+                cuda_capture.capture(graph, self.capture_stream, lambda: self._steps(static_idx))
+            finally:  # capture records the kernels without running them: no step happened
+                self.learner.steps, self.learner.stat_count = counts
             entry = self.graphs[(k, batch_size)] = (graph, static_idx)
         return entry

@@ -5,7 +5,8 @@ step for step, bit for bit; the self-check keeps a route that agrees and turns o
 warning and the eager trajectory kept, a route that does nothing, perturbs or raises; a loaded
 optimizer state keeps this run's settings. On CUDA (skipped elsewhere): the captured graphs
 replay the reference's trajectory for CNNs, weighted or not, Adam or RMSprop, on the current
-device or another one, and a module that cannot be captured falls back.
+device or another one, and a module that cannot be captured falls back with the current stream
+put back and the learner usable.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from conftest import CUDA_DEVICES
 
 from fastdqn.cnn import cnn_for
-from fastdqn.graphed_update import GraphedUpdates, StaticUpdate, layout
+from fastdqn.graphed_update import WARMUP, GraphedUpdates, StaticUpdate, layout
 from fastdqn.reference import ReferenceLearner
 from fastdqn.replay import FIELDS, Batch
 from fastdqn.selfcheck import RouteFallbackWarning
@@ -177,6 +178,51 @@ def test_the_self_check_keeps_the_eager_trajectory_and_falls_back_once(name, wei
         assert_same_state(checked, eager)
 
 
+def warming_up_then_failing(self: GraphedUpdates, static: StaticUpdate):
+    """A capture that gets as far as the warm-up (real updates of the learner) and then raises,
+    as a capture does on a module that syncs with the host."""
+    for _ in range(WARMUP):
+        static.run()
+    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+def test_a_capture_that_raises_puts_the_learner_back_before_its_warm_up(monkeypatch):
+    """The warm-up steps the learner WARMUP times: a capture that fails after it must undo them
+    itself, not leave it to whoever called it."""
+    monkeypatch.setattr(GraphedUpdates, "capture", warming_up_then_failing)
+    gen = torch.Generator().manual_seed(8)
+    lr = learner(MINATAR_SPACE)
+    lr.step(batch_of(MINATAR_SPACE, gen))
+    graphs = GraphedUpdates(lr)
+    b, w = batch_of(MINATAR_SPACE, gen), weights_of(gen)
+    before = lr.snapshot()
+    with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+        graphs.capture_and_replay(layout(b, w), b, w)
+    assert graphs.graphs == {}
+    after = lr.live_state()
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_capture_that_raises_falls_back_once_and_the_learner_trains_on(monkeypatch):
+    """Through the learner's own step: one warning, the eager trajectory, and eager steps after."""
+    monkeypatch.setattr(GraphedUpdates, "capture", warming_up_then_failing)
+    gen = torch.Generator().manual_seed(9)
+    checked, eager = learner(MINATAR_SPACE), learner(MINATAR_SPACE)
+    checked.graphs = GraphedUpdates(checked)  # as on CUDA, where the learner makes it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            b, w = batch_of(MINATAR_SPACE, gen), weights_of(gen)
+            assert torch.equal(checked.step(b, w), eager.step(b, w))
+    messages = [str(w.message) for w in caught if w.category is RouteFallbackWarning]
+    assert len(messages) == 1 and "operation not permitted" in messages[0], messages
+    assert checked.graphs is None and len(checked.fallbacks) == 1
+    assert checked.steps == eager.steps == 5
+    assert_same_state(checked, eager)
+
+
 def test_the_first_step_runs_eagerly_before_any_graph():
     """With no optimizer state yet there is nothing to capture; the step runs eagerly."""
     lr = learner(MINATAR_SPACE)
@@ -270,6 +316,50 @@ def test_a_module_that_cannot_be_captured_falls_back_to_the_eager_step():
     assert graphed.graphs is None and len(graphed.fallbacks) == 1
     assert [w for w in caught if w.category is RouteFallbackWarning]
     assert_same_state(graphed, eager, exact=False)
+
+
+def clip_failing_under_capture(how: str):
+    """torch.nn.utils.clip_grad_norm_, except while a stream is capturing: there it syncs with
+    the host (which invalidates the capture, so capture_end raises too) or raises outright."""
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_grad_norm_(params, *args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            if how == "host sync":
+                float(sum(p.grad.sum() for p in params))
+            raise RuntimeError("refused under capture")
+        return clip(params, *args, **kwargs)
+    return clip_grad_norm_
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+@pytest.mark.parametrize("how", ["host sync", "raises"])
+def test_a_failed_capture_on_cuda_falls_back_and_leaves_the_learner_usable(device, how,
+                                                                            monkeypatch):
+    """The current stream and device are what they were (a capture_end that raises skips
+    torch.cuda.graph's own reset), nothing is left capturing, one warning, and the learner
+    trains on eagerly along the eager trajectory."""
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_failing_under_capture(how))
+    gen = torch.Generator().manual_seed(10)
+    with torch.cuda.device(0):
+        streams = torch.cuda.current_stream(0), torch.cuda.current_stream(device)
+        graphed = learner(MINATAR_SPACE, device=device, cuda_graphs=True)
+        eager = learner(MINATAR_SPACE, device=device, cuda_graphs=True)
+        eager.graphs = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(5):
+                b = batch_of(MINATAR_SPACE, gen, device=device)
+                w = weights_of(gen, device=device)
+                torch.testing.assert_close(graphed.step(b, w), eager.step(b, w))
+                assert (torch.cuda.current_stream(0), torch.cuda.current_stream(device)) == streams
+                assert torch.cuda.current_device() == 0
+                assert not torch.cuda.is_current_stream_capturing()
+        assert len([w for w in caught if w.category is RouteFallbackWarning]) == 1
+        assert graphed.graphs is None and len(graphed.fallbacks) == 1, graphed.fallbacks
+        assert graphed.steps == eager.steps == 5
+        assert_same_state(graphed, eager, exact=False)
+        torch.cuda.synchronize(device)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
