@@ -28,6 +28,21 @@ CUDA_DEVICES = [
 event or capture left on the current device would record nothing of the learner's work.
 Skipped, not faked, without them."""
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (marked from its skip reason)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `cuda` every test that is skipped without CUDA (a CUDA_DEVICES parameter or a
+    skipif whose reason names CUDA), so `pytest -m cuda` runs exactly the CUDA tests however
+    each one says it needs CUDA (bench/device_check.sh); tryfirst: before `-m` selects."""
+    for item in items:
+        if any("CUDA" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
+
 # ---------------------------------------------------------------------------------------------
 # CountingEnv: every observation says which episode and which step it is, so any transition
 # stored in the buffer can be checked against the truth.
@@ -192,8 +207,9 @@ def tagged_pids(tag: str) -> list[int]:
     return pids
 
 
-def wait_for_no_tagged(tag: str, timeout: float = 5.0) -> list[int]:
-    """Tagged processes still alive after up to `timeout` s (the resource tracker needs a moment)."""
+def wait_for_no_tagged(tag: str, timeout: float = 120.0) -> list[int]:
+    """Tagged processes still alive after up to `timeout` s (the resource tracker needs a moment;
+    they are waited for, and the bound, far beyond need, only keeps a survivor from hanging)."""
     deadline = time.monotonic() + timeout
     while (pids := tagged_pids(tag)) and time.monotonic() < deadline:
         time.sleep(0.05)
