@@ -164,12 +164,14 @@ class ConvQNetwork(torch.nn.Module):
 def cnn_for(obs_space: gym.spaces.Box, n_actions: int, dueling: bool, seed: int,
             channels_last_hint: bool = False) -> ConvQNetwork:
     """The CNN for an image space (architecture by size, layout by shape), initialized with
-    torch's defaults from `seed` without touching the global RNG."""
+    torch's defaults from `seed` (a run passes its INIT generator seed, seeds.py) without
+    touching the global RNGs: only the CPU generator is seeded, inside a fork that restores it
+    (torch.manual_seed would also reseed the CUDA generators)."""
     shape = tuple(obs_space.shape)
     last = channels_last_of(shape, channels_last_hint)
     _, layers = architecture(shape, last)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         return ConvQNetwork(shape, n_actions, layers["convs"], layers["fc"], dueling, last)
 
 

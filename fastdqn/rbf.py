@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, check_module_state, load_online
-from .seeds import FIT, episode_seed
+from .envs import zero_based
+from .seeds import FIT, Purpose, episode_seed, numpy_generator
 
 MAX_FEATURES = 2**20
 """Most random features a network may have (the post uses 400): `--rbf-features` and a
@@ -133,15 +134,15 @@ def split_features(n_features: int, n_scales: int) -> int:
 def fit_scaler(make_env: Callable[[], gym.Env], steps: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of each observation value over `steps` observations of uniformly random
-    play on one env (episodes reset from the FIT seed stream of run seed `seed`, actions from a
-    generator seeded by it): the same run seed gives the same scaler.
+    play on one env (episodes reset from the FIT seed stream of run seed `seed`, actions from
+    its FIT_ACTIONS generator): the same run seed gives the same scaler.
 
     Random play, not samples of the observation space: the space's bounds are often infinite
     (LunarLander's velocities) or far wider than what is visited, and the features should be
     fine where the agent actually goes. Stds below MIN_STD become 1.
     """
-    env = make_env()
-    rng = np.random.default_rng(seed)
+    env = zero_based(make_env())
+    rng = numpy_generator(seed, Purpose.FIT_ACTIONS)
     n_actions = int(env.action_space.n)
     seen = np.empty((steps, int(np.prod(env.observation_space.shape))), dtype=np.float64)
     episode, done = 0, True

@@ -41,7 +41,9 @@ def _fill_uniform(state: np.ndarray, high: np.int64, out: np.ndarray) -> None:
 
 
 def seed_state(seed: int) -> np.ndarray:
-    """A non-zero xoroshiro state derived from `seed` by splitmix64."""
+    """A non-zero xoroshiro state derived from `seed` by splitmix64. A run passes the 64-bit seed
+    of its REPLAY or PER generator (seeds.py), never the run seed itself: nearby seeds give
+    overlapping splitmix sequences (seed s + 1's first word is seed s's second)."""
     z = (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
     words = []
     for _ in range(2):

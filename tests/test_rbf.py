@@ -22,7 +22,7 @@ from fastdqn.dqn import DQN
 from fastdqn.rbf import RBFQNetwork, check_spec, fit_scaler, split_features
 from fastdqn.reference import ReferenceLearner
 from fastdqn.replay import Batch
-from fastdqn.seeds import FIT, episode_seed
+from fastdqn.seeds import FIT, Purpose, episode_seed, torch_generator
 
 # ---------------------------------------------------------------------------------------------
 # The features
@@ -216,7 +216,7 @@ def test_either_route_trains_the_head_and_keeps_the_features(cartpole_run) -> No
         assert s["learner_route"].startswith("cpu-fused")
         assert s["learner_route"].endswith("its linear head on 40 RBF features")
     assert s["learner_steps"] == 399  # online: each transition once, one step late
-    fresh = RBFQNetwork(4, 2, 40, (1.0, 0.5), torch.Generator().manual_seed(3))
+    fresh = RBFQNetwork(4, 2, 40, (1.0, 0.5), torch_generator(3, Purpose.INIT))  # run seed 3
     trained = result.policy.module
     assert isinstance(trained, RBFQNetwork)
     assert torch.equal(trained.w, fresh.w) and torch.equal(trained.b, fresh.b)
