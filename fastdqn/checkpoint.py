@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
+from .config import Config, ConfigError, reads
 from .networks import MLP
 
 FORMAT = "fastdqn-checkpoint/1"
@@ -108,9 +109,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               "missing: the end of the file is cut off); use another checkpoint")
     _dry_run(path)  # first: weights_only itself calls bytearray(n), OrderedDict(memo), ...
     try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol is reported as an error
+        # an open file, not the path: torch.load picks a reader by the path's suffix too
+        with warnings.catch_warnings(), open(path, "rb") as f:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint {path} is corrupted ({_reason(e)}); use another checkpoint"
@@ -139,10 +141,16 @@ def _zip_problem(path: Path) -> str | None:
     try:
         if not zipfile.is_zipfile(path):
             return None
+        layout = _layout_problem(path)
+        if layout:
+            return layout
         with zipfile.ZipFile(path) as z:
             members = z.infolist()
     except Exception:  # unreadable as a zip (any way): the checks below report it
         return None
+    if members and min(m.header_offset for m in members) != 0:
+        return (f"its first zip member starts at byte {min(m.header_offset for m in members):,d}"
+                ", not at the start of the file as torch writes it")
     seen: set[str] = set()
     for m in members:
         name = m.filename.split("/", 1)[-1]
@@ -156,6 +164,46 @@ def _zip_problem(path: Path) -> str | None:
     if total > size:
         return (f"its zip members declare {total:,d} bytes in all, more than the whole file "
                 f"({size:,d} bytes)")
+    return None
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+"""A zip's local file header: torch.load reads a file as a zip exactly when it starts so."""
+
+
+def _layout_problem(path: Path) -> str | None:
+    """Why `zipfile` (the checks here) and torch.load could read different things from a file
+    that Python sees as a zip, or None.
+
+    torch.load decides by the first bytes: anything else is read as a legacy pickle (which the
+    dry run never saw), whatever zip sits further on. And the zip's directory must be found at
+    one place by both readers: torch writes no comment, a zip64 record right before its
+    locator, and its directory right before them; Python ignores the locator's pointer, which
+    torch's reader follows, and shifts every offset by any bytes found before the directory.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, size - 98))
+        tail = f.read()
+    if head != ZIP_MAGIC:
+        return ("it is a zip archive that does not start at its first byte (torch.load would read "
+                "the bytes before it as a legacy pickle, not the zip)")
+    end = tail[-22:]
+    if len(end) < 22 or end[:4] != b"PK\x05\x06" or end[-2:] != b"\0\0" or b"PK\x05\x06" in end[1:]:
+        return "its zip directory record is not the file's last 22 bytes, as torch writes it"
+    cd_size, cd_offset = struct.unpack("<LL", end[12:20])
+    end_of_cd = size - 22
+    if tail[-42:-38] == b"PK\x06\x07":  # zip64: the locator points at its record
+        record = size - 22 - 20 - 56
+        if (len(tail) < 98 or struct.unpack("<Q", tail[-34:-26])[0] != record
+                or tail[-98:-94] != b"PK\x06\x06"):
+            return "its zip64 locator points elsewhere than its zip64 record"
+        cd_size, cd_offset = struct.unpack("<QQ", tail[-98 + 40:-98 + 56])
+        end_of_cd = record
+    if cd_offset + cd_size != end_of_cd:
+        return (f"its zip directory is recorded at byte {cd_offset:,d} but lies elsewhere (torch "
+                "and Python would read different members)")
     return None
 
 
@@ -203,7 +251,13 @@ def _child(where: str, key: object) -> str:
 
 
 def _check_tensor(path: Path, t: torch.Tensor, where: str) -> None:
-    """`t` is what fastdqn writes: contiguous, and no larger than the storage it views."""
+    """`t` is what fastdqn writes: a dense tensor with bytes (not sparse, quantized, nested or
+    meta), contiguous, and no larger than the storage it views."""
+    if (t.layout != torch.strided or t.device.type == "meta" or t.is_quantized
+            or getattr(t, "is_nested", False)):
+        kind = "meta" if t.device.type == "meta" else str(t.layout).replace("torch.", "")
+        raise CheckpointError(f"checkpoint {path}: {where} is a {kind} tensor, not the dense "
+                              "tensor fastdqn writes; the file is crafted or damaged")
     size = t.element_size()
     declared, stored = t.numel() * size, t.untyped_storage().nbytes()
     if declared > stored - t.storage_offset() * size:
@@ -231,6 +285,128 @@ def check_module_state(path: str | os.PathLike, state: object, module: torch.nn.
             dtype = str(t.dtype).replace("torch.", "")
             raise CheckpointError(f"{path}: {where}.{name} is not a finite {dtype} tensor of "
                                   f"shape {list(t.shape)}; the file is damaged")
+
+
+DAMAGED = "the file is damaged or not fastdqn's: start a new run or resume from another checkpoint"
+"""The fix a refusal of a resumed checkpoint's contents names (nothing on the command line
+repairs a file)."""
+
+
+FROM_COMMAND_LINE = ("actors", "ray_address")
+"""Settings a resumed run never takes from its checkpoint: where it connects (a Ray cluster)
+and whether it starts actors there. Like a `module:Env` id, they come from the command line or
+your --config only; unset there, the resumed run is local, with no actors."""
+
+MAX_FILE_ENVS = 4096
+"""Most envs (training or evaluation) a checkpoint's settings may ask for: each is an env object
+in memory, and each vector env is its own process with --vector async. More must be given on
+the command line."""
+
+MAX_FILE_EPISODES = 100_000
+"""Most evaluation episodes a checkpoint's settings may ask for per evaluation."""
+
+
+def max_file_processes() -> int:
+    """Most env processes a checkpoint's settings may start on this machine: a few per core (a
+    run's own choice of more is confirmed by passing it on the command line)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def settings_from_file(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run takes from its checkpoint's config (`saved`), under the ones
+    you give (`given`: flags and your --config): all but FROM_COMMAND_LINE, and the Ape-X ones
+    only when you give --actors (without it they would not apply)."""
+    kept = {k: v for k, v in saved.items() if k not in FROM_COMMAND_LINE}
+    if not given.get("actors"):
+        kept = {k: v for k, v in kept.items() if "apex" not in reads(k)["when"]}
+    return kept
+
+
+def check_file_settings(path: str | os.PathLike, cfg: Config, from_file: set[str]) -> None:
+    """The settings a resumed run took from its checkpoint (`from_file`, now in `cfg`) stay
+    under what a file may ask of this machine: processes, envs, threads, evaluation episodes.
+    A file's number is data; a number you give on the command line is your decision, so the
+    refusal says to pass it there."""
+    def refuse(name: str, value: object, why: str) -> None:
+        flag = "--" + name.replace("_", "-")
+        raise CheckpointError(f"checkpoint {path} sets {flag} {value}, {why}; a checkpoint's "
+                              f"settings stay under that: pass {flag} {value} on the command "
+                              "line if you mean it")
+
+    workers = cfg.num_workers or min(cfg.num_envs, max(1, (os.cpu_count() or 2) - 1))
+    processes = cfg.num_envs if cfg.vector == "async" else min(workers, cfg.num_envs)
+    limit = max_file_processes()
+    name = next((n for n in ("num_envs", "num_workers", "vector") if n in from_file), None)
+    if processes > limit and name:
+        refuse(name, getattr(cfg, name), f"which starts {processes} env processes (--vector "
+               f"{cfg.vector} --num-envs {cfg.num_envs}), more than the {limit} a file may "
+               "start here")
+    for name in ("num_envs", "eval_envs"):
+        if name in from_file and getattr(cfg, name) > MAX_FILE_ENVS:
+            refuse(name, getattr(cfg, name), f"more than {MAX_FILE_ENVS} envs")
+    if "num_workers" in from_file and cfg.num_workers > limit:
+        refuse("num_workers", cfg.num_workers, f"more than {limit} workers")
+    cores = os.cpu_count() or 1
+    if "num_threads" in from_file and cfg.num_threads > cores:
+        refuse("num_threads", cfg.num_threads, f"more threads than this machine's {cores} cores")
+    for name in ("eval_episodes", "solve_episodes"):
+        if name in from_file and getattr(cfg, name) > MAX_FILE_EPISODES:
+            refuse(name, getattr(cfg, name), f"more than {MAX_FILE_EPISODES:,d} episodes per "
+                   "evaluation")
+
+
+def is_whole(value: object, low: int = 0) -> bool:
+    """A whole number (not a bool, a float or a tensor) of at least `low`."""
+    return type(value) is int and value >= low
+
+
+def check_generator_state(path: str | os.PathLike, where: str, state: object,
+                          generator: torch.Generator) -> None:
+    """A saved torch generator state that `generator` accepts; checked on a scratch generator
+    of the same device, so that set_state's own refusal (its size, or an mt19937 position out
+    of range) is one line here instead of a traceback after the run started loading."""
+    try:
+        if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8
+                and state.shape == generator.get_state().shape):
+            raise ValueError
+        torch.Generator(device=generator.device).set_state(state)
+    except (RuntimeError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path}: {where} is not a state of this run's "
+                              f"{generator.device.type} random generator; the file is damaged, "
+                              "not fastdqn's or from a run on another device: resume on that "
+                              "device, start a new run or resume from another checkpoint"
+                              ) from None
+
+
+def check_optimizer_state(path: str | os.PathLike, state: object,
+                          params: list[torch.Tensor]) -> None:
+    """A saved torch optimizer state (Adam, RAdam, RMSprop) for `params`: its slots mapped to
+    them in order, per-parameter tensors of the parameter's shape, finite, the second moments and
+    step counts non-negative (torch's load_state_dict checks only the counts; a wrong shape would
+    fail mid-training, a NaN diverge after the run dir was written to)."""
+    per_param = state.get("state") if isinstance(state, dict) else None
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    ids = None
+    if isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                        for g in groups):
+        ids = [i for g in groups for i in g["params"]]
+    if not isinstance(per_param, dict) or ids != list(range(len(params))):
+        # torch maps the saved slots to parameters through these ids: in another order, a
+        # slot of one shape would land on a parameter of another
+        raise CheckpointError(f"{path}: learner.optimizer is not an optimizer state of this "
+                              "network's parameters; the file is damaged")
+    for i, slots in per_param.items():
+        if not (type(i) is int and 0 <= i < len(params) and isinstance(slots, dict)):
+            raise CheckpointError(f"{path}: learner.optimizer holds state for parameter {i!r} of "
+                                  f"{len(params)}; the file is damaged")
+        for name, t in slots.items():
+            shape = () if name == "step" else tuple(params[i].shape)
+            if (not isinstance(t, torch.Tensor) or tuple(t.shape) != shape
+                    or not t.is_floating_point() or not bool(torch.isfinite(t).all())
+                    or (name in ("step", "exp_avg_sq", "square_avg") and bool((t < 0).any()))):
+                raise CheckpointError(f"{path}: learner.optimizer.state[{i}].{str(name)[:20]} is "
+                                      f"not a finite tensor of shape {list(shape)}; the file is "
+                                      "damaged")
 
 
 def load_online(path: str | os.PathLike, ckpt: dict, module: torch.nn.Module,
@@ -343,19 +519,54 @@ def _empty_ordered_dict(*args: object, **kwargs: object) -> dict:
     return {}
 
 
+class _Declared(Exception):
+    """A storage the pickle declares is not the zip member it names, byte for byte."""
+
+
+class _StorageType:
+    """Stands in for a storage class (torch.FloatStorage, ...) in a dry run: its element size."""
+
+    def __init__(self, name: str) -> None:
+        with warnings.catch_warnings():  # TypedStorage's deprecation, not the file's doing
+            warnings.simplefilter("ignore")
+            dtype = getattr(getattr(torch, name, None), "dtype", None)
+        if name != "UntypedStorage" and not isinstance(dtype, torch.dtype):
+            raise _Foreign
+        self.itemsize = 1 if name == "UntypedStorage" else dtype.itemsize
+
+
 class _DryRun(pickle.Unpickler):
     """Unpickles a stream with inert stand-ins, to learn what it holds before torch.load does.
 
     It resolves every global the way pickle does (GLOBAL, STACK_GLOBAL, INST, extension codes),
-    so none escapes a name check, and it copies nothing the stream does not spell out.
+    so none escapes a name check, and it copies nothing the stream does not spell out. Each
+    storage must be a zip member (`records`: name -> bytes) of exactly the bytes it declares,
+    so that torch.load sizes nothing by a number the file merely states.
     """
+
+    def __init__(self, file: io.BytesIO, records: dict[str, int]) -> None:
+        super().__init__(file)
+        self.records = records
 
     def find_class(self, module: str, name: str) -> object:
         if not _is_torch_data(module, name):
             raise _Foreign
+        if module == "torch" and name.endswith("Storage"):
+            return _StorageType(name)
         return _empty_ordered_dict if (module, name) == ("collections", "OrderedDict") else _inert
 
     def persistent_load(self, pid: object) -> None:
+        kind, key, numel = (pid[1], pid[2], pid[4]) if (
+            isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+            and isinstance(pid[3], str)) else (None, None, None)
+        if not (isinstance(kind, _StorageType) and type(key) is str and type(numel) is int
+                and numel >= 0):
+            raise _Declared("a tensor's storage is not declared as torch writes it")
+        held = self.records.get(f"data/{key}")
+        if held != numel * kind.itemsize:
+            raise _Declared(f"a tensor's storage declares {numel * kind.itemsize:,d} bytes, but "
+                            + ("the file holds no such storage" if held is None
+                               else f"the file holds {held:,d} bytes for it"))
         return None
 
 
@@ -379,17 +590,24 @@ def _dry_run(path: Path) -> None:
     """Refuse the file unless its pickle holds only fastdqn's kind of data; only then may
     torch.load read it. Non-zip files are refused here too: fastdqn writes torch's zip format,
     and the legacy one hides its data pickle behind others."""
-    zipped = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == ZIP_MAGIC and zipfile.is_zipfile(path)  # as torch.load decides
+    records: dict[str, int] = {}
     try:
         if zipped:
             with zipfile.ZipFile(path) as z:
-                data = z.read(f"{z.namelist()[0].split('/', 1)[0]}/data.pkl")
+                top = z.namelist()[0].split("/", 1)[0]
+                data = z.read(f"{top}/data.pkl")
+                records = {m.filename.split("/", 1)[-1]: m.file_size for m in z.infolist()
+                           if m.filename.startswith(f"{top}/")}
         else:
             data = path.read_bytes()
-        _DryRun(io.BytesIO(data)).load()
+        _DryRun(io.BytesIO(data), records).load()
     except _Foreign:
         raise CheckpointError(f"checkpoint {path} contains code or objects a checkpoint must not "
                               "hold; refusing to load it (only load files you trust)") from None
+    except _Declared as e:
+        raise CheckpointError(f"checkpoint {path}: {e}; the file is crafted or damaged") from None
     except Exception as e:  # the stream is broken: ran nothing, so it is damage
         raise CheckpointError(f"checkpoint {path} is corrupted ({_reason(e)}); use another "
                               "checkpoint") from None

@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from .atari import auto_on, is_minatar, sign_rewards
-from .checkpoint import CheckpointError, network_of
+from .checkpoint import (
+    DAMAGED,
+    CheckpointError,
+    check_generator_state,
+    check_optimizer_state,
+    is_whole,
+    network_of,
+)
 from .cnn import check_state as check_module_state
 from .cnn import cnn_for, resolve_network
 from .config import Config
@@ -27,9 +34,10 @@ from .nstep import NStepWriter
 from .prioritized import PrioritizedSampler, TorchPrioritized, beta_at
 from .rbf import RBFQNetwork, check_state, fit_scaler
 from .reference import ReferenceLearner
-from .replay import OldBufferError, ReplayBuffer, torch_dtype
+from .replay import OldBufferError, ReplayBuffer, row_values_problem, torch_dtype
 from .run import Counters, Run, TrainingDiverged, divergence_message
 from .sampling import UniformSampler
+from .seeds import Purpose, generator_seed, torch_generator
 
 STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "add", "log")
 
@@ -128,7 +136,8 @@ class DQN:
         module_opts = dict(optimizer=cfg.optimizer, **opts, cuda_graphs=(
             cfg.cuda_graphs and cfg.learner != "reference" and q_network is None))
         if self.kind == "cnn":
-            module = cnn_for(obs_space, n_actions, cfg.dueling, cfg.seed, is_minatar(cfg.env_id))
+            module = cnn_for(obs_space, n_actions, cfg.dueling,
+                             generator_seed(cfg.seed, Purpose.INIT), is_minatar(cfg.env_id))
             self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **module_opts)
         elif self.kind == "rbf" and reference:
             module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
@@ -141,30 +150,33 @@ class DQN:
             self.learner = Learner(self.net, init=init, **flat_opts)
             row_shape, row_dtype = (self.rbf.n_features,), torch.float32
         elif self.custom or reference or self.frames:
-            init = self.net.init(torch.Generator().manual_seed(cfg.seed))
+            init = self.net.init(torch_generator(cfg.seed, Purpose.INIT))
             module = q_network if self.custom else self.net.to_module(init)
             self.learner = ReferenceLearner(module, **module_opts)
         else:
-            init = self.net.init(torch.Generator().manual_seed(cfg.seed))
+            init = self.net.init(torch_generator(cfg.seed, Purpose.INIT))
             self.learner = Learner(self.net, init=init, **flat_opts)
         self.row_shape = row_shape
         self.buffer: ReplayBuffer | FrameReplay = (
             FrameReplay(cfg.buffer_size, row_shape, row_dtype, device, n_envs, cfg.n_step)
             if self.frames else ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device))
-        self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(cfg.seed)
+        self.sampler: UniformSampler | PrioritizedSampler | TorchPrioritized = UniformSampler(
+            generator_seed(cfg.seed, Purpose.REPLAY))
         self.prioritized = cfg.prioritized or cfg.actors > 0  # Ape-X's replay is prioritized
         if self.prioritized and device.type == "cpu":  # the Numba sum tree
-            self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, cfg.seed)
+            self.sampler = PrioritizedSampler(cfg.buffer_size, cfg.per_alpha, cfg.per_eps,
+                                              generator_seed(cfg.seed, Purpose.PER))
         elif self.prioritized:  # priorities on the device: sampled without a host sync
             self.sampler = TorchPrioritized(cfg.buffer_size, cfg.per_alpha, cfg.per_eps, device)
-            self.learner.per_generator.manual_seed(cfg.seed + 2)
+        # seeded in every run (not only where it draws): no generator of a run keeps a fixed seed
+        self.learner.per_generator.manual_seed(generator_seed(cfg.seed, Purpose.PER_DEVICE))
         self.nstep = None
         if cfg.n_step > 1 and self.frames:  # windows of frame slots, on the host
             self.nstep = NStepWriter(cfg.n_step, cfg.gamma, n_envs, (self.obs_shape[0],),
                                      torch.int64, "cpu")
         elif cfg.n_step > 1:
             self.nstep = NStepWriter(cfg.n_step, cfg.gamma, n_envs, row_shape, row_dtype, device)
-        self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.act_gen = torch_generator(cfg.seed, Purpose.ACT, device=device)
         self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
                                         cfg.eps_decay_steps, cfg.eps_episode_decay)
         self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
@@ -190,7 +202,7 @@ class DQN:
         resumed one gets it back with the checkpoint's buffers)."""
         cfg = self.cfg
         module = RBFQNetwork(in_dim, n_actions, cfg.rbf_features, cfg.rbf_scales,
-                             torch.Generator().manual_seed(cfg.seed))
+                             torch_generator(cfg.seed, Purpose.INIT))
         if not resuming:
             module.set_scaler(*fit_scaler(make_env or env_factory(cfg.env_id), cfg.rbf_fit_steps,
                                           cfg.seed))
@@ -440,9 +452,12 @@ class DQN:
         return state
 
     def check_checkpoint(self, ckpt: dict, path) -> None:
-        """A checkpoint must come from the same network shape and replay as this run, and every
+        """A checkpoint must come from the same network shape and replay as this run, every
         tensor it restores must have the shape of the one it is copied into (copy_ would
-        broadcast a wrong one, or fail with a traceback)."""
+        broadcast a wrong one, or fail with a traceback), and every value the learner steps
+        index with or trust must be in range (actions, done flags, discounts, priorities,
+        counts, generator states; finite rewards, observations and weights): the native and
+        Numba steps write where a saved action points."""
         if "net" not in ckpt or "learner" not in ckpt:
             raise CheckpointError(f"{path} lacks its network; it is damaged or from another "
                                   "program")
@@ -479,6 +494,10 @@ class DQN:
             if saved != self.learner.optimizer_kind:
                 raise CheckpointError(f"{path} was trained with --optimizer {str(saved)[:20]}; pass "
                                       f"--optimizer {str(saved)[:20]} to resume it")
+            if want["kind"] in ("mlp", "custom"):  # a cnn's and an rbf's are checked below
+                module = self.learner.online
+                check_module_state(path, learner.get("online"), module, "learner.online")
+                check_module_state(path, learner.get("target"), module, "learner.target")
         if want["kind"] == "cnn":
             if bool(net.get("dueling", False)) != want["dueling"]:
                 flag = "--dueling" if net.get("dueling") else "--no-dueling"
@@ -490,7 +509,6 @@ class DQN:
             module = self.learner.online
             check_module_state(path, learner.get("online"), module, "learner.online")
             check_module_state(path, learner.get("target"), module, "learner.target")
-            _check_optimizer_state(path, learner.get("optimizer"), self.learner.params)
         if want["kind"] == "rbf":
             if (net.get("n_features"), net.get("scales")) != (want["n_features"], want["scales"]):
                 raise CheckpointError(
@@ -511,6 +529,8 @@ class DQN:
                 shape = (self.net.num_params,)
                 _check_shapes(path, {"learner.params": (learner["params"], shape)})
                 _check_flat_learner(path, learner, shape)
+        if isinstance(self.learner, ReferenceLearner):
+            check_optimizer_state(path, learner.get("optimizer"), self.learner.params)
         buffer = ckpt.get("buffer", {})
         saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
         if saved != self.cfg.buffer_size:
@@ -522,13 +542,36 @@ class DQN:
                                         self.buffer.obs_dtype)
             if problem:
                 raise CheckpointError(f"{path}: {problem}; the file is damaged")
+            observations = {"frames": self.buffer.obs_dtype}
         elif "buffer" in ckpt:
             _check_buffer(path, buffer, self.cfg.buffer_size, self.row_shape)
-        rng = ckpt.get("rng", {}).get("sampler")
+            observations = {"obs": self.buffer.obs.dtype, "next_obs": self.buffer.obs.dtype}
+        if "buffer" in ckpt:
+            problem = row_values_problem(buffer, self.net.n_actions, observations)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
+        rngs = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
+        rng = rngs.get("sampler")
+        saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        actors = saved_cfg.get("actors")
+        if isinstance(rng, dict) and not self.prioritized and is_whole(actors, 1):
+            raise CheckpointError(f"{path} is an Ape-X run ({actors} actors), and a checkpoint "
+                                  "never decides where a run connects: pass --actors "
+                                  f"{actors} (and --ray-address for a cluster) to resume it on "
+                                  "Ray, or --prioritized to resume it on this machine alone")
         if isinstance(rng, dict) != self.prioritized:
             flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
             raise CheckpointError(f"{path} was trained with{'' if isinstance(rng, dict) else 'out'}"
                                   f" prioritized replay; pass {flag} to match")
+        rows = buffer["size"] if "buffer" in ckpt else None
+        _check_sampler(path, rng, self.cfg, rows)
+        check_generator_state(path, "rng.act", rngs.get("act"), self.act_gen)
+        if "per" in rngs:
+            check_generator_state(path, "rng.per", rngs["per"], self.learner.per_generator)
+        steps = learner.get("steps")
+        if not is_whole(steps):
+            raise CheckpointError(f"{path}: learner.steps is {str(steps)[:20]}, not a count of "
+                                  f"learner steps; {DAMAGED}")
 
     def load_state_dict(self, ckpt: dict) -> None:
         try:
@@ -554,35 +597,65 @@ class DQN:
                                       "(--no-save-buffer) or start a new run") from None
 
 
-def _check_optimizer_state(path: Path, state: object, params: list[torch.Tensor]) -> None:
-    """A module learner's saved optimizer state: per-parameter tensors of the parameter's shape
-    (torch's load_state_dict checks only the counts; a wrong shape would fail mid-training)."""
-    per_param = state.get("state") if isinstance(state, dict) else None
-    groups = state.get("param_groups") if isinstance(state, dict) else None
-    if not isinstance(per_param, dict) or not isinstance(groups, list):
-        raise CheckpointError(f"{path}: learner.optimizer is not an optimizer state; the file is "
-                              "damaged")
-    for i, slots in per_param.items():
-        if not (type(i) is int and 0 <= i < len(params) and isinstance(slots, dict)):
-            raise CheckpointError(f"{path}: learner.optimizer holds state for parameter {i!r} of "
-                                  f"{len(params)}; the file is damaged")
-        for name, t in slots.items():
-            shape = () if name == "step" else tuple(params[i].shape)
-            if (not isinstance(t, torch.Tensor) or tuple(t.shape) != shape
-                    or not t.is_floating_point() or not bool(torch.isfinite(t).all())):
-                raise CheckpointError(f"{path}: learner.optimizer.state[{i}].{str(name)[:20]} is "
-                                      f"not a finite tensor of shape {list(shape)}; the file is "
-                                      "damaged")
-
-
 def _check_flat_learner(path: Path, learner: dict, shape: tuple) -> None:
     """The flat learner's target and Adam moments have the parameters' shape, its step count
-    is a scalar."""
+    is a scalar; all are finite float32 (copy_ would cast any dtype, and a NaN would only show
+    as a divergence after the run dir was written to), the second moments and the step count
+    non-negative (Adam takes their square roots and powers)."""
     opt = learner.get("optimizer") if isinstance(learner.get("optimizer"), dict) else {}
-    _check_shapes(path, {"learner.target": (learner.get("target"), shape),
-                         "learner.optimizer.exp_avg": (opt.get("exp_avg"), shape),
-                         "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"), shape),
-                         "learner.optimizer.step": (opt.get("step"), ())})
+    tensors = {"learner.params": (learner.get("params"), shape),
+               "learner.target": (learner.get("target"), shape),
+               "learner.optimizer.exp_avg": (opt.get("exp_avg"), shape),
+               "learner.optimizer.exp_avg_sq": (opt.get("exp_avg_sq"), shape),
+               "learner.optimizer.step": (opt.get("step"), ())}
+    _check_shapes(path, tensors)
+    for name, (t, _) in tensors.items():
+        nonnegative = name.endswith(("exp_avg_sq", "step"))
+        if (t.dtype != torch.float32 or not bool(torch.isfinite(t).all())
+                or (nonnegative and bool((t < 0).any()))):
+            what = "non-negative " if nonnegative else ""
+            raise CheckpointError(f"{path}: {name} is not a tensor of finite {what}float32 "
+                                  f"values; {DAMAGED}")
+
+
+def _check_sampler(path: Path, state: object, cfg: Config, rows: int | None) -> None:
+    """The saved sampler state: the xoroshiro words of the uniform or CPU prioritized sampler,
+    and the priorities, one per saved row (none without a saved buffer), finite and positive (a
+    row of priority 0 is never drawn, and a sum of 0 cannot be sampled), raised to this run's
+    --per-alpha."""
+    # the CPU samplers' xoroshiro words (TorchPrioritized keeps its generator in rng.per)
+    saved = not isinstance(state, dict) or "rng" in state
+    words = state.get("rng") if isinstance(state, dict) else state
+    if saved and not (isinstance(words, list) and len(words) == 2 and any(words)
+                      and all(is_whole(w) and w < 2**64 for w in words)):
+        raise CheckpointError(f"{path}: rng.sampler does not hold the sampler's two nonzero 64-bit "
+                              f"words; {DAMAGED}")
+    if not isinstance(state, dict):
+        return
+    if state.get("capacity") != cfg.buffer_size:
+        raise CheckpointError(f"{path}: rng.sampler's priorities are for a buffer of "
+                              f"{str(state.get('capacity'))[:20]} rows, not {cfg.buffer_size}; "
+                              f"{DAMAGED}")
+    alpha = state.get("alpha")
+    if type(alpha) is not float or not 0 <= alpha <= 1:
+        raise CheckpointError(f"{path}: rng.sampler.alpha is {str(alpha)[:20]}, not a number in "
+                              f"[0, 1]; {DAMAGED}")
+    if alpha != cfg.per_alpha:
+        raise CheckpointError(f"{path} was trained with --per-alpha {alpha:g}; pass --per-alpha "
+                              f"{alpha:g} to resume it")
+    top = state.get("max_priority")
+    if type(top) is not float or not 0 < top < float("inf"):
+        raise CheckpointError(f"{path}: rng.sampler.max_priority is {str(top)[:20]}, not a "
+                              f"finite positive number; {DAMAGED}")
+    prio = state.get("priorities")
+    if not (isinstance(prio, torch.Tensor) and prio.dtype == torch.float64 and prio.dim() == 1):
+        raise CheckpointError(f"{path}: rng.sampler.priorities is not a float64 vector; {DAMAGED}")
+    if rows is not None and len(prio) != rows:
+        raise CheckpointError(f"{path}: rng.sampler holds {len(prio)} priorities for the "
+                              f"{rows} rows of its buffer; {DAMAGED}")
+    if not bool(torch.isfinite(prio).all()) or not bool((prio > 0).all()):
+        raise CheckpointError(f"{path}: rng.sampler.priorities holds a value that is not finite "
+                              f"and positive; {DAMAGED}")
 
 
 def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:
@@ -596,10 +669,11 @@ def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:
 
 
 def _check_buffer(path: Path, buffer: dict, capacity: int, obs_shape: tuple) -> None:
-    """A --save-buffer checkpoint's rows: as many as it says it holds, each of the env's shape."""
+    """A --save-buffer checkpoint's rows: as many as it says it holds, each of the env's shape,
+    written from row 0 on (the ring's position is its size until it is full)."""
     size, pos = buffer.get("size"), buffer.get("pos")
-    if not (isinstance(size, int) and isinstance(pos, int) and 0 <= size <= capacity
-            and 0 <= pos < capacity):
+    if not (is_whole(size) and is_whole(pos) and size <= capacity and pos < capacity
+            and (size == capacity or pos == size)):
         raise CheckpointError(f"{path}: its replay buffer's size {size!r} and position {pos!r} do "
                               f"not fit its capacity {capacity}; the file is damaged")
     for name, shape in (("obs", (size, *obs_shape)), ("next_obs", (size, *obs_shape)),

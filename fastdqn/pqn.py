@@ -16,7 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import (
+    DAMAGED,
+    CheckpointError,
+    check_generator_state,
+    check_module_state,
+    check_optimizer_state,
+    is_whole,
+)
 from .config import Config
 from .envs import real_next_obs
 from .evaluate import Policy
@@ -24,6 +31,7 @@ from .explore import EpsilonSchedule, epsilon_greedy
 from .networks import LayerNormQNetwork, preprocess
 from .replay import torch_dtype
 from .run import Counters, Run
+from .seeds import Purpose, torch_generator
 
 STAGES = ("act", "env_wait", "add", "learn", "log")
 """The loop's stages; a subset of DQN's names, so a timer made for DQN's stages times PQN too."""
@@ -126,13 +134,13 @@ class PQN:
         self.cfg, self.device = cfg, device
         self.rollout, n = cfg.pqn_rollout, cfg.num_envs
         self.obs_shape = tuple(obs_space.shape)
-        init = torch.Generator().manual_seed(cfg.seed)
+        init = torch_generator(cfg.seed, Purpose.INIT)
         self.net = LayerNormQNetwork(int(np.prod(self.obs_shape)), int(act_space.n),
                                      tuple(cfg.hidden), init).to(device)
         self.flat = flatten_parameters(self.net)
         self.optimizer = torch.optim.RAdam([self.flat], lr=cfg.lr, eps=cfg.adam_eps)
-        self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
-        self.shuffle_gen = torch.Generator(device).manual_seed(cfg.seed + 2)
+        self.act_gen = torch_generator(cfg.seed, Purpose.ACT, device=device)
+        self.shuffle_gen = torch_generator(cfg.seed, Purpose.SHUFFLE, device=device)
         self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
                                         cfg.eps_decay_steps, cfg.eps_episode_decay)
         shape = (self.rollout, n)
@@ -256,6 +264,17 @@ class PQN:
         if tuple(net.get("hidden", ())) != self.net.hidden:
             raise CheckpointError(f"{path} has hidden layers {net.get('hidden')}, not "
                                   f"{list(self.net.hidden)}; pass --hidden to match")
+        # every value load_state_dict copies, checked first: a wrong one would fail (or a NaN
+        # diverge) only after the run dir was written to
+        learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
+        check_module_state(path, learner.get("online"), self.net, "learner.online", "PQN network")
+        check_optimizer_state(path, learner.get("optimizer"), [self.flat])
+        if not is_whole(learner.get("steps")):
+            raise CheckpointError(f"{path}: learner.steps is {str(learner.get('steps'))[:20]}, "
+                                  f"not a count of updates; {DAMAGED}")
+        rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
+        check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
+        check_generator_state(path, "rng.shuffle", rng.get("shuffle"), self.shuffle_gen)
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Everything `state_dict` saved; the optimizer's moments come back, its settings are

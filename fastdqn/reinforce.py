@@ -35,13 +35,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, check_declared_size
+from .checkpoint import (
+    DAMAGED,
+    CheckpointError,
+    check_declared_size,
+    check_generator_state,
+    check_module_state,
+    check_optimizer_state,
+    is_whole,
+)
 from .config import Config
 from .envs import real_next_obs
 from .evaluate import Policy
 from .networks import preprocess
 from .reference import all_finite
+from .replay import check_fits
 from .run import Run
+from .seeds import Purpose, torch_generator
 
 STAGES = ("act", "env_send", "learn", "env_wait", "record", "log")
 
@@ -324,11 +334,12 @@ class EpisodeStorage:
                                    self.arrays())}
         return {**flat, "finished": self.finished}
 
-    def load_state_dict(self, state: dict, path: str | Path, n_actions: int) -> None:
-        """Put saved finished episodes into column 0 (any column can hold whole episodes, so the
-        number of envs may differ from the saving run's); their sizes are checked first."""
-        damaged = CheckpointError(f"{path}: its stored episodes are inconsistent; the file is "
-                                  "damaged")
+    def check_state(self, state: dict, path: str | Path, n_actions: int) -> None:
+        """Saved finished episodes that `load_state_dict` can take: consistent sizes and
+        dtypes, actions in range, finite rewards, bootstraps and observations, and room in
+        memory for them in every column (each column grows to the longest); a one-line
+        CheckpointError otherwise."""
+        damaged = CheckpointError(f"{path}: its stored episodes are inconsistent; {DAMAGED}")
         try:
             obs, actions, rewards, dones, boot = (state[k] for k in (
                 "obs", "actions", "rewards", "dones", "bootstrap"))
@@ -336,13 +347,30 @@ class EpisodeStorage:
             if (not all(torch.is_tensor(a) and len(a) == m for a in (obs, actions, rewards,
                                                                        dones, boot))
                     or tuple(obs.shape[1:]) != self.obs.shape[2:]
+                    or obs.dtype != torch.from_numpy(self.obs[:0]).dtype
                     or actions.dtype != torch.int64 or dones.dtype != torch.bool
+                    or rewards.dtype != torch.float64 or boot.dtype != torch.float64
                     or (m and not bool(dones[-1]))
-                    or int(dones.sum()) != state["finished"]
-                    or (m and not bool(((actions >= 0) & (actions < n_actions)).all()))):
+                    or not is_whole(state["finished"]) or int(dones.sum()) != state["finished"]
+                    or (m and not bool(((actions >= 0) & (actions < n_actions)).all()))
+                    or not all(bool(torch.isfinite(a).all()) for a in (rewards, boot, obs)
+                               if a.is_floating_point())):
                 raise damaged
         except (KeyError, TypeError, AttributeError):
             raise damaged from None
+        rows = 1 << m.bit_length()  # reserve(m + 1) doubles up to this
+        row_bytes = self.obs[0].nbytes + sum(a[0].nbytes for a in self.arrays()[1:])
+        check_fits(rows * row_bytes, torch.device("cpu"),
+                   f"{path}: its {m:,d} stored steps, in each of the {len(self.cols)} envs' columns,",
+                   "resume with fewer --num-envs, or start a new run")
+
+    def load_state_dict(self, state: dict, path: str | Path, n_actions: int) -> None:
+        """Put saved finished episodes into column 0 (any column can hold whole episodes, so the
+        number of envs may differ from the saving run's); they are checked first."""
+        self.check_state(state, path, n_actions)
+        obs, actions, rewards, dones, boot = (state[k] for k in (
+            "obs", "actions", "rewards", "dones", "bootstrap"))
+        m = len(actions)
         self.reserve(m + 1)
         for a, saved in zip(self.arrays(), (obs, actions, rewards, dones, boot)):
             a[:m, 0] = saved.numpy()
@@ -367,9 +395,9 @@ class Reinforce:
         self.value_on = cfg.reinforce_baseline == "value"
         self.net = PolicyNetwork(int(np.prod(self.obs_shape)), self.n_actions,
                                  tuple(cfg.policy_hidden), self.value_on)
-        self.net.init(torch.Generator().manual_seed(cfg.seed)).to(device)
+        self.net.init(torch_generator(cfg.seed, Purpose.INIT)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-        self.act_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.act_gen = torch_generator(cfg.seed, Purpose.ACT, device=device)
         self.store = EpisodeStorage(cfg.num_envs, self.obs_shape, obs_space.dtype)
         self.final_obs = np.empty((cfg.num_envs, *self.obs_shape), dtype=obs_space.dtype)
         self.no_bootstrap = np.zeros(cfg.num_envs)
@@ -479,6 +507,19 @@ class Reinforce:
                                   "value network; pass --reinforce-baseline "
                                   f"{'value' if net.get('value') else 'none or normalize'} to match")
         policy_network_of(path, net)
+        # every value load_state_dict copies, checked first: a wrong one would fail (or a NaN
+        # diverge) only after the run dir was written to
+        learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
+        check_module_state(path, learner.get("weights"), self.net, "learner.weights",
+                           "policy network")
+        check_optimizer_state(path, learner.get("optimizer"), list(self.net.parameters()))
+        if not is_whole(learner.get("updates")):
+            raise CheckpointError(f"{path}: learner.updates is {str(learner.get('updates'))[:20]}"
+                                  f", not a count of updates; {DAMAGED}")
+        rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
+        check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
+        episodes = ckpt.get("episodes") if isinstance(ckpt.get("episodes"), dict) else {}
+        self.store.check_state(episodes, path, self.n_actions)
 
     def load_state_dict(self, ckpt: dict) -> None:
         path = "checkpoint.pt"

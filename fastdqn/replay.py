@@ -118,6 +118,58 @@ class ReplayBuffer:
         self.pos, self.size = int(state["pos"]), n
 
 
+def row_values_problem(state: dict, n_actions: int, observations: dict[str, torch.dtype]
+                       ) -> str | None:
+    """What is wrong with the values of a saved buffer's row fields (and of its `observations`
+    fields, name -> dtype), or None; their shapes are checked before.
+
+    A file's values are data, never trusted: the native and Numba learner steps write each
+    row's gradient at index `action` of its Q row (an action out of range writes outside the
+    network's buffers), and the TD target trusts done to be 0 or 1, the discount to lie in
+    [0, 1] and rewards and observations to be finite (else the first step diverges).
+    """
+    fields = {"actions": torch.int64, "rewards": torch.float32, "dones": torch.float32,
+              "discounts": torch.float32, **observations}
+    for name, dtype in fields.items():
+        t = state.get(name)
+        if not isinstance(t, torch.Tensor):
+            if name == "discounts":
+                continue  # a fastdqn 0.1 buffer: refused with its own message when loaded
+            return f"buffer.{name} is missing"
+        if t.dtype != dtype:
+            return (f"buffer.{name} holds {str(t.dtype).replace('torch.', '')} values, not "
+                    f"{str(dtype).replace('torch.', '')}")
+        if name == "actions":
+            bad = _first(t, lambda x: (x < 0) | (x >= n_actions))
+            if bad is not None:
+                return f"buffer.actions holds {int(bad)}, outside 0..{n_actions - 1}"
+        elif name == "dones":
+            bad = _first(t, lambda x: (x != 0) & (x != 1))
+            if bad is not None:
+                return f"buffer.dones holds {float(bad):g}, not 0 or 1"
+        elif name == "discounts":
+            bad = _first(t, lambda x: ~((x >= 0) & (x <= 1)))
+            if bad is not None:
+                return f"buffer.discounts holds {float(bad):g}, outside [0, 1]"
+        elif t.is_floating_point():
+            bad = _first(t, lambda x: ~torch.isfinite(x))
+            if bad is not None:
+                return f"buffer.{name} holds {float(bad):g}, not a finite number"
+    return None
+
+
+def _first(t: torch.Tensor, wrong) -> torch.Tensor | None:
+    """The first element of `t` for which `wrong` (elementwise) holds, or None; in chunks, so
+    that checking a large buffer costs a few MB of masks, not one the buffer's size."""
+    flat = t.reshape(-1)
+    for i in range(0, len(flat), 1 << 22):
+        chunk = flat[i:i + (1 << 22)]
+        bad = chunk[wrong(chunk)]
+        if len(bad):
+            return bad[0]
+    return None
+
+
 ROW_BYTES = 8 + 4 + 4 + 4
 """Bytes of a row besides its observations: action (int64), reward, done, discount (float32)."""
 
@@ -166,6 +218,31 @@ def check_fits_memory(nbytes: int, device: torch.device, what: str, rows: int) -
                       "fifths of it)")
 
 
+STORED_AS = {np.dtype(np.float16): np.dtype(np.float32), np.dtype(np.uint16): np.dtype(np.int32),
+             np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint64): np.dtype(np.int64)}
+"""Observation dtypes kept in a wider one that holds each of their values exactly: the fused CPU
+routes (Numba, native) cannot read float16, and torch cannot index-write (the ring's wrapping
+add) unsigned ints wider than 8 bits. int64 holds uint64 only below 2**63: envs.check_spaces
+refuses a uint64 Box that can reach it."""
+
+
+def stored_dtype(np_dtype: np.dtype) -> np.dtype:
+    """The numpy dtype observations of `np_dtype` are stored and acted on in (STORED_AS)."""
+    np_dtype = np.dtype(np_dtype)
+    return STORED_AS.get(np_dtype, np_dtype)
+
+
+def check_fits(nbytes: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, in one line naming `what` and the `fix`, an allocation of `nbytes` on `device`
+    that cannot fit (the check_fits_memory of other sizes than the replay's rows)."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        where = "on the GPU" if device.type == "cuda" else "in RAM"
+        raise ConfigError(f"{what} needs {nbytes / 1e9:.1f} GB, but only {free / 1e9:.1f} GB is "
+                          f"available {where}; {fix}")
+
+
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
-    """The torch dtype that stores a numpy observation dtype without conversion."""
-    return torch.from_numpy(np.zeros(1, dtype=np_dtype)).dtype
+    """The torch dtype the replay, the n-step windows and the acting stage store observations
+    of numpy dtype `np_dtype` in: their own (uint8 images stay uint8), or STORED_AS's."""
+    return torch.from_numpy(np.zeros(1, dtype=stored_dtype(np_dtype))).dtype

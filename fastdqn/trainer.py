@@ -5,19 +5,29 @@ an agent to the algorithm's loop (`dqn.train_dqn`, `reinforce.train_reinforce`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import native
 from .atari import is_minatar, reports_life_loss
-from .checkpoint import CheckpointError, load_checkpoint, network_of, remove_temp_files
+from .checkpoint import (
+    CheckpointError,
+    check_declared_size,
+    check_generator_state,
+    is_whole,
+    load_checkpoint,
+    network_of,
+    remove_temp_files,
+)
 from .cnn import architecture, channels_last_of, resolve_network
 from .config import Config, ConfigError
 from .dqn import DQN, STAGES, train_dqn
 from .envpool_env import check_envpool
-from .envs import EnvFactory, bit_generator_class, probe_env
+from .envs import EnvFactory, bit_generator_class, check_spaces, probe_env, zero_based
 from .envs import env_factory as envs_factory
 from .frames import check_frames_fit, uses_frame_replay
 from .logger import StageTimer
@@ -25,7 +35,7 @@ from .pqn import PQN, train_pqn
 from .pqn import STAGES as PQN_STAGES
 from .reinforce import STAGES as REINFORCE_STAGES
 from .reinforce import Reinforce, train_reinforce
-from .replay import check_replay_fits, torch_dtype
+from .replay import check_fits, check_replay_fits, torch_dtype
 from .run import (
     Counters,
     Run,
@@ -36,6 +46,7 @@ from .run import (
     prepare_run_dir,
     resume_checkpoint,
 )
+from .seeds import Purpose, generator_seed
 
 __all__ = ["STAGES", "TrainResult", "TrainingDiverged", "check_compatible", "default_run_dir",
            "divergence_message", "resolve_device", "resume_checkpoint", "train"]
@@ -90,8 +101,14 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
         if declared.hidden != tuple(cfg.hidden):
             raise CheckpointError(f"{path} has hidden layers {list(declared.hidden)}, "
                                   f"not {list(cfg.hidden)}; pass --hidden to match")
+    hidden = cfg.policy_hidden if cfg.algo == "reinforce" else cfg.hidden
+    sizes = [int(np.prod(obs_shape)), *hidden, n_actions + 1]  # the settings' own network,
+    check_declared_size(path, sizes[0], hidden, n_actions,  # capped as the file's "net" is
+                        lambda: sum(a * b + b for a, b in zip(sizes, sizes[1:])))
     if ckpt.get("env_starts") is not None:
         _check_env_starts(path, ckpt["env_starts"])
+    rng = ckpt["rng"] if isinstance(ckpt["rng"], dict) else {}
+    check_generator_state(path, "rng.torch", rng.get("torch"), torch.default_generator)
     saved_every = ckpt["config"].get("train_every") if isinstance(ckpt["config"], dict) else None
     _check_counters(path, ckpt["counters"],
                     saved_every if type(saved_every) is int and saved_every >= 1
@@ -118,9 +135,48 @@ def _check_counters(path: Path, counters: object, train_every: int) -> None:
                    f"lengths and {len(c.end_steps)} end steps")
     elif not 0 <= c.due < train_every:
         problem = f"due {c.due}, not in [0, {train_every}) as --train-every {train_every} leaves it"
+    else:
+        problem = _counts_problem(c)
     if problem:
         raise CheckpointError(f"{path}: its counters are inconsistent ({problem}); the file is "
                               "damaged or crafted")
+
+
+def _counts_problem(c: Counters) -> str | None:
+    """What in the counters' values no run leaves (their types are checked before), or None:
+    negative counts, episodes ending after the step count or out of order, returns that are
+    not finite numbers, evaluations that are not the records summary.json is written from."""
+    for name in ("step", "iteration", "episodes", "next_eval", "next_checkpoint", "next_log"):
+        if getattr(c, name) < 0:
+            return f"{name} {getattr(c, name)} is negative"
+    if not (type(c.best_step) is int and c.best_step >= -1):
+        return f"best_step {str(c.best_step)[:20]} is not a step"
+    for name in ("wall_time", "best_eval"):
+        v = getattr(c, name)
+        if not (type(v) in (int, float) and (math.isfinite(v) or v == -math.inf)
+                and (name == "best_eval" or v >= 0)):
+            return f"{name} {str(v)[:20]} is not a number a run records"
+    if not all(type(r) in (int, float) and math.isfinite(r) for r in c.returns):
+        return "a return is not a finite number"
+    if not all(is_whole(n, 1) for n in c.lengths):
+        return "an episode length is not a whole number >= 1"
+    if not (all(is_whole(s) for s in c.end_steps)
+            and all(a <= b for a, b in zip(c.end_steps, c.end_steps[1:]))
+            and all(s <= c.step for s in c.end_steps[-1:])):
+        return f"the episodes' end steps are not in order up to step {c.step}"
+    if not all(isinstance(e, dict) and is_whole(e.get("step")) and _plain(e) for e in c.evals):
+        return "an evaluation record is not one a run writes"
+    return None
+
+
+def _plain(value: object) -> bool:
+    """JSON data (what summary.json is written from): str-keyed dicts, lists, str, numbers,
+    bools and None; tensors, bytes or sets would only fail when the run writes its summary."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
 
 
 def _check_env_starts(path: Path, starts: object) -> None:
@@ -134,10 +190,44 @@ def _check_env_starts(path: Path, starts: object) -> None:
             raise CheckpointError(f"{path}: env_starts[{i}] names bit generator "
                                   f"{repr(name)[:60]}, which numpy does not have; the file is "
                                   "damaged or crafted")
-        if not ((seed is None or type(seed) is int) and (rng is None or isinstance(rng, dict))
-                and (seed, rng) != (None, None)):
+        if not ((seed is None or is_whole(seed)) and (rng is None or isinstance(rng, dict))
+                and (seed, rng) != (None, None) and (rng is None or _bit_generator_ok(rng))):
             raise CheckpointError(f"{path}: env_starts[{i}] is not an episode start (a seed or a "
                                   "bit generator state); the file is damaged or crafted")
+
+
+def _bit_generator_ok(state: dict) -> bool:
+    """numpy takes `state` as its bit generator's state (tried here on a scratch generator, so
+    that an env worker never fails on it after the run has started)."""
+    try:
+        bit_generator = bit_generator_class(state.get("bit_generator"))()
+        bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
+
+
+def check_learner_fits(cfg: Config, obs_space, n_actions: int, device: torch.device) -> None:
+    """What an algorithm allocates by its settings beyond the replay (DQN's batch, PQN's
+    rollout, REINFORCE's episode storage), against the memory `device` has: a one-line
+    ConfigError before anything is allocated, as for the replay (check_dqn_env). A rough
+    bound, there to refuse what cannot fit: --batch-size 2**30 would otherwise be tens of GB of
+    activations, allocated at the first learner step."""
+    in_dim = int(np.prod(obs_space.shape))
+    obs_bytes = in_dim * torch_dtype(obs_space.dtype).itemsize
+    width = sum(cfg.policy_hidden if cfg.algo == "reinforce" else cfg.hidden) + n_actions + 1
+    if cfg.algo == "dqn":  # inputs, activations and gradients of online and target, float32
+        nbytes = cfg.batch_size * 4 * (3 * in_dim + 4 * width)
+        what, fix = f"a learner batch of {cfg.batch_size:,d} rows", "lower --batch-size"
+    elif cfg.algo == "pqn":  # the rollout's rows, and one minibatch's activations
+        steps = cfg.pqn_rollout * cfg.num_envs
+        nbytes = steps * (obs_bytes + 22) + steps // cfg.pqn_minibatches * 4 * (in_dim + 4 * width)
+        what, fix = (f"a PQN rollout of {cfg.pqn_rollout} x {cfg.num_envs} steps",
+                     "lower --pqn-rollout or --num-envs")
+    else:  # the episode storage's first 1024 rows of every env
+        nbytes = 1024 * cfg.num_envs * (obs_bytes + 33)
+        what, fix = f"the episode storage of {cfg.num_envs:,d} envs", "lower --num-envs"
+    check_fits(nbytes, device, what, fix)
 
 
 def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFactory,
@@ -147,16 +237,15 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
     --life-loss-terminal on, a possible --frame-replay (not with --actors), --learner numba
     where the run would not take that route, and memory for the replay."""
     kind = "custom" if custom else resolve_network(cfg.network, obs_space)
+    if cfg.network == "auto" and not custom:  # what auto picked reads the network settings
+        cfg.check_network(kind, f", but --network auto trains a {kind} on {cfg.env_id}'s "
+                                "observations")
     shape = tuple(obs_space.shape)
     if kind == "cnn":
         if len(shape) != 3:
             raise ConfigError(f"--network cnn needs image observations (a Box of rank 3, e.g. "
                               f"[4, 84, 84] or [10, 10, 4]); {cfg.env_id} has shape {list(shape)}: "
                               "use --network mlp")
-        if cfg.hidden != Config.hidden:
-            raise ConfigError(f"--hidden sets the MLP's layers, but {cfg.env_id} has image "
-                              "observations, so --network auto trains a CNN whose layers are its "
-                              "architecture's; drop --hidden or pass --network mlp")
         architecture(shape, channels_last_of(shape, is_minatar(cfg.env_id)))
     if cfg.life_loss_terminal == "on":
         env = make_env()
@@ -207,22 +296,26 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         cfg = make_config(**{**base, **overrides})
     cfg.validate()
     if q_network is not None and cfg.algo != "dqn":
+        layers = "--policy-hidden" if cfg.algo == "reinforce" else "--hidden"
         raise ConfigError(f"q_network trains with --algo dqn only; {cfg.algo} builds its own "
-                          "network (set its layers with --hidden)")
-    if q_network is not None and cfg.network not in ("auto", "mlp"):
-        raise ConfigError(f"q_network is a network of your own, --network {cfg.network} another; "
-                          "pass one of them")
+                          f"network (set its layers with {layers})")
+    if q_network is not None:  # its shape is yours: fastdqn's network settings would be ignored
+        cfg.check_network("custom")
     device = resolve_device(cfg.device)
     if env_factory is None:
         obs_space, act_space, threshold = probe_env(cfg.env_id)
     else:
-        probe = env_factory()
-        obs_space, act_space = probe.observation_space, probe.action_space
-        threshold = probe.spec.reward_threshold if probe.spec is not None else None
-        probe.close()
+        probe = zero_based(env_factory())
+        try:
+            obs_space, act_space = probe.observation_space, probe.action_space
+            check_spaces("env_factory's env", obs_space, act_space)
+            threshold = probe.spec.reward_threshold if probe.spec is not None else None
+        finally:
+            probe.close()
     target_return = cfg.target_return if cfg.target_return is not None else threshold
     if cfg.vector == "envpool":
         check_envpool(cfg.env_id, obs_space, act_space, custom_factory=env_factory is not None)
+    check_learner_fits(cfg, obs_space, int(act_space.n), device)
     if cfg.algo == "dqn":
         check_dqn_env(cfg, obs_space, device, env_factory or envs_factory(cfg.env_id),
                       custom=q_network is not None)
@@ -251,7 +344,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     # Denormal floats (tiny Adam moments late in training) make CPU arithmetic many times
     # slower; flushing them to zero cost the learner step 12% when they appeared (measured).
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(generator_seed(cfg.seed, Purpose.TORCH_GLOBAL))
     fleet = None
     try:
         if cfg.algo == "pqn":
