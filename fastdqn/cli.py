@@ -13,21 +13,34 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_file_settings,
+    load_checkpoint,
+    settings_from_file,
+)
 from .config import (
     ALGO_DEFAULTS,
+    ALGOS,
+    CONDITIONS,
     Config,
     ConfigError,
+    check_episode_seed,
+    check_value,
     coerce,
     field_docs,
     field_names,
     load_toml,
     make_config,
     preset_names,
+    reads,
+    show_value,
 )
+from .selfcheck import RouteFallbackWarning
 
 SHORT = {"env_id": "--env"}
 
@@ -69,9 +82,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = SHORT.get(f.name, "--" + f.name.replace("_", "-"))
         names = [flag] if f.name not in SHORT else [flag, "--" + f.name.replace("_", "-")]
-        per_algo = "".join(f"; {algo}: {_show(d[f.name])}" for algo, d in ALGO_DEFAULTS.items()
+        per_algo = "".join(f"; {algo}: {show_value(d[f.name])}" for algo, d in ALGO_DEFAULTS.items()
                            if f.name in d)
-        helptext = f"{docs.get(f.name, '')} (default: {_show(f.default)}{per_algo})"
+        row = reads(f.name)
+        scope = [] if set(row["algos"]) == set(ALGOS) else [f"--algo {', '.join(row['algos'])} only"]
+        scope += [f"with {CONDITIONS[w].scope}" for w in row["when"]]
+        only = f" [{'; '.join(scope)}]" if scope else ""
+        helptext = f"{docs.get(f.name, '')} (default: {show_value(f.default)}{per_algo}){only}"
         if isinstance(f.default, bool):
             p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=helptext)
@@ -80,37 +97,40 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                            default=argparse.SUPPRESS, help=helptext)
 
 
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or '""'
-    return "none" if value is None else str(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastdqn", description="Fast DQN on vectorized gymnasium envs.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     t = sub.add_parser("train", help="train an agent (defaults: LunarLander-v3, 16 envs)",
-                       description="Train a DQN or REINFORCE agent. Every setting is a flag; "
-                                   "--config takes a preset name or a TOML file. A default "
-                                   "shown as 'reinforce: X' is that algo's own, used unless "
-                                   "a flag or the preset sets the field.")
+                       description="Train a DQN, PQN or REINFORCE agent. Every setting is a "
+                                   "flag; --config takes a preset name or a TOML file. A "
+                                   "default shown as 'pqn: X' or 'reinforce: X' is that algo's "
+                                   "own, used unless a flag or the preset sets the field. A "
+                                   "setting that the run would not read (another algo's, "
+                                   "marked [--algo ... only], or one whose condition does not "
+                                   "hold) is refused, never ignored.")
     t.add_argument("--config", default=None, metavar="PRESET_OR_TOML",
-                   help=f"preset ({', '.join(preset_names()) or 'none'}) or TOML file; "
-                        "flags override it")
+                   help=f"preset ({', '.join(preset_names()) or 'none'}) or TOML file; a name "
+                        "that is a preset means the preset even where a file of that name "
+                        "exists (write ./NAME for the file); flags override it")
     _add_config_flags(t)
     e = sub.add_parser("eval", help="evaluate a checkpoint's greedy policy",
-                       description="Greedy evaluation of a checkpoint on fresh seeds.")
+                       description="Evaluate a checkpoint's policy on held-out episode seeds: "
+                                   "greedy, or epsilon-greedy as the run evaluated it "
+                                   "(--epsilon). Flags are checked as train's are.")
     e.add_argument("checkpoint", help="checkpoint.pt or best.pt of a run")
-    e.add_argument("--episodes", type=int, default=100, help="episodes to play (default: 100)")
-    e.add_argument("--seed", type=int, default=None,
-                   help="seed of the first episode (default: the run's eval seeds)")
-    e.add_argument("--num-envs", type=int, default=16, help="envs stepped together")
-    e.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
+    e.add_argument("--episodes", default=100, help="episodes to play (default: 100)")
+    e.add_argument("--seed", default=None,
+                   help="episode seed of the first episode; episode j is reset with SEED + j "
+                        "(default: the start of the run's held-out TEST stream, episodes that "
+                        "neither training nor checkpoint selection played)")
+    e.add_argument("--num-envs", default=16, help="envs stepped together (default: 16)")
+    e.add_argument("--device", default="cpu",
+                   help="device for the network: cpu, cuda, cuda:N, mps or auto (default: cpu)")
     e.add_argument("--env", default=None, metavar="ENV_ID",
                    help="env to evaluate on instead of the checkpoint's, e.g. my_module:MyEnv-v0 "
                         "(a module-qualified id is only imported when named here); its spaces "
                         "must fit the network")
-    e.add_argument("--epsilon", type=float, default=None,
+    e.add_argument("--epsilon", default=None,
                    help="probability of a uniformly random action at each step (default: the "
                         "run's --eval-epsilon: 0.05 for Atari ids, 0 otherwise)")
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -121,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where --compare writes its histogram (default: compare.png next to the "
                         "checkpoint)")
     e.add_argument("--gif", default=None, metavar="FILE",
-                   help="record one greedy episode as an animated GIF (no display needed)")
+                   help="record the first episode (greedy, or --epsilon) as an animated GIF (no "
+                        "display needed)")
     e.add_argument("--render", action="store_true",
                    help="play the episodes in a live window (needs a display; else use --gif)")
     sub.add_parser("presets", help="list the shipped presets")
@@ -183,7 +204,10 @@ def _train(args: argparse.Namespace) -> int:
         chosen = load_toml(args.config) if args.config else {}  # your file: yours to trust
         if "env_id" not in explicit and "env_id" not in chosen:
             checkpoint_env(path, base.get("env_id", Config.env_id))
-        cfg = make_config(**{**base, **chosen, **explicit})
+        given = {**chosen, **explicit}
+        base = settings_from_file(base, given)  # never where the run connects
+        cfg = make_config(**{**base, **given})
+        check_file_settings(path, cfg, set(base) - set(given))
     else:
         cfg = make_config(args.config, **explicit)
     if not cfg.run_dir:  # fixed here so that every message can name it
@@ -244,18 +268,21 @@ def _eval(args: argparse.Namespace) -> int:
     )
     from .trainer import resolve_device
 
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    if args.epsilon is not None and not 0 <= args.epsilon <= 1:
-        raise ConfigError(f"--epsilon must be in [0, 1], got {args.epsilon}")
+    # each flag that means what a training setting means is checked by that setting's rules
+    args.episodes = check_value("eval_episodes", args.episodes, "--episodes")
+    args.num_envs = check_value("eval_envs", args.num_envs, "--num-envs")
+    if args.epsilon is not None:
+        args.epsilon = check_value("eval_epsilon", args.epsilon, "--epsilon")
+    if args.seed is not None:
+        args.seed = check_episode_seed(args.seed, args.episodes)
     if args.plot and not args.compare:
         raise ConfigError("--plot names the --compare histogram; add --compare or drop --plot")
     gif = _output(args.gif, "--gif", ["gif"]) if args.gif else None
-    device = resolve_device(args.device)
+    device = resolve_device(check_value("device", args.device))
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = args.env if args.env is not None else checkpoint_env(args.checkpoint, ckpt["env"]["id"])
     check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module, env_id)
-    seed = args.seed if args.seed is not None else eval_seed(ckpt["config"]["seed"])
+    seed = args.seed if args.seed is not None else eval_seed(_run_seed(args.checkpoint, ckpt))
     epsilon = args.epsilon
     if epsilon is None:  # the run's own; a checkpoint from before --eval-epsilon has none
         saved = ckpt["config"].get("eval_epsilon")
@@ -310,6 +337,15 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_seed(path: str, ckpt: dict) -> int:
+    """The run seed a checkpoint names, checked as --seed is: its TEST stream is eval's default."""
+    try:
+        return check_value("seed", ckpt["config"]["seed"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its run seed is not one fastdqn takes ({e}); the file is "
+                              "damaged or crafted") from None
+
+
 def check_fits_env(path: str, net, env_id: str) -> None:
     """The checkpoint's network (anything with in_dim and n_actions: an MLP, an RBFQNetwork, a
     ConvQNetwork, which must also match the observation's shape) must match its env's spaces
@@ -333,7 +369,26 @@ def check_fits_env(path: str, net, env_id: str) -> None:
         )
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """fastdqn's own warnings (a route that falls back) print as one console line: Python's
+    default adds the source line that raised it, which tells a user nothing."""
+    if issubclass(category, RouteFallbackWarning):
+        return f"warning: {message}\n"
+    return _python_warning(message, category, filename, lineno, line)
+
+
+_python_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = _python_warning
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -10,14 +10,17 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
+import numbers
 import re
 import sys
 import textwrap
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +37,40 @@ MAX_BUFFER_SIZE = 2**30
 The buffer is allocated whole at start, so a bigger value (a typo, or a resumed checkpoint's
 crafted config) would only exhaust memory."""
 
+MAX_SEED = 2**32 - 1
+"""Largest --seed: numpy's legacy and torch's CPU seeds are 32-bit, and every stream derived from
+a run seed below 2**32 stays in range: its episode seeds `(seed << 34) | ...` (seeds.py) stay
+below 2**66, which gymnasium's SeedSequence takes, and its generators' SeedSequence children
+hash it to the 64-bit seeds torch.manual_seed takes."""
+
+MAX_EPISODE_SEED = ((MAX_SEED + 1) << 34) - 1
+"""Largest episode seed a run can give (the last episode of the last stream of MAX_SEED): the
+range of `fastdqn eval --seed`, which names an episode seed, not a run seed."""
+
+MAX_EVAL_EPISODES = 10**9
+"""Most episodes one evaluation plays: its returns and lengths are arrays allocated whole at its
+start, which beyond this could not be (100 is the usual protocol). A resumed checkpoint's own
+settings stay far lower (checkpoint.check_file_settings)."""
+
+MAX_THREADS = 2**31 - 1
+"""Largest --num-threads: torch takes a 32-bit count (a resumed checkpoint's own settings stay
+under this machine's cores: checkpoint.check_file_settings)."""
+
+ALGOS = ("dqn", "pqn", "reinforce")
+NETWORK_KINDS = ("mlp", "cnn", "rbf", "custom")
+"""What trains as the Q-network: fastdqn's MLP, CNN or RBF network, or a `q_network` module of
+your own ("custom", `train(..., q_network=net)`)."""
+
+
+def _reads(default: Any, *, algos: tuple[str, ...] = ALGOS,
+           networks: tuple[str, ...] | None = None, when: tuple[str, ...] = ()) -> Any:
+    """A field's default plus its row of the one table of what reads it: `algos`, the
+    algorithms whose code reads it (tests/test_config.py checks each against the modules);
+    `networks`, for a setting of the network's shape, the network kinds that read it; `when`,
+    the `CONDITIONS` it is read under. A setting away from its default where nothing reads it
+    is refused (`Config.unread`), never silently ignored."""
+    return field(default=default, metadata={"algos": algos, "networks": networks, "when": when})
+
 
 @dataclass
 class Config:
@@ -44,10 +81,10 @@ class Config:
     (parallel Q-learning, Gallici et al. 2024: many envs, no replay, no target network, LayerNorm,
     Q(lambda) targets) or reinforce (Monte-Carlo policy gradient on whole episodes). A setting you
     leave unset takes the algorithm's own default where it has one (shown as "pqn: ..." or
-    "reinforce: ..." in the help); what you set, in a flag or a TOML file, always wins. Another
-    algorithm's own settings are refused (ALGO_ONLY); reinforce reads the "reinforce:" fields plus
-    lr, adam_eps, gamma, max_grad_norm and the run's own (envs, budget, seed, device, evaluation,
-    checkpoints, logging)."""
+    "reinforce: ..." in the help); what you set, in a flag or a TOML file, always wins. A
+    setting the chosen algorithm does not read is refused (the help marks them [--algo ...
+    only]); reinforce reads the "reinforce:" fields plus lr, adam_eps, gamma, max_grad_norm and
+    the run's own (envs, budget, seed, device, evaluation, checkpoints, logging)."""
     env_id: str = "LunarLander-v3"
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16
@@ -67,15 +104,18 @@ class Config:
     """Also stop once this many training episodes have ended (0: no limit); with one env it
     stops exactly there, with N envs within the vector step that ends it."""
     seed: int = 1
-    """Seed of envs, network init, sampling and exploration; same seed on CPU gives the same run."""
+    """Seed of envs, network init, sampling and exploration, in 0..4294967295 (32 bits); same
+    seed on CPU gives the same run."""
     device: str = "auto"
     """Training device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
     run_dir: str = ""
     """Run directory (TensorBoard events, checkpoints, summary); empty: runs/<env>__<seed>__<time>."""
     target_return: float | None = None
-    """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold."""
+    """Stop when the greedy eval mean reaches this; none: the env spec's reward_threshold. A
+    finite number, like every float setting (to train the whole budget, give one above any
+    return, e.g. 1e9)."""
 
-    network: str = "auto"
+    network: str = _reads("auto", algos=("dqn",), networks=("mlp", "cnn", "rbf"))
     """Q-network: auto (cnn for image observations, a Box of rank 3 with dtype uint8 or bool;
     mlp otherwise), mlp (--hidden layers, ReLU; --dueling), cnn (convolutions picked by the
     image size: the Nature DQN CNN, 3 convolutions and fc 512, for sides >= 36 such as Atari's
@@ -85,129 +125,132 @@ class Config:
     of the standardized observation, --rbf-features over --rbf-scales; the features are
     computed as observations arrive and the replay rows hold them, so the fused learner trains
     the linear head; --learner reference trains the whole module instead)."""
-    hidden: tuple[int, ...] = (128, 128)
-    """dqn: hidden layer sizes of the MLP Q-network (ReLU), e.g. 256,256 (--network mlp only:
-    a CNN's layers are its architecture's)."""
-    rbf_features: int = 400
+    hidden: tuple[int, ...] = _reads((128, 128), algos=("dqn", "pqn"), networks=("mlp",))
+    """Hidden layer sizes of the Q-network's MLP, e.g. 256,256: dqn's (ReLU; --network mlp only,
+    a CNN's layers being its architecture's) and pqn's (each layer LayerNorm then ReLU).
+    reinforce sizes its networks with --policy-hidden."""
+    rbf_features: int = _reads(400, algos=("dqn",), networks=("rbf",))
     """--network rbf: random Fourier features in all, split evenly over --rbf-scales."""
-    rbf_scales: tuple[float, ...] = (5.0, 2.0, 1.0, 0.5)
+    rbf_scales: tuple[float, ...] = _reads((5.0, 2.0, 1.0, 0.5), algos=("dqn",), networks=("rbf",))
     """--network rbf: the RBF kernel widths gamma, exp(-gamma |z - z'|^2) on the standardized
     observation z, one block of features each (scikit-learn's examples use 5,2,1,0.5)."""
-    rbf_fit_steps: int = 5_000
+    rbf_fit_steps: int = _reads(5_000, algos=("dqn",), networks=("rbf",))
     """--network rbf: steps of uniformly random play whose observations fit the standardization
     (mean, std per value) before training; it is saved in the checkpoint."""
     lr: float = 6.3e-4
-    """Learning rate (of Adam, or of RMSprop with --optimizer rmsprop)."""
-    adam_eps: float = 1e-8
-    """Adam epsilon."""
-    optimizer: str = "adam"
+    """Learning rate (of Adam; PQN's RAdam; RMSprop with --optimizer rmsprop)."""
+    adam_eps: float = _reads(1e-8, when=("adam",))
+    """Adam's epsilon (PQN's RAdam's too)."""
+    optimizer: str = _reads("adam", algos=("dqn",))
     """dqn: adam, or rmsprop as the MinAtar paper's code sets it (Young & Tian 2019, MinAtar's
     examples/dqn.py: torch RMSprop, squared-gradient decay alpha 0.95, centered, eps 0.01, no
     momentum). RMSprop trains on the reference route (the fused learner's step is Adam's)."""
     gamma: float = 0.99
     """Discount factor."""
-    loss: str = "huber"
+    loss: str = _reads("huber", algos=("dqn", "pqn"))
     """TD loss: huber (smooth L1, delta 1) or mse."""
-    clip_rewards: str = "auto"
+    clip_rewards: str = _reads("auto", algos=("dqn",))
     """dqn: clip the rewards stored for training to their sign, -1, 0 or 1 (Mnih et al. 2015):
     auto (on for Atari ids, ALE/... and ...NoFrameskip-v4), on or off. Episode returns,
     evaluations and summary.json stay in raw game score."""
-    life_loss_terminal: str = "auto"
+    life_loss_terminal: str = _reads("auto", algos=("dqn",))
     """dqn: store a step that lost a life (the env's info["life_loss"]) as terminal for the TD
     target, while the game goes on: auto (on for Atari ids), on (the env must report life
     loss) or off. Episodes, evaluations and summary.json still end at game over."""
-    double_dqn: bool = True
+    double_dqn: bool = _reads(True, algos=("dqn",))
     """Double DQN: the online net picks the next action, the target net values it."""
     max_grad_norm: float = 10.0
     """Clip the global gradient norm to this; 0 disables clipping (reinforce: the policy's and
     the value network's norms are clipped separately)."""
-    batch_size: int = 128
+    batch_size: int = _reads(128, algos=("dqn",))
     """Transitions per gradient step."""
-    buffer_size: int = 10_000
+    buffer_size: int = _reads(10_000, algos=("dqn",))
     """Replay capacity in transitions (a ring: the oldest are overwritten). 10k (CleanRL's
     default too) solved LunarLander in 27 s median against 31 s for 100k (bench/README.md)."""
-    learning_starts: int = 1_000
+    learning_starts: int = _reads(1_000, algos=("dqn",))
     """Transitions collected before the first gradient step; raised to batch_size if smaller
     (a step needs one batch in the buffer)."""
-    train_every: int = 4
+    train_every: int = _reads(4, algos=("dqn",))
     """Env transitions per round of `gradient_steps` updates (summed over envs)."""
-    gradient_steps: int = 1
+    gradient_steps: int = _reads(1, algos=("dqn",))
     """Gradient steps per `train_every` env transitions."""
-    tau: float = 0.005
+    tau: float = _reads(0.005, algos=("dqn",))
     """Target update weight: target <- tau*online + (1-tau)*target; 1 is a hard copy."""
-    target_update_interval: int = 1
+    target_update_interval: int = _reads(1, algos=("dqn",))
     """Learner steps between target updates (use tau=1 and e.g. 250 for hard updates)."""
 
-    n_step: int = 1
+    n_step: int = _reads(1, algos=("dqn",))
     """n-step returns: each stored transition sums up to n rewards of one env's episode and
     bootstraps with gamma^k from the state k <= n steps later (never across an episode end)."""
-    prioritized: bool = False
+    prioritized: bool = _reads(False, algos=("dqn",))
     """Proportional prioritized replay (Schaul et al. 2016): rows drawn with probability
     p^alpha / sum p^alpha, p = |TD error| + per_eps, corrected by importance weights."""
-    per_alpha: float = 0.6
+    per_alpha: float = _reads(0.6, algos=("dqn",), when=("prioritized",))
     """Prioritized replay: how strongly priorities skew sampling (0 = uniform)."""
-    per_beta: float = 0.4
+    per_beta: float = _reads(0.4, algos=("dqn",), when=("prioritized",))
     """Prioritized replay: importance-weight exponent at the start, annealed linearly to 1 over
     total_timesteps."""
-    per_eps: float = 1e-6
+    per_eps: float = _reads(1e-6, algos=("dqn",), when=("prioritized",))
     """Prioritized replay: added to |TD error| so that no row's priority is zero."""
-    frame_replay: str = "auto"
+    frame_replay: str = _reads("auto", algos=("dqn",))
     """Replay for stacked frames: each frame is stored once and the stacks are rebuilt when
     sampled (1M Atari transitions take about 7 GB instead of 56). auto: on for observations that
     are a small stack of uint8 frames (rank 3, uint8, first axis <= 16: FrameStackObservation's
     [4, 84, 84] for Atari); on: for any observation of rank >= 2, stacked on its first axis;
     off: one row of obs and next_obs per transition. With it the MLP trains on the reference
     route (the fused CPU route reads a row buffer in place)."""
-    dueling: bool = False
+    dueling: bool = _reads(False, algos=("dqn",), networks=("mlp", "cnn"))
     """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer (the
     MLP's, or a CNN's fc layer; not --network rbf)."""
-    learner: str = "auto"
+    learner: str = _reads("auto", algos=("dqn",))
     """Learner route: auto (the fastest route that supports the network and options: on the CPU
     the native step of csrc/, built once per machine, else the Numba-fused one; CUDA graphs on
     CUDA), numba (the Numba-fused CPU step even where the native one builds) or reference
     (plain nn.Module + autograd + torch.optim.Adam, the route every fast one is tested
     against)."""
 
-    pqn_rollout: int = 32
+    pqn_rollout: int = _reads(32, algos=("pqn",))
     """PQN: vector steps per env collected before each update (the batch is rollout x num_envs
     transitions, used once, with no replay)."""
-    pqn_lambda: float = 0.65
+    pqn_lambda: float = _reads(0.65, algos=("pqn",))
     """PQN: lambda of the Q(lambda) targets; 0 gives one-step Q-learning targets, 1 returns
     summed to the episode or rollout end."""
-    pqn_epochs: int = 4
+    pqn_epochs: int = _reads(4, algos=("pqn",))
     """PQN: passes over each rollout's batch."""
-    pqn_minibatches: int = 4
+    pqn_minibatches: int = _reads(4, algos=("pqn",))
     """PQN: minibatches (gradient steps) per epoch; the batch is shuffled and split evenly."""
-    pqn_anneal_lr: bool = False
+    pqn_anneal_lr: bool = _reads(False, algos=("pqn",))
     """PQN: decay the learning rate linearly from --lr to 0 over total_timesteps (each rollout's
     update uses the rate at the rollout's start), as CleanRL's pqn.py does."""
-    policy_hidden: tuple[int, ...] = (64, 64)
+    policy_hidden: tuple[int, ...] = _reads((64, 64), algos=("reinforce",))
     """reinforce: hidden layer sizes of the policy network (tanh), e.g. 64,64; empty ("" or
     none) makes it a linear softmax policy. The value network, when on, has the same sizes."""
-    reinforce_episodes: int = 4
+    reinforce_episodes: int = _reads(4, algos=("reinforce",))
     """reinforce: finished episodes per update. The N envs play episodes in parallel; once this
     many have ended (over all envs) one gradient step uses all of them, and the episodes still
     in flight carry on. 4 with 16 envs learned LunarLander fastest of 2, 4 and 16 (1M steps)."""
-    reinforce_baseline: str = "value"
+    reinforce_baseline: str = _reads("value", algos=("reinforce",))
     """reinforce: what is subtracted from the returns-to-go G: none (G itself, plain REINFORCE),
     normalize (G standardized over the batch) or value (G - V(s), V a separate network trained
     by mean squared error on G; time-limit truncations then bootstrap from V)."""
-    entropy_coef: float = 0.0
+    entropy_coef: float = _reads(0.0, algos=("reinforce",))
     """reinforce: weight of the entropy bonus (loss -= entropy_coef * mean policy entropy)."""
 
-    exploration: str = "egreedy"
+    exploration: str = _reads("egreedy", algos=("dqn",), when=("one_machine",))
     """Exploration: egreedy (epsilon-greedy) or boltzmann (softmax over Q / temperature)."""
-    eps_schedule: str = "linear"
+    eps_schedule: str = _reads("linear", algos=("dqn", "pqn"), when=("one_machine", "egreedy"))
     """Epsilon schedule: linear, exponential (per env step) or per_episode (multiplicative)."""
-    eps_start: float = 1.0
+    eps_start: float = _reads(1.0, algos=("dqn", "pqn"), when=("one_machine", "egreedy"))
     """Initial epsilon."""
-    eps_end: float = 0.05
+    eps_end: float = _reads(0.05, algos=("dqn", "pqn"), when=("one_machine", "egreedy"))
     """Final epsilon."""
-    eps_decay_steps: int = 50_000
+    eps_decay_steps: int = _reads(50_000,
+                                  algos=("dqn", "pqn"), when=("one_machine", "egreedy", "step_decay"))
     """linear: env steps to go from start to end; exponential: steps per e-fold of decay."""
-    eps_episode_decay: float = 0.995
+    eps_episode_decay: float = _reads(0.995,
+                                      algos=("dqn", "pqn"), when=("one_machine", "egreedy", "episode_decay"))
     """per_episode: epsilon is multiplied by this after every finished episode (down to eps_end)."""
-    temperature: float = 1.0
+    temperature: float = _reads(1.0, algos=("dqn",), when=("one_machine", "boltzmann"))
     """Boltzmann exploration temperature (higher is more random)."""
 
     eval_every: int = 10_000
@@ -222,107 +265,83 @@ class Config:
     """Epsilon of the evaluation episodes' epsilon-greedy actions; none: 0.05 for Atari ids
     (Mnih et al. 2015's protocol, and CleanRL's: a greedy policy that never presses FIRE stalls
     Breakout until its 27 000-step limit), 0 (greedy) otherwise. Each episode draws its random
-    actions from its own seed, so evaluations stay reproducible."""
+    actions from its own generator (a child of the run seed keyed by the episode, never the env's
+    reset randomness), so evaluations stay reproducible."""
     eval_envs: int = 16
     """Environments stepped together during evaluation."""
     checkpoint_every: int = 50_000
     """Env steps between periodic checkpoint.pt writes, besides the one at every evaluation and
     at the end; 0: only at evaluations and the end."""
-    save_buffer: bool = False
+    save_buffer: bool = _reads(False, algos=("dqn",))
     """Store the replay buffer (its filled rows) in checkpoint.pt, so --resume continues exactly
     instead of refilling it; the file grows to about the buffer's size."""
     env_timeout: float = 60.0
     """Seconds to wait for an env worker's reply before declaring it hung and killing it;
     0 waits forever (sharded and async vector envs)."""
-    actors: int = 0
+    actors: int = _reads(0, algos=("dqn",))
     """Ape-X (Horgan et al. 2018) on Ray: this many actors, each stepping its own --num-envs
     envs with its own fixed epsilon, feeding prioritized replay (always on) and this process's
     learner; 0: one machine, as usual. Needs pip install -e ".[ray]"."""
-    ray_address: str = ""
+    ray_address: str = _reads("", algos=("dqn",), when=("apex",))
     """Ape-X: the Ray cluster to join (what `ray start --head` prints, e.g. 10.0.0.1:6379);
     empty: a local Ray started and shut down by fastdqn."""
-    weight_sync_every: int = 400
+    weight_sync_every: int = _reads(400, algos=("dqn",), when=("apex",))
     """Ape-X: learner steps between weight publications; each actor loads the newest weights
     with its next block request."""
-    actor_block: int = 32
+    actor_block: int = _reads(32, algos=("dqn",), when=("apex",))
     """Ape-X: vector steps an actor plays per block it ships (a block holds about
     actor_block x num_envs rows)."""
-    actor_epsilon: float = 0.4
+    actor_epsilon: float = _reads(0.4, algos=("dqn",), when=("apex",))
     """Ape-X: actor i explores with actor_epsilon ** (1 + actor_alpha * i / (actors - 1))."""
-    actor_alpha: float = 7.0
+    actor_alpha: float = _reads(7.0, algos=("dqn",), when=("apex",))
     """Ape-X: the exponent's spread over actors (see actor_epsilon)."""
-    actor_restarts: int = 3
+    actor_restarts: int = _reads(3, algos=("dqn",), when=("apex",))
     """Ape-X: times Ray restarts each actor whose process or node dies; past actors x this many
     losses the run stops (checkpoint written)."""
-    actor_timeout: float = 120.0
+    actor_timeout: float = _reads(120.0, algos=("dqn",), when=("apex",))
     """Ape-X: seconds without a block from any actor before the run stops (checkpoint written):
     the learner never waits forever."""
     log_every: int = 2_000
     """Env steps between TensorBoard scalar writes (the only host syncs of device values)."""
     num_threads: int = 1
     """torch CPU threads for the learner (1 is fastest for DQN-sized nets: measured)."""
-    cuda_graphs: bool = True
+    cuda_graphs: bool = _reads(True, algos=("dqn",))
     """On a CUDA device, replay the MLP's act step and K learner steps as CUDA graphs, and a
     CNN's whole update as one (any module learner's but --learner reference's and a network
     passed from Python); each graph is checked against the eager step on first use. No effect
-    elsewhere: the CPU uses its numba-fused step, MPS plain torch ops."""
+    elsewhere: the CPU uses its native or Numba-fused step, MPS plain torch ops."""
     progress: bool = True
     """Show the console progress line."""
     resume: bool = False
-    """Continue the run in run_dir from its checkpoint.pt."""
+    """Continue the run in run_dir from its checkpoint.pt, with its settings (flags and --config
+    override them), except where the run connects: --actors and --ray-address come from the
+    command line or --config only (unset, the resumed run is local, with no actors); a file's
+    process, env, thread and episode counts beyond this machine's limits must be passed again."""
     overwrite: bool = False
     """Start afresh in a run_dir that already holds a run (its files are replaced)."""
 
     def validate(self) -> Config:
-        """Reject nonsensical settings before any work starts, with a fix in the message."""
-        positive_ints = [
-            "num_envs", "total_timesteps", "batch_size", "buffer_size", "train_every",
-            "gradient_steps", "target_update_interval", "eval_episodes", "solve_episodes",
-            "eval_envs", "log_every",
-        ]
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.buffer_size > MAX_BUFFER_SIZE:
-            raise ConfigError(f"--buffer-size must be <= {MAX_BUFFER_SIZE:,d}, got {self.buffer_size}")
-        for name in ["learning_starts", "eval_every", "checkpoint_every", "num_workers",
-                     "eps_decay_steps", "total_episodes"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        _choice("algo", self.algo, ["dqn", "pqn", "reinforce"])
-        _choice("reinforce_baseline", self.reinforce_baseline, ["none", "normalize", "value"])
-        if self.reinforce_episodes < 1:
-            raise ConfigError(f"--reinforce-episodes must be >= 1, got {self.reinforce_episodes}")
+        """Reject nonsensical settings before any work starts, with a fix in the message.
+
+        Each value is first coerced to its field's type by `coerce`, the one path that TOML,
+        flags, `train(...)` keywords and a Config built in Python all take (so `True` is no
+        count and `[1.9]` no layer size anywhere), and checked on its own (`check_value`);
+        then the settings are checked together."""
+        for f in fields(self):
+            value = coerce(f.name, getattr(self, f.name))
+            _check_alone(f.name, value)
+            setattr(self, f.name, value)
         if not 0 <= self.entropy_coef < float("inf"):
             raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
-        if not isinstance(self.policy_hidden, (tuple, list)) or not all(
-                isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                for h in self.policy_hidden):
-            raise ConfigError(f"--policy-hidden needs positive layer sizes like 64,64 (or \"\" for "
-                              f"a linear policy), got {self.policy_hidden}")
         self._validate_algo_fields()
         self._validate_apex()
-        _choice("vector", self.vector, ["sharded", "async", "sync", "envpool"])
-        _choice("learner", self.learner, ["auto", "numba", "reference"])
-        _choice("frame_replay", self.frame_replay, ["auto", "on", "off"])
-        if self.n_step < 1:
-            raise ConfigError(f"--n-step must be >= 1, got {self.n_step}")
         if not 0 <= self.per_alpha <= 1:
             raise ConfigError(f"--per-alpha must be in [0, 1], got {self.per_alpha}")
         if not 0 <= self.per_beta <= 1:
             raise ConfigError(f"--per-beta must be in [0, 1], got {self.per_beta}")
         if not self.per_eps > 0:
             raise ConfigError(f"--per-eps must be > 0, got {self.per_eps}")
-        _choice("loss", self.loss, ["huber", "mse"])
-        _choice("exploration", self.exploration, ["egreedy", "boltzmann"])
-        _choice("eps_schedule", self.eps_schedule, ["linear", "exponential", "per_episode"])
-        if self.num_threads < 1:
-            raise ConfigError(f"--num-threads must be >= 1, got {self.num_threads}")
         self._validate_network()
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden needs positive layer sizes like 128,128, got {self.hidden}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.eval_every and self.solve_episodes < self.eval_episodes:
             raise ConfigError(
                 f"--solve-episodes {self.solve_episodes} is below --eval-episodes "
@@ -359,47 +378,64 @@ class Config:
             raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
-        dev = self.device
-        if not (dev in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:(0|[1-9][0-9]*)", dev)):
-            raise ConfigError(f"unknown --device {dev!r}; use auto, cpu, cuda, cuda:N or mps")
         return self
 
     def _validate_algo_fields(self) -> None:
-        """A setting that only one algorithm reads is refused under the other when it is set away
-        from its default, rather than silently ignored."""
+        """A setting that the chosen algorithm does not read, or reads only under conditions
+        that do not hold, is refused when set away from its default, rather than silently
+        ignored: both come from the fields' tags (`_reads`), the one table of what reads what."""
         for name in ["pqn_rollout", "pqn_epochs", "pqn_minibatches"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pqn_lambda <= 1:
             raise ConfigError(f"--pqn-lambda must be in [0, 1], got {self.pqn_lambda}")
-        for other, names in ALGO_ONLY.items():
-            if other == self.algo or (self.algo == "dqn" and other == "replay"):
-                continue
-            name = self._changed(names)
-            if name:
-                owner = "dqn" if other == "replay" else other
-                raise ConfigError(f"--{_flag(name)} applies to --algo {owner} only, not "
-                                  f"--algo {self.algo}; drop it or pass --algo {owner}")
+        for f in fields(self):
+            if self.algo not in f.metadata.get("algos", ALGOS) and self.is_set(f.name):
+                owners = [a for a in ALGOS if a in f.metadata["algos"]]
+                raise ConfigError(f"--{_flag(f.name)} applies to --algo {' or '.join(owners)} "
+                                  f"only, not --algo {self.algo}; drop it or pass --algo "
+                                  f"{owners[0]}")
+        for f in fields(self):
+            for when in f.metadata.get("when", ()):
+                if not CONDITIONS[when].holds(self) and self.is_set(f.name):
+                    raise ConfigError(f"--{_flag(f.name)} {CONDITIONS[when].refusal}")
 
-    def _changed(self, names: list[str]) -> str | None:
-        """The first of `names` set away from its default (a flag, a preset, a file), if any:
-        what the refusals of settings that do not apply look for."""
-        defaults = Config()
-        return next((n for n in names if getattr(self, n) != getattr(defaults, n)), None)
+    def is_set(self, name: str) -> bool:
+        """Whether setting `name` is away from the value it has when left unset: the dataclass
+        default, or this algorithm's own (`ALGO_DEFAULTS`). What the refusals of settings that
+        nothing reads look for (a flag, a preset or a file set it)."""
+        value = getattr(self, name)
+        own = ALGO_DEFAULTS.get(self.algo, {})
+        return value != getattr(Config, name) and (name not in own or value != own[name])
+
+    def check_network(self, kind: str, why: str = "") -> None:
+        """Refuse a setting of the network's shape, set away from its default, that the network
+        training does not read (the fields' `networks` tags). `kind` is mlp, cnn or rbf, or
+        "custom" for a `q_network` of your own; auto, before the env is known, refuses only
+        what neither kind auto picks (mlp, cnn) reads. `why` says how the kind was chosen."""
+        for f in fields(self):
+            kinds = f.metadata.get("networks")
+            if kinds is None or not self.is_set(f.name):
+                continue
+            if kind in kinds or (kind == "auto" and {"mlp", "cnn"} & set(kinds)):
+                continue
+            flag = f"--{_flag(f.name)}"
+            if kind == "custom":
+                raise ConfigError(f"q_network is a network of your own, {flag} "
+                                  f"{show_value(getattr(self, f.name))} sets fastdqn's own network, "
+                                  "which yours replaces; pass one of them")
+            raise ConfigError(f"{flag} applies to --network {' or '.join(kinds)} only{why}; "
+                              f"drop {flag} or pass --network {kinds[0]}")
 
     def _validate_apex(self) -> None:
-        """--actors replaces the single-machine exploration schedule and vector-env loop; its
-        own settings without --actors, and the settings it replaces with it, are refused."""
+        """--actors' own bounds. It replaces the single-machine exploration schedule and
+        vector-env loop: its own settings without --actors, and the settings it replaces with
+        it, are refused by their `when` tags ("apex", "one_machine")."""
         from .apex import MAX_ACTORS
 
         if not 0 <= self.actors <= MAX_ACTORS:
             raise ConfigError(f"--actors must be in 0..{MAX_ACTORS}, got {self.actors}")
-        own = self._changed(["ray_address", "weight_sync_every", "actor_block", "actor_epsilon",
-                             "actor_alpha", "actor_restarts", "actor_timeout"])
         if not self.actors:
-            if own:
-                raise ConfigError(f"--{_flag(own)} applies to Ape-X runs only; drop it or pass "
-                                  "--actors K")
             return
         for name in ["weight_sync_every", "actor_block"]:
             if getattr(self, name) < 1:
@@ -413,12 +449,6 @@ class Config:
             raise ConfigError(f"--actor-epsilon must be in [0, 1], got {self.actor_epsilon}")
         if not 0 <= self.actor_alpha < float("inf"):
             raise ConfigError(f"--actor-alpha must be a number >= 0, got {self.actor_alpha}")
-        name = self._changed(["eps_schedule", "eps_start", "eps_end", "eps_decay_steps",
-                              "eps_episode_decay", "exploration", "temperature"])
-        if name:
-            raise ConfigError(f"--{_flag(name)} sets one machine's exploration; Ape-X actors each "
-                              "keep their own epsilon (--actor-epsilon, --actor-alpha): drop it "
-                              "or drop --actors")
         if self.total_episodes:
             raise ConfigError("--total-episodes counts one machine's episodes; with --actors "
                               "budget in --total-timesteps")
@@ -429,25 +459,16 @@ class Config:
                               f"{self.buffer_size}; lower --actor-block or raise --buffer-size")
 
     def _validate_network(self) -> None:
-        _choice("network", self.network, ["auto", "mlp", "cnn", "rbf"])
-        _choice("optimizer", self.optimizer, ["adam", "rmsprop"])
-        if self.optimizer != "adam" and self.adam_eps != Config.adam_eps:
-            raise ConfigError("--adam-eps applies to --optimizer adam (rmsprop's eps is the MinAtar "
-                              "paper's 0.01); drop it or pass --optimizer adam")
-        _choice("clip_rewards", self.clip_rewards, ["auto", "on", "off"])
-        _choice("life_loss_terminal", self.life_loss_terminal, ["auto", "on", "off"])
-        eps = self.eval_epsilon
-        if eps is not None and not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
-            raise ConfigError(f"--eval-epsilon must be in [0, 1] (or none), got {self.eval_epsilon}")
-        if self.network == "cnn" and self.hidden != Config.hidden:
-            raise ConfigError("--hidden sets the MLP's layers; a CNN's layers are its "
-                              "architecture's (see --network); drop --hidden or pass --network mlp")
-        if self.network != "rbf":
-            name = self._changed(["rbf_features", "rbf_scales", "rbf_fit_steps"])
-            if name:
-                raise ConfigError(f"--{_flag(name)} applies to --network rbf only; drop it or "
-                                  "pass --network rbf")
-            return
+        """--network rbf's sizes; then what the named network (or, for auto, either kind it may
+        pick) does not read is refused. The trainer checks again once auto has picked."""
+        if self.network == "rbf":
+            self._validate_rbf()
+        if self.algo == "dqn":
+            self.check_network(self.network, "" if self.network == "auto"
+                               else f", not --network {self.network}")
+
+    def _validate_rbf(self) -> None:
+        """--network rbf's own sizes, and no dueling head on its one linear layer."""
         from .rbf import MAX_FEATURES, MAX_SCALES
 
         if self.dueling:
@@ -476,19 +497,74 @@ class Config:
         return d
 
 
-ALGO_ONLY: dict[str, list[str]] = {
-    "replay": ["actors", "n_step", "prioritized", "dueling", "learner", "exploration", "save_buffer",
-               "network", "rbf_features", "rbf_scales", "rbf_fit_steps", "frame_replay",
-               "optimizer", "clip_rewards", "life_loss_terminal"],
-    "pqn": ["pqn_rollout", "pqn_lambda", "pqn_epochs", "pqn_minibatches", "pqn_anneal_lr"],
-    "reinforce": ["policy_hidden", "reinforce_episodes", "reinforce_baseline", "entropy_coef"],
+class Condition(NamedTuple):
+    """A condition a field's `when` tag names: `holds` on a Config, `scope` in the words of the
+    flags that make it hold (the help shows it), `refusal` the rest of the one-line error after
+    the flag, when the field is set away from its default where the condition does not hold."""
+
+    holds: Callable[[Config], bool]
+    scope: str
+    refusal: str
+
+
+CONDITIONS: dict[str, Condition] = {
+    "adam": Condition(lambda c: c.optimizer == "adam", "--optimizer adam",
+                      "applies to --optimizer adam (rmsprop's eps is the MinAtar paper's 0.01); "
+                      "drop it or pass --optimizer adam"),
+    "prioritized": Condition(lambda c: c.prioritized or c.actors > 0, "--prioritized or --actors",
+                             "applies to prioritized replay only (--prioritized, always on with "
+                             "--actors); drop it or pass --prioritized"),
+    "one_machine": Condition(lambda c: c.actors == 0, "no --actors",
+                             "sets one machine's exploration; Ape-X actors each keep their own "
+                             "epsilon (--actor-epsilon, --actor-alpha): drop it or drop --actors"),
+    "egreedy": Condition(lambda c: c.exploration == "egreedy", "--exploration egreedy",
+                         "applies to --exploration egreedy only (boltzmann samples by "
+                         "--temperature); drop it or pass --exploration egreedy"),
+    "boltzmann": Condition(lambda c: c.exploration == "boltzmann", "--exploration boltzmann",
+                           "applies to --exploration boltzmann only; drop it or pass "
+                           "--exploration boltzmann"),
+    "step_decay": Condition(lambda c: c.eps_schedule in ("linear", "exponential"),
+                            "--eps-schedule linear or exponential",
+                            "applies to --eps-schedule linear and exponential only (per_episode "
+                            "decays by --eps-episode-decay); drop it or pass --eps-schedule "
+                            "linear"),
+    "episode_decay": Condition(lambda c: c.eps_schedule == "per_episode",
+                               "--eps-schedule per_episode",
+                               "applies to --eps-schedule per_episode only; drop it or pass "
+                               "--eps-schedule per_episode"),
+    "apex": Condition(lambda c: c.actors > 0, "--actors K",
+                      "applies to Ape-X runs only; drop it or pass --actors K"),
 }
-"""Settings only one algorithm reads ("replay": DQN's), refused under another when set away from
-their defaults, rather than silently ignored."""
+"""The conditions a field's `when` tag names: a setting is read only where they all hold, and
+refused (with the condition's words) where one does not and it is set away from its default."""
+
+
+def reads(name: str) -> dict[str, Any]:
+    """Field `name`'s row of the table of what reads it: algos, networks, when (see `_reads`)."""
+    f = {f.name: f for f in fields(Config)}[name]
+    return {"algos": f.metadata.get("algos", ALGOS), "networks": f.metadata.get("networks"),
+            "when": f.metadata.get("when", ())}
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+CHOICES: dict[str, list[str]] = {
+    "algo": list(ALGOS),
+    "reinforce_baseline": ["none", "normalize", "value"],
+    "vector": ["sharded", "async", "sync", "envpool"],
+    "learner": ["auto", "numba", "reference"],
+    "frame_replay": ["auto", "on", "off"],
+    "loss": ["huber", "mse"],
+    "exploration": ["egreedy", "boltzmann"],
+    "eps_schedule": ["linear", "exponential", "per_episode"],
+    "network": ["auto", "mlp", "cnn", "rbf"],
+    "optimizer": ["adam", "rmsprop"],
+    "clip_rewards": ["auto", "on", "off"],
+    "life_loss_terminal": ["auto", "on", "off"],
+}
+"""The values each text setting takes (checked alone, before the settings are checked together)."""
 
 
 def _choice(name: str, value: str, options: list[str]) -> None:
@@ -514,31 +590,30 @@ def field_names() -> list[str]:
 
 
 def coerce(name: str, value: Any) -> Any:
-    """Turn a TOML or CLI value into the field's type, or raise ConfigError naming the field."""
+    """Turn a TOML, CLI or Python value into the field's type, or raise ConfigError naming the
+    field: the one coercion path of every setting. A count takes whole numbers only (not a
+    bool, not 2.5, not a list), a float setting finite numbers only (no setting means "no limit"
+    by inf: each has its own 0 or none for that), layer sizes a list or a comma-separated text,
+    never a table."""
     kind = {f.name: f for f in fields(Config)}[name]
     default = kind.default
+    raw = value
     try:
-        if name in ("hidden", "policy_hidden"):
+        if name in ("hidden", "policy_hidden", "rbf_scales"):
             if isinstance(value, str):
-                text = "" if value.strip().lower() == "none" else value
+                text = "" if value.strip().lower() == "none" and name != "rbf_scales" else value
                 value = [v for v in text.replace(" ", ",").split(",") if v]
-            if isinstance(value, int):
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = [value]
-            return tuple(int(v) for v in value)
-        if name == "rbf_scales":
-            if isinstance(value, str):
-                value = [v for v in value.replace(" ", ",").split(",") if v]
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = [value]
-            if any(isinstance(v, bool) for v in value):
+            if not isinstance(value, (list, tuple)):
                 raise ValueError
-            return tuple(float(v) for v in value)
+            if name == "rbf_scales":
+                return tuple(_finite(v) for v in value)
+            return tuple(_whole(v) for v in value)
         if name in ("target_return", "eval_epsilon"):
             if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
                 return None
-            if name == "eval_epsilon" and isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            return _finite(value)
         if isinstance(default, bool):
             if isinstance(value, bool):
                 return value
@@ -546,35 +621,140 @@ def coerce(name: str, value: Any) -> Any:
                 return value.lower() in ("true", "1", "yes")
             raise ValueError
         if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-            return int(value)
+            return _whole(value)
         if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            return _finite(value)
         if isinstance(default, str):
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
-    raise ConfigError(f"--{_flag(name)}: cannot use {value!r} (expected {_type_word(name)})")
+    raise ConfigError(f"--{_flag(name)}: cannot use {_brief(raw)} (expected {_type_word(name)})")
+
+
+def _whole(value: Any) -> int:
+    """A whole number from an int, an integral float or a text like 1e5; never a bool."""
+    if isinstance(value, str):
+        value = float(value) if any(c in value for c in ".eE") else int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(value)
+
+
+def _finite(value: Any) -> float:
+    """A finite float from a number or a text; never a bool, an inf or a nan."""
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        raise ValueError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _type_word(name: str) -> str:
     if name in ("hidden", "policy_hidden"):
         return "layer sizes like 128,128"
     if name == "rbf_scales":
-        return "numbers like 5,2,1,0.5"
+        return "finite numbers like 5,2,1,0.5"
     if name in ("target_return", "eval_epsilon"):
-        return "a number or none"
+        return "a finite number or none"
     default = {f.name: f.default for f in fields(Config)}[name]
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}[type(default)]
+    return {bool: "true or false", int: "an integer", float: "a finite number",
+            str: "text"}[type(default)]
+
+
+def _check_alone(name: str, value: Any) -> None:
+    """The rules of one setting that need no other setting: `validate` applies them to every
+    field, `check_value` to a flag of `fastdqn eval` that means the same."""
+    flag = f"--{_flag(name)}"
+    if name in ("eval_episodes", "solve_episodes") and value > MAX_EVAL_EPISODES:
+        raise ConfigError(f"{flag} must be <= {MAX_EVAL_EPISODES:,d}, got {value}")
+    if name == "num_threads" and value > MAX_THREADS:
+        raise ConfigError(f"--num-threads must be <= {MAX_THREADS}, got {value}")
+    if name in _AT_LEAST_1 and value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if name in _AT_LEAST_0 and value < 0:
+        raise ConfigError(f"{flag} must be >= 0, got {value}")
+    if name == "buffer_size" and value > MAX_BUFFER_SIZE:
+        raise ConfigError(f"--buffer-size must be <= {MAX_BUFFER_SIZE:,d}, got {value}")
+    if name in CHOICES:
+        _choice(name, value, CHOICES[name])
+    if name == "seed" and not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"--seed must be in 0..{MAX_SEED} (the 32-bit seeds numpy and torch "
+                          f"take), got {value}")
+    if name == "device" and not (value in ("auto", "cpu", "mps", "cuda") or (
+            re.fullmatch(r"cuda:(0|[1-9][0-9]{0,2})", value) and int(value[5:]) <= 127)):
+        raise ConfigError(f"unknown --device {value!r}; use auto, cpu, cuda, cuda:N (N <= 127, "
+                          "torch's limit) or mps")
+    if name == "eval_epsilon" and value is not None and not 0 <= value <= 1:
+        raise ConfigError(f"--eval-epsilon must be in [0, 1] (or none), got {value}")
+    if name in ("hidden", "policy_hidden"):
+        from .checkpoint import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS
+
+        example = "128,128" if name == "hidden" else '64,64 (or "" for a linear policy)'
+        if (name == "hidden" and not value) or any(h < 1 for h in value):
+            raise ConfigError(f"{flag} needs positive layer sizes like {example}, got {value}")
+        weights = sum(a * b for a, b in zip(value, value[1:])) + max(value, default=0)
+        if len(value) > MAX_HIDDEN_LAYERS or weights > MAX_NETWORK_PARAMS:
+            raise ConfigError(f"{flag} {show_value(value)[:40]}: over the {MAX_HIDDEN_LAYERS} layers "
+                              f"or {MAX_NETWORK_PARAMS:,d} parameters a checkpoint may hold; "
+                              "use fewer or smaller layers")
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{flag} {_brief(value)} is beyond the 64-bit integers numpy and torch "
+                          "count in; use a smaller number")
+
+
+_AT_LEAST_1 = ("num_envs", "total_timesteps", "batch_size", "buffer_size", "train_every",
+               "gradient_steps", "target_update_interval", "eval_episodes", "solve_episodes",
+               "eval_envs", "log_every", "num_threads", "n_step", "reinforce_episodes")
+_AT_LEAST_0 = ("learning_starts", "eval_every", "checkpoint_every", "num_workers",
+               "eps_decay_steps", "total_episodes")
+
+
+def check_value(name: str, value: Any, flag: str | None = None) -> Any:
+    """`value` coerced to setting `name`'s type and checked by that setting's own rules, as
+    `validate` checks it, with errors that name `flag` (default: the setting's own flag): how
+    `fastdqn eval` checks the flags it shares with training, with no second copy of the rules."""
+    try:
+        value = coerce(name, value)
+        _check_alone(name, value)
+    except ConfigError as e:
+        own = f"--{_flag(name)}"
+        if flag is None or flag == own:
+            raise
+        raise ConfigError(str(e).replace(own, flag, 1)) from None
+    return value
+
+
+def check_episode_seed(value: Any, episodes: int, flag: str = "--seed") -> int:
+    """`fastdqn eval --seed`: the first of `episodes` episode seeds (episode j is reset with
+    seed + j), coerced as --seed is and kept in the range of a run's own episode seeds
+    (0..MAX_EPISODE_SEED: what every seed stream takes, seeds.py)."""
+    try:
+        seed = coerce("seed", value)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("--seed", flag, 1)) from None
+    last = MAX_EPISODE_SEED - episodes + 1
+    if not 0 <= seed <= last:
+        raise ConfigError(f"{flag} must be an episode seed in 0..{last} (episode j of {episodes} "
+                          f"gets {flag.lstrip('-').upper()} + j), got {seed}")
+    return seed
+
+
+def show_value(value: Any) -> str:
+    """A setting's value as a flag takes it: layer sizes as 128,128, none for None."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or '""'
+    return "none" if value is None else str(value)
 
 
 def preset_names() -> list[str]:
@@ -592,16 +772,48 @@ RENAMED_PRESETS = {
 """Old preset names and what they became: a renamed preset is named, never silently missing."""
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest --config file read: settings take a few hundred bytes; a bigger file is not one."""
+
+
+def _read_config_file(name: str, presets: list[str]) -> str:
+    """The text of TOML file `name`, or a one-line ConfigError saying what it is instead."""
+    path = Path(name)
+    if path.is_dir():
+        raise ConfigError(f"config file {name} is a folder; give a TOML file or a preset name "
+                          f"({', '.join(presets)})")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {name} is not a regular file; give a TOML file")
+    if not path.is_file():
+        hint = (f"; did you mean the preset {path.stem!r} (--config {path.stem})?"
+                if path.stem in presets else "; check the path")
+        raise ConfigError(f"config file {name} does not exist{hint}")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {name} is over {MAX_CONFIG_BYTES:,d} bytes, which no "
+                              "settings file is; check the path")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {name} cannot be read ({type(e).__name__}); fix the "
+                          "file or its permissions") from None
+
+
 def load_toml(name_or_path: str) -> dict[str, Any]:
-    """Settings from a shipped preset name or a TOML file path, validated key by key."""
+    """Settings from a shipped preset name or a TOML file path, validated key by key.
+
+    A name that is a preset is the preset, whatever the working folder holds (`--config
+    minatar` means the same run everywhere; ./minatar names a file of that name). Anything else
+    with a .toml suffix or a folder in it, or naming something that exists, is a path: a file
+    is read, a folder refused as one; a bare name is a preset or unknown."""
+    names = preset_names()
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {name_or_path} does not exist; check the path")
-        text = path.read_text(encoding="utf-8")
+    if name_or_path not in names and (path.suffix == ".toml" or path.name != name_or_path
+                                      or path.exists()):
+        text = _read_config_file(name_or_path, names)
         where = str(path)
     else:
-        names = preset_names()
         if name_or_path in RENAMED_PRESETS:
             new, why = RENAMED_PRESETS[name_or_path]
             raise ConfigError(f"preset {name_or_path!r} is now {new!r} ({why}); use --config {new}")
@@ -636,7 +848,7 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 the dataclass defaults (which are DQN's). `make_config` applies them to the settings the user
 left unset; the CLI help shows them next to each default. PQN's: MSE as in the paper and
 CleanRL's pqn.py; lr 1e-3 with 16 envs solved CartPole in 20k-90k steps over 3 seeds where
-CleanRL's 2.5e-4 (with 32 envs) took 280k; epsilon decays over 25k steps (measured, the PQN
+lr 2.5e-4 (CleanRL's, with 32 envs) took 280k; epsilon decays over 25k steps (measured, the PQN
 section of bench/README.md)."""
 
 

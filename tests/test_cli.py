@@ -498,7 +498,7 @@ def test_eval_of_a_bad_checkpoint_says_which_and_touches_nothing(run_dir, tmp_pa
 
 
 RESUME_CASES = {
-    "missing": ([], "--resume: no checkpoint.pt in"),
+    "missing": ([], "cannot be resumed; start it again with --overwrite"),
     "truncated": ([], BAD_FILES["truncated"]),
     "corrupted": ([], BAD_FILES["corrupted"]),
     "random": ([], BAD_FILES["random"]),
@@ -509,7 +509,9 @@ RESUME_CASES = {
     "other-hidden": (["--hidden", "64"],
                      "has hidden layers [128, 128], not [64]; pass --hidden to match"),
     "stride-0": ([], BAD_FILES["stride-0"]),
-    "huge-network": ([], BAD_FILES["huge-network"]),
+    "huge-network": ([], " holds settings fastdqn refuses (--hidden 100000,100000: over the 64 "
+                         "layers or 268,435,456 parameters a checkpoint may hold; use fewer or "
+                         "smaller layers); it is damaged or crafted"),
     "huge-buffer": ([], " holds settings fastdqn refuses (--buffer-size must be <= "
                         "1,073,741,824, got 1000000000000000); it is damaged or crafted"),
     "buffer-rows": ([], ": its replay buffer says it holds 10 rows, but buffer.obs has shape "
@@ -685,3 +687,190 @@ def test_a_value_after_a_switch_names_the_value(capsys):
     err = capsys.readouterr().err
     assert "unexpected values: false (a switch takes no value: --progress or --no-progress)" in err
     assert "unknown flags: ;" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# loose types, settings nothing reads, eval's flags, --config names: one line, exit 2, no files
+# ---------------------------------------------------------------------------------------------
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """main(argv)'s one stderr line, after checking exit 2 and no traceback."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.strip().splitlines() == [err.strip()], err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seed", "100000000000000000000000"],
+     "--seed must be in 0..4294967295 (the 32-bit seeds numpy and torch take), got "
+     "100000000000000000000000"),
+    (["--seed", "4294967296"], "--seed must be in 0..4294967295"),
+    (["--seed", "1e30"], "--seed must be in 0..4294967295"),
+    (["--lr", "inf"], "--lr: cannot use 'inf' (expected a finite number)"),
+    (["--lr", "nan"], "--lr: cannot use 'nan' (expected a finite number)"),
+    (["--target-return", "nan"], "--target-return: cannot use 'nan' (expected a finite number or"),
+    (["--max-grad-norm", "1e400"], "--max-grad-norm: cannot use '1e400'"),
+    (["--hidden", "1.9,64.7"], "--hidden: cannot use '1.9,64.7' (expected layer sizes like"),
+    (["--num-envs", "true"], "--num-envs: cannot use 'true' (expected an integer)"),
+    (["--device", "cuda:99999"], "unknown --device 'cuda:99999'"),
+    (["--algo", "reinforce", "--hidden", "64"],
+     "--hidden applies to --algo dqn or pqn only, not --algo reinforce; drop it or pass --algo dqn"),
+    (["--algo", "reinforce", "--eps-start", "0.5"],
+     "--eps-start applies to --algo dqn or pqn only, not --algo reinforce"),
+    (["--algo", "reinforce", "--loss", "mse"], "--loss applies to --algo dqn or pqn only"),
+    (["--algo", "reinforce", "--tau", "0.1"], "--tau applies to --algo dqn only, not --algo "
+                                               "reinforce"),
+    (["--algo", "reinforce", "--batch-size", "64"], "--batch-size applies to --algo dqn only"),
+    (["--algo", "pqn", "--batch-size", "64"], "--batch-size applies to --algo dqn only, not "
+                                               "--algo pqn"),
+    (["--algo", "pqn", "--no-double-dqn"], "--double-dqn applies to --algo dqn only"),
+    (["--algo", "pqn", "--temperature", "2"], "--temperature applies to --algo dqn only"),
+    (["--algo", "pqn", "--no-cuda-graphs"], "--cuda-graphs applies to --algo dqn only"),
+    (["--temperature", "2"], "--temperature applies to --exploration boltzmann only"),
+    (["--exploration", "boltzmann", "--eps-end", "0.1"],
+     "--eps-end applies to --exploration egreedy only"),
+    (["--per-alpha", "0.5"], "--per-alpha applies to prioritized replay only"),
+    (["--eps-schedule", "per_episode", "--eps-decay-steps", "10"],
+     "--eps-decay-steps applies to --eps-schedule linear and exponential only"),
+])
+def test_a_bad_setting_is_refused_before_anything_is_written(argv, message, capsys, tmp_path,
+                                                             monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default run dir, runs/..., would land here
+    err = _refused(["train", "--env", "CartPole-v1", *argv], capsys)
+    assert err.startswith(f"error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("hidden = [1.9, 64.7]\n", "--hidden: cannot use [1.9, 64.7] (expected layer sizes"),
+    ("hidden = {128 = 1}\n", "--hidden: cannot use {'128': 1}"),
+    ("num_envs = true\n", "--num-envs: cannot use True (expected an integer)"),
+    ("target_return = nan\n", "--target-return: cannot use nan"),
+    ("lr = inf\n", "--lr: cannot use inf (expected a finite number)"),
+    ("seed = 100000000000000000000000\n", "--seed must be in 0..4294967295"),
+    ('algo = "reinforce"\nhidden = [64]\n', "--hidden applies to --algo dqn or pqn only"),
+])
+def test_a_loose_toml_value_is_refused_before_anything_is_written(text, message, capsys,
+                                                                  tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.toml").write_text(text)
+    err = _refused(["train", "--env", "CartPole-v1", "--config", "run.toml"], capsys)
+    assert err.startswith(f"error: {message}"), err
+    assert [p.name for p in tmp_path.iterdir()] == ["run.toml"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "gpu"], "unknown --device 'gpu'; use auto, cpu, cuda, cuda:N"),
+    (["--device", "cuda:x"], "unknown --device 'cuda:x'"),
+    (["--seed", "-1"], "--seed must be an episode seed in 0..73786976294838206364 (episode j of "
+                       "100 gets SEED + j), got -1"),
+    (["--seed", "73786976294838206464"], "--seed must be an episode seed in 0.."),
+    (["--seed", "1.5"], "--seed: cannot use '1.5' (expected an integer)"),
+    (["--num-envs", "0"], "--num-envs must be >= 1, got 0"),
+    (["--num-envs", "2.5"], "--num-envs: cannot use '2.5' (expected an integer)"),
+    (["--episodes", "0"], "--episodes must be >= 1, got 0"),
+    (["--episodes", "1000000000000"], "--episodes must be <= 1,000,000,000, got 1000000000000"),
+    (["--episodes", "true"], "--episodes: cannot use 'true' (expected an integer)"),
+    (["--epsilon", "1.5"], "--epsilon must be in [0, 1] (or none), got 1.5"),
+    (["--epsilon", "nan"], "--epsilon: cannot use 'nan' (expected a finite number or none)"),
+])
+def test_eval_checks_its_flags_as_train_does_before_reading_the_checkpoint(argv, message, capsys,
+                                                                           tmp_path) -> None:
+    """The flags are checked first: a checkpoint that does not exist is not what is named."""
+    err = _refused(["eval", str(tmp_path / "nope.pt"), *argv], capsys)
+    assert err == f"error: {message}" or err.startswith(f"error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_refuses_a_missing_accelerator_in_one_line(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _refused(["eval", str(tmp_path / "nope.pt"), "--device", "cuda"], capsys)
+    assert err.startswith("error: --device cuda asked for, but this torch sees no CUDA device")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**40, True])
+def test_eval_refuses_a_checkpoint_whose_run_seed_no_run_has(cartpole_ckpt, tmp_path, capsys,
+                                                             seed) -> None:
+    from fastdqn.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(cartpole_ckpt)
+    state["config"]["seed"] = seed
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, state)
+    err = _refused(["eval", str(path), "--episodes", "1"], capsys)
+    assert str(path) in err and "seed" in err and "damaged or crafted" in err, err
+
+
+def test_eval_help_names_the_test_stream_and_train_help_the_algorithms(capsys) -> None:
+    assert main(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "held-out TEST stream" in text and "the run's eval seeds" not in text
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Train a DQN, PQN or REINFORCE agent" in text
+    assert "a name that is a preset means the preset even where a file of that name exists" in text
+
+
+def test_each_flag_says_which_algorithms_read_it() -> None:
+    """The [--algo ... only] marks come from the same table the refusals do."""
+    import argparse
+
+    from fastdqn.cli import build_parser
+    from fastdqn.config import ALGOS, CONDITIONS, field_names, reads
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["train"]._actions}
+    for name in field_names():
+        row, text = reads(name), actions[name].help
+        mark = f"--algo {', '.join(row['algos'])} only"
+        assert (mark in text) == (set(row["algos"]) != set(ALGOS)), name
+        assert all(f"with {CONDITIONS[w].scope}" in text for w in row["when"]), name
+        assert text.endswith("]") == bool(mark in text or row["when"]), name
+    assert actions["temperature"].help.endswith(
+        "[--algo dqn only; with no --actors; with --exploration boltzmann]")
+    assert "pqn's" in actions["hidden"].help and not actions["hidden"].help.startswith("dqn:")
+
+
+def test_a_preset_name_is_the_preset_whatever_the_folder_holds(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    """A folder, or a file without a suffix, named like a preset does not hide the preset;
+    ./NAME names the file, and a folder given as a path is refused as a folder."""
+    from fastdqn.config import load_toml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "minatar").mkdir()
+    (tmp_path / "pqn").write_text("num_envs = 3\n")
+    preset = load_toml("minatar")
+    assert preset["env_id"] == "MinAtar/Breakout-v1"
+    assert load_toml("pqn")["algo"] == "pqn"  # the preset, not the file named pqn
+    assert load_toml("./pqn") == {"num_envs": 3}  # the file, named as a path
+    # the preset loads (its --num-envs 0 is what is refused), not "does not exist"
+    err = _refused(["train", "--config", "minatar", "--num-envs", "0"], capsys)
+    assert err == "error: --num-envs must be >= 1, got 0"
+    for name in ["./minatar", "minatar/"]:
+        err = _refused(["train", "--config", name], capsys)
+        assert err.startswith(f"error: config file {name} is a folder; give a TOML file or a "
+                              "preset name (atari, "), err
+    err = _refused(["train", "--config", "minatar.toml"], capsys)
+    assert err == ("error: config file minatar.toml does not exist; did you mean the preset "
+                   "'minatar' (--config minatar)?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minatar", "pqn"]
+
+
+def test_a_config_path_that_is_no_settings_file_is_refused(tmp_path, capsys) -> None:
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)  # reading it would block: refused before it is opened
+    err = _refused(["train", "--config", str(fifo)], capsys)
+    assert err == f"error: config file {fifo} is not a regular file; give a TOML file"
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    err = _refused(["train", "--config", str(big)], capsys)
+    assert "is over 1,048,576 bytes" in err
+    folder = tmp_path / "dir.toml"
+    folder.mkdir()
+    assert "is a folder" in _refused(["train", "--config", str(folder)], capsys)
