@@ -6,6 +6,7 @@ of one episode and a live window.
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,11 +18,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from .atari import env_name
 from .atari import make_env as make_game
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
 from .config import ConfigError
+from .envs import zero_based
 from .networks import MLP, LayerNormQNetwork, preprocess
-from .seeds import TEST, episode_seed
+from .seeds import TEST, Purpose, episode_generator, episode_seed
 
 
 def eval_seed(seed: int) -> int:
@@ -104,7 +107,7 @@ class Policy:
 def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
                  seed: int, num_envs: int = 16, env_kwargs: dict | None = None,
                  make_env: Callable[[], gym.Env] | None = None,
-                 epsilon: float = 0.0) -> EvalResult:
+                 epsilon: float = 0.0, stop: Callable[[], bool] | None = None) -> EvalResult:
     """Play `episodes` episodes, episode j reset with seed+j, `num_envs` stepped together.
 
     Each episode's seed is fixed whatever num_envs is, so a deterministic policy always gets
@@ -112,16 +115,23 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
     `make_env` builds the envs instead of `gym.make(env_id, **env_kwargs)` (with Atari's
     preprocessing for Atari ids; a run trained on its own env factory is evaluated on the same
     envs). With `epsilon` > 0 each action is uniformly random with that probability (Atari's
-    evaluation protocol), drawn from a generator seeded by the episode's seed, so the result
-    still does not depend on num_envs. Returns are the env's raw rewards summed.
+    evaluation protocol), drawn from the episode's own EVAL_EPSILON generator (seeds.py: keyed
+    by the episode, never a copy of the env's reset randomness), so the result still does not
+    depend on num_envs. Returns are the env's raw rewards summed. Actions are indices 0..n-1,
+    as the policy's: a `Discrete(n, start)` env receives start + a (envs.zero_based).
+
+    `stop` is asked before every step (a run's signal cuts its evaluation short): once it says
+    True, play ends and the result covers the episodes 0..m-1 that all ended (m may be 0,
+    then every statistic is NaN), so its seeds are still seed..seed+m-1.
     """
     k = max(1, min(num_envs, episodes))
     if make_env is None:
         def make_env() -> gym.Env:
             return make_game(env_id, **(env_kwargs or {}))
-    envs = [make_env() for _ in range(k)]
+    envs = [zero_based(make_env()) for _ in range(k)]
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
+    ended = np.zeros(episodes, dtype=bool)
     slot_episode = [-1] * k
     obs: list = [None] * k
     rngs: list = [None] * k
@@ -133,7 +143,7 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
             slot_episode[i] = next_episode
             obs[i], _ = envs[i].reset(seed=seed + next_episode)
             if epsilon > 0:
-                rngs[i] = np.random.default_rng(seed + next_episode)
+                rngs[i] = episode_generator(seed + next_episode, Purpose.EVAL_EPSILON)
             next_episode += 1
         else:
             slot_episode[i] = -1
@@ -143,7 +153,7 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
             start(i)
         while True:
             active = [i for i in range(k) if slot_episode[i] >= 0]
-            if not active:
+            if not active or (stop is not None and stop()):
                 break
             actions = policy(np.stack([obs[i] for i in active]))
             for j, i in enumerate(active):
@@ -155,14 +165,19 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
                 returns[ep] += float(r)
                 lengths[ep] += 1
                 if terminated or truncated:
+                    ended[ep] = True
                     start(i)
                 else:
                     obs[i] = o
     finally:
         for env in envs:
             env.close()
+    done = episodes if ended.all() else int(np.argmin(ended))
+    if done == 0:
+        return EvalResult(math.nan, math.nan, math.nan, math.nan, 0)
+    returns, lengths = returns[:done], lengths[:done]
     return EvalResult(float(returns.mean()), float(returns.std()), float(returns.min()),
-                      float(returns.max()), episodes, returns.tolist(), lengths.tolist())
+                      float(returns.max()), done, returns.tolist(), lengths.tolist())
 
 
 def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
@@ -237,12 +252,13 @@ class RandomPolicy:
     """Uniformly random actions for a batch of observations; seeded, so a comparison repeats.
 
     The draws follow the order run_episodes asks for actions in, so the same seed gives the same
-    episodes for the same `num_envs`.
+    episodes for the same `num_envs`. `seed` is the first episode's seed: the draws come from
+    its BASELINE generator (seeds.py), not from the env's own reset randomness.
     """
 
     def __init__(self, n_actions: int, seed: int = 0) -> None:
         self.n_actions = n_actions
-        self.rng = np.random.default_rng(seed)
+        self.rng = episode_generator(seed, Purpose.BASELINE)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self.rng.integers(0, self.n_actions, size=len(obs))
@@ -250,7 +266,7 @@ class RandomPolicy:
 
 def _heuristic_controller(env_id: str) -> Callable | None:
     """gymnasium's hand-written controller for `env_id`, if it ships one (LunarLander only)."""
-    if gym.spec(env_id).name == "LunarLander":
+    if gym.spec(env_name(env_id)).name == "LunarLander":
         from gymnasium.envs.box2d.lunar_lander import heuristic
 
         return heuristic
@@ -285,7 +301,7 @@ class HeuristicPolicy:
 
 def success_threshold(env_id: str, target: float | None = None) -> float | None:
     """The return an episode must reach to count as a success: `target`, else the env spec's."""
-    return target if target is not None else gym.spec(env_id).reward_threshold
+    return target if target is not None else gym.spec(env_name(env_id)).reward_threshold
 
 
 @dataclass
@@ -409,7 +425,7 @@ def _render_env(env_id: str, mode: str, env_kwargs: dict | None) -> gym.Env:
         raise ConfigError(f"{env_id} has no {mode} render mode (it has: {', '.join(modes) or 'none'})"
                           ", so it cannot be recorded or shown; evaluate it without --gif/--render")
     try:
-        return make_game(env_id, render_mode=mode, **(env_kwargs or {}))
+        return zero_based(make_game(env_id, render_mode=mode, **(env_kwargs or {})))
     except gym.error.DependencyNotInstalled as e:
         raise ConfigError(f"{env_id} cannot render: {e}") from None
 
@@ -428,7 +444,7 @@ def save_gif(policy: Callable[[np.ndarray], np.ndarray], env_id: str, path: str 
     if every < 1 or not 0 < scale <= 1:
         raise ConfigError(f"save_gif needs every >= 1 and 0 < scale <= 1, got {every} and {scale}")
     env = _render_env(env_id, "rgb_array", env_kwargs)
-    rng = np.random.default_rng(seed)
+    rng = episode_generator(seed, Purpose.EVAL_EPSILON)
     frames, total, steps = [], 0.0, 0
     try:
         obs, _ = env.reset(seed=seed)

@@ -134,9 +134,14 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def resume_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint.pt that --resume continues from, or a one-line error if there is none."""
+    """The checkpoint.pt that --resume continues from, or a one-line error if there is none
+    (which, for a run stopped before its first checkpoint, says that it can only start again)."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
+        if _holds_run_files(Path(run_dir)):
+            raise ConfigError(f"--resume: {run_dir} holds a run with no checkpoint.pt (it stopped "
+                              "before its first save), so it cannot be resumed; start it again "
+                              "with --overwrite instead of --resume, or pick another --run-dir")
         raise ConfigError(f"--resume: no checkpoint.pt in {run_dir}; "
                           "check --run-dir or start without --resume")
     return path
@@ -148,6 +153,12 @@ def _is_run_file(p: Path) -> bool:
         return False
     return (name in RUN_FILES or name.startswith("events.out.tfevents.")
             or (name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)))
+
+
+def _holds_run_files(run_dir: Path) -> bool:
+    """Has a run written into `run_dir`: any file fastdqn writes there, TensorBoard's event
+    files of a run stopped before its first checkpoint included?"""
+    return run_dir.is_dir() and any(_is_run_file(p) for p in run_dir.iterdir())
 
 
 def remove_run_files(run_dir: Path) -> None:
@@ -166,19 +177,25 @@ def remove_run_files(run_dir: Path) -> None:
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    """The run dir, refusing to mix two runs: an existing run needs --resume or --overwrite."""
+    """The run dir, refusing to mix two runs: an existing run needs --resume or --overwrite.
+
+    A run is any file fastdqn writes there: one stopped before its first checkpoint left only
+    TensorBoard's event files, and a new run writing next to them would mix two runs' curves.
+    """
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; pick a directory")
-    has_run = run_dir.is_dir() and any(
-        (run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "best.pt")
-    )
     if cfg.resume:
         resume_checkpoint(run_dir)
-    elif has_run:
+    elif _holds_run_files(run_dir):
         if not cfg.overwrite:
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                              "--overwrite to replace it, or pick another --run-dir")
+            if (run_dir / "checkpoint.pt").exists():
+                raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                                  "--overwrite to replace it, or pick another --run-dir")
+            raise ConfigError(f"{run_dir} already holds a run with no checkpoint.pt yet (it "
+                              "stopped, or is still running, before its first save, so it cannot "
+                              "be resumed); pass --overwrite to replace it, or pick another "
+                              "--run-dir")
         remove_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -192,7 +209,9 @@ def prepare_run_dir(cfg: Config) -> Path:
 class Signals:
     """SIGINT / SIGTERM ask the loop to stop after its iteration (it checkpoints and exits);
     a second one leaves at once through KeyboardInterrupt, checkpoint.pt staying intact.
-    Handlers are installed only in the main thread (Python allows no other)."""
+    Handlers are installed only in the main thread (Python allows no other). A run keeps them
+    from its loop's start to the end of `Run.finish`: a signal during the final evaluation
+    or the last writes is the first one, not the default handler's instant death."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -246,20 +265,26 @@ class Evaluator:
         cfg, c = self.cfg, self.c
         c.next_eval += cfg.eval_every
         result, kind = self.play(cfg.eval_episodes, 0), "screen"
-        if self.target is not None and result.mean >= self.target:
+        cut = result.episodes < cfg.eval_episodes  # a signal stopped it
+        if not cut and self.target is not None and result.mean >= self.target:
             rest = cfg.solve_episodes - cfg.eval_episodes
             if rest > 0:
-                result, kind = combine(result, self.play(rest, cfg.eval_episodes)), "confirm"
-        self.record(result, kind)
+                more = self.play(rest, cfg.eval_episodes)
+                cut = more.episodes < rest
+                result, kind = combine(result, more), "confirm"
+        if result.episodes == 0:
+            return result, False, False
+        self.record(result, kind, cut)
         self.logger.message(f"eval at {c.step:,d} steps: {result.mean:.1f} ± {result.std:.1f}"
                             f" over {result.episodes} episodes")
-        solved = (self.target is not None and result.episodes >= cfg.solve_episodes
-                  and result.mean >= self.target)
-        return result, self.select(result), solved
+        return result, self.select(result, cut), self.solves(result)
 
-    def final(self) -> tuple[EvalResult, bool]:
+    def final(self) -> tuple[EvalResult | None, bool, bool]:
         """--solve-episodes greedy episodes of the final policy, each played once: an evaluation
-        already made at this step (the loop's last) is extended, not replayed."""
+        already made at this step (the loop's last) is extended, not replayed. Returns (result,
+        improved, solved): over --solve-episodes selection episodes it decides solved as a
+        confirming evaluation does (a run with --eval-every 0 is judged here). A signal cuts it
+        short (the result then covers fewer episodes, or is None when none ended)."""
         c, last = self.c, self.c.evals[-1] if self.c.evals else None
         have = self.latest
         if have is not None and last is not None and last["step"] == c.step and not last.get("final"):
@@ -268,13 +293,25 @@ class Evaluator:
             result = combine(have, self.play(rest, have.episodes)) if rest > 0 else have
         else:
             result = self.play(self.cfg.solve_episodes, 0)
-        self.record(result, "final")["final"] = True
-        return result, self.select(result)
+        if result.episodes == 0:
+            return None, False, False
+        cut = result.episodes < self.cfg.solve_episodes
+        self.record(result, "final", cut)["final"] = True
+        return result, self.select(result, cut), self.solves(result)
 
-    def record(self, result: EvalResult, kind: str) -> dict:
-        """An eval's entry in summary.json: what was measured, on how many episodes, which seeds."""
+    def solves(self, result: EvalResult) -> bool:
+        """Does this evaluation solve the run: --solve-episodes episodes or more, their mean at
+        the target?"""
+        return (self.target is not None and result.episodes >= self.cfg.solve_episodes
+                and result.mean >= self.target)
+
+    def record(self, result: EvalResult, kind: str, cut: bool = False) -> dict:
+        """An eval's entry in summary.json: what was measured, on how many episodes, which seeds
+        (and `interrupted` when a signal cut it short)."""
         entry = {"step": self.c.step, "wall_time_s": round(self.elapsed(), 3),
                  "kind": kind, **result.to_dict(), "seeds": self.seeds(result.episodes)}
+        if cut:
+            entry["interrupted"] = True
         self.c.evals.append(entry)
         self.latest = result
         self.logger.scalar("eval/mean_return", result.mean, self.c.step)
@@ -284,8 +321,11 @@ class Evaluator:
     def seeds(self, count: int) -> dict:
         return {"stream": "select", "first": episode_seed(self.cfg.seed, SELECT), "count": count}
 
-    def select(self, result: EvalResult) -> bool:
-        """Is this the best policy so far (by its screening episodes)?"""
+    def select(self, result: EvalResult, cut: bool = False) -> bool:
+        """Is this the best policy so far (by its screening episodes)? An evaluation a signal
+        cut short before its screening episodes ended competes with none."""
+        if cut and result.episodes < self.cfg.eval_episodes:
+            return False
         score = float(np.mean(result.returns[:self.cfg.eval_episodes]))
         if score > self.c.best_eval:
             self.c.best_eval, self.c.best_step = score, self.c.step
@@ -317,7 +357,8 @@ class Run:
     Use: `run = Run(...)`, `run.attach(agent)`, `obs = run.reset_envs()`, then in the loop
     `run.running()`, `run.count_step(...)`, `run.maybe_log(...)`, `run.maybe_evaluate()`,
     `run.maybe_checkpoint()`, all inside `with run:` (which turns a divergence into a clean stop
-    and always closes the envs), and last `run.finish()`.
+    and always closes the envs), and last `run.finish()`. The signal handlers `with run:`
+    installs stay until `finish` returns (or until the block raises: then it never runs).
     """
 
     def __init__(self, cfg: Config, *, run_dir: Path, device: torch.device,
@@ -364,17 +405,22 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        finishing = False  # the signal handlers stay for finish(), unless it will not run
         try:
-            if exc_type is None:
-                if not self.agent.all_finite():
-                    raise TrainingDiverged(divergence_message(
-                        self.cfg, self.c.step, "NaN or inf in the network"))
-                self.env_starts[:] = self.envs.get_attr("episode_start")
-        except TrainingDiverged as e:
-            exc_type, exc = TrainingDiverged, e
+            try:
+                if exc_type is None:
+                    if not self.agent.all_finite():
+                        raise TrainingDiverged(divergence_message(
+                            self.cfg, self.c.step, "NaN or inf in the network"))
+                    self.env_starts[:] = self.envs.get_attr("episode_start")
+            except TrainingDiverged as e:
+                exc_type, exc = TrainingDiverged, e
+            finally:
+                self.envs.close()
+            finishing = exc_type in (None, TrainingDiverged)
         finally:
-            self.envs.close()
-            self.signals.__exit__()
+            if not finishing:
+                self.signals.__exit__()
         if exc_type is TrainingDiverged:
             self.diverged = exc
             return True
@@ -501,11 +547,12 @@ class Run:
 
     def _play(self, episodes: int, first: int) -> EvalResult:
         """Greedy (--eval-epsilon: epsilon-greedy) episodes first .. first+episodes-1 of the
-        SELECT seed stream."""
+        SELECT seed stream; a signal ends it early, with the episodes that ended before it."""
         return run_episodes(self.agent.greedy, self.cfg.env_id, episodes,
                             episode_seed(self.cfg.seed, SELECT, first), self.cfg.eval_envs,
                             make_env=self.eval_env_factory,
-                            epsilon=eval_epsilon(self.cfg.eval_epsilon, self.cfg.env_id))
+                            epsilon=eval_epsilon(self.cfg.eval_epsilon, self.cfg.env_id),
+                            stop=lambda: self.signals.received is not None)
 
     def _log_episodes(self) -> None:
         """Write finished episodes to TensorBoard in one batch at log time, not as each one ends
@@ -521,14 +568,35 @@ class Run:
                      self.cfg.env_id, self.target_return)
         self.logger.show_plot(self.run_dir / "returns.png")
 
+    def _final_eval_entry(self) -> dict | None:
+        """summary.json's final_eval: the last evaluation's statistics, marked `interrupted`
+        when a signal cut it short of --solve-episodes episodes."""
+        if self.final_eval is None:
+            return None
+        entry = self.final_eval.to_dict()
+        if self.final_eval.episodes < self.cfg.solve_episodes:
+            entry["interrupted"] = True
+        return entry
+
     def finish(self, **progress: Any) -> TrainResult:
         """Final evaluation (unless solved, interrupted or diverged), checkpoint.pt, best.pt,
-        summary.json and returns.png; re-raises a divergence after writing them."""
+        summary.json and returns.png; re-raises a divergence after writing them.
+
+        The signal handlers stay until it returns: a first signal during the final evaluation
+        cuts it short (summary.json says how many episodes it covered) and the files are still
+        written; a second one leaves at once (KeyboardInterrupt)."""
+        try:
+            return self._finish(progress)
+        finally:
+            self.signals.__exit__()
+
+    def _finish(self, progress: dict) -> TrainResult:
         cfg, c, agent = self.cfg, self.c, self.agent
-        interrupted = self.signals.received is not None
-        if (self.final_eval is None and not interrupted and self.diverged is None
+        if (self.final_eval is None and self.signals.received is None and self.diverged is None
                 and self.stopped is None):
-            self.final_eval, self.best_due = self.evaluator.final()
+            self.final_eval, self.best_due, solves = self.evaluator.final()
+            if solves:
+                self.solved_at = (c.step, time.perf_counter() - self.start)
         if self.diverged is None:
             self.save("checkpoint.pt", cfg.save_buffer)
             if self.best_due or not (self.run_dir / "best.pt").exists():
@@ -538,13 +606,15 @@ class Run:
         self.logger.progress(c.step, self.sps, mean100(c.returns), progress.get("epsilon"),
                              force=True)
         solved = self.solved_at
+        received = self.signals.received  # one arriving later finds the run complete
+        interrupted = received is not None
         summary = {
             "env_id": cfg.env_id, "algo": cfg.algo, "total_env_steps": c.step,
             "wall_time_s": round(wall, 3), "sps": round(c.step / wall, 1) if wall > 0 else 0.0,
             "solved": solved is not None,
             "time_to_solve_s": round(solved[1], 3) if solved else None,
             "steps_to_solve": solved[0] if solved else None,
-            "final_eval": self.final_eval.to_dict() if self.final_eval else None,
+            "final_eval": self._final_eval_entry(),
             "best_eval": self.evaluator.best(),
             "target_return": self.target_return, "episodes": c.episodes,
             "train_mean_return_100": mean100(c.returns),
@@ -560,7 +630,7 @@ class Run:
         if self.diverged is not None:
             raise self.diverged
         return TrainResult(self.run_dir, summary, agent.policy(), c.returns, c.end_steps,
-                           self.signals.received)
+                           received)
 
 
 def mean100(returns: list[float]) -> float | None:

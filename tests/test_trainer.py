@@ -97,10 +97,9 @@ def test_a_default_run_killed_after_its_first_evaluation_resumes(tmp_path):
     proc = subprocess.Popen(fastdqn_command("train", "--run-dir", str(run_dir), "--no-progress"),
                             env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
+    try:  # waits for the file, however long the machine takes; the run's own end bounds it
         while not (run_dir / "best.pt").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no evaluation happened"
+            assert proc.poll() is None, "the run ended without an evaluation"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
