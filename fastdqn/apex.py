@@ -41,9 +41,9 @@ from .explore import epsilon_greedy
 from .networks import preprocess
 from .nstep import NStepWriter
 from .reference import td_abs
-from .replay import FIELDS, Batch, torch_dtype
+from .replay import FIELDS, Batch, stored_dtype, torch_dtype
 from .run import EpisodeTally
-from .seeds import TRAIN, episode_seed
+from .seeds import TRAIN, Purpose, episode_seed, torch_generator
 
 STAGES = ("wait", "ingest", "sample", "learn", "target", "sync", "log")
 RETRY_S = 1.0
@@ -133,9 +133,11 @@ class Actor:
         space = self.envs.single_observation_space
         self.obs, _ = self.envs.reset(seed=episode_seed(c.seed, TRAIN, first_episode))
         self.real_next = np.empty_like(self.obs)
+        self.stored = stored_dtype(space.dtype)  # float16 as float32, ...: the replay's rows
         self.nstep = (NStepWriter(c.n_step, c.gamma, c.num_envs, tuple(space.shape),
                                   torch_dtype(space.dtype)) if c.n_step > 1 else None)
-        self.gen = torch.Generator().manual_seed(episode_seed(c.seed, TRAIN, first_episode))
+        # its own child of the run seed, not the seed of its envs' first reset
+        self.gen = torch_generator(c.seed, Purpose.APEX_ACT, index, first_episode)
         self.eps = torch.full((c.num_envs,), epsilon)
         self.clip_rewards = auto_on(c.clip_rewards, c.env_id)
         self.life_loss_terminal = auto_on(c.life_loss_terminal, c.env_id)
@@ -165,10 +167,11 @@ class Actor:
         c, start = self.cfg, time.perf_counter()
         parts, ended = [], []
         for _ in range(steps):
-            x = torch.from_numpy(self.obs.copy())
+            x = torch.from_numpy(self.obs.astype(self.stored))
             actions = self.act(x)
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
-            real = torch.from_numpy(real_next_obs(next_obs, infos, self.real_next).copy())
+            real = torch.from_numpy(real_next_obs(next_obs, infos, self.real_next)
+                                    .astype(self.stored))
             ended += self.tally.step(rewards, terminated | truncated)
             r, term = training_signal(rewards, terminated, infos, self.clip_rewards,
                                       self.life_loss_terminal)

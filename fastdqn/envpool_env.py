@@ -139,6 +139,10 @@ def check_envpool(env_id: str, obs_space: gym.spaces.Box, act_space: gym.spaces.
     if ep_n != act_space.n:
         raise ConfigError(f"--vector envpool: EnvPool's {task} has {ep_n} actions, gymnasium's "
                           f"{env_id} {act_space.n}; use --vector sharded")
+    ep_start = int(getattr(spec.action_space, "start", 0))
+    if ep_start != 0:  # fastdqn's actions count from 0; EnvPool's would be shifted (zero_based)
+        raise ConfigError(f"--vector envpool: EnvPool's {task} counts its actions from "
+                          f"{ep_start}, not 0; use --vector sharded")
 
 
 def pool_seeds(seed: int, num_envs: int) -> list[int]:

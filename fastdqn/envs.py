@@ -25,6 +25,7 @@ from gymnasium.vector.async_vector_env import AsyncState
 
 from .atari import make_env, register, reports_life_loss
 from .config import ConfigError
+from .replay import torch_dtype
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -56,7 +57,8 @@ def check_env_id(env_id: str) -> None:
 
 
 def check_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) -> None:
-    """fastdqn needs a Discrete action space and a Box observation space."""
+    """fastdqn needs a Discrete action space (any `start`: see zero_based) and a Box observation
+    space of values it can store exactly (replay.STORED_AS)."""
     if not isinstance(act_space, gym.spaces.Discrete):
         raise ConfigError(
             f"{env_id} has {type(act_space).__name__} actions; DQN needs Discrete actions "
@@ -67,13 +69,55 @@ def check_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) -> Non
             f"{env_id} has {type(obs_space).__name__} observations; fastdqn needs a Box "
             "(flatten them with gymnasium.wrappers.FlattenObservation)"
         )
+    dtype = np.dtype(obs_space.dtype)
+    cast = "cast them with gymnasium.wrappers.DtypeObservation(env, np.float64)"
+    if 0 in obs_space.shape:
+        raise ConfigError(f"{env_id} observes a Box of shape {list(obs_space.shape)}, which holds "
+                          "no values; give the observations at least one")
+    try:
+        torch_dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"{env_id} observes {dtype} values, which torch cannot hold; "
+                          f"{cast}") from None
+    if dtype == np.uint64 and int(np.max(obs_space.high)) > np.iinfo(np.int64).max:
+        raise ConfigError(f"{env_id} observes uint64 values up to {int(np.max(obs_space.high))}, "
+                          f"more than the int64 fastdqn stores them in holds; declare a Box high "
+                          f"below 2**63 if they stay there, or {cast}")
+
+
+class ActionStart(gym.ActionWrapper):
+    """A `Discrete(n, start)` env seen as `Discrete(n)`: action a reaches the env as start + a.
+
+    fastdqn's networks, replay rows and samplers count actions 0..n-1; without this an env
+    whose actions start elsewhere would receive the wrong ones, silently if it does not check
+    them. `zero_based` applies it wherever fastdqn builds an env it acts in.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.action_space
+        self.start = space.start
+        self.action_space = gym.spaces.Discrete(int(space.n), seed=space.np_random)
+
+    def action(self, action):
+        return self.start + action
+
+
+def zero_based(env: gym.Env) -> gym.Env:
+    """`env` with its Discrete actions counted from 0 (ActionStart where `start` is not 0);
+    any other env unchanged, so this applies twice, or to an env check_spaces refuses, safely."""
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete) and int(space.start) != 0:
+        return ActionStart(env)
+    return env
 
 
 def env_factory(env_id: str, **kwargs) -> EnvFactory:
     """`gym.make(env_id, **kwargs)` as a factory; Atari ids get their DQN preprocessing
-    (atari.py), and Atari and MinAtar ids their package's registration (in a worker too)."""
+    (atari.py), and Atari and MinAtar ids their package's registration (in a worker too);
+    actions count from 0 (zero_based)."""
     def make() -> gym.Env:
-        return make_env(env_id, **kwargs)
+        return zero_based(make_env(env_id, **kwargs))
 
     return make
 
@@ -82,7 +126,7 @@ def probe_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete, float |
     """Build one env to check its spaces; return (obs space, action space, reward threshold)."""
     check_env_id(env_id)
     try:
-        env = make_env(env_id)
+        env = zero_based(make_env(env_id))
     except ConfigError:
         raise
     except Exception as e:  # construction failures come from arbitrary user env code
@@ -217,7 +261,8 @@ def _generator(state: dict) -> np.random.Generator:
 
 
 class _EnvMaker:
-    """Picklable factory of env `index`: wraps it in EpisodeStart; in a worker, detaches first."""
+    """Picklable factory of env `index`: counts its actions from 0 (zero_based) and wraps it in
+    EpisodeStart; in a worker, detaches first."""
 
     def __init__(self, factory: EnvFactory, index: int) -> None:
         self.factory, self.index, self.trainer_pid = factory, index, os.getpid()
@@ -225,7 +270,7 @@ class _EnvMaker:
     def __call__(self) -> gym.Env:
         if os.getpid() != self.trainer_pid:
             become_worker(self.trainer_pid)
-        return EpisodeStart(self.factory(), self.index)
+        return EpisodeStart(zero_based(self.factory()), self.index)
 
 
 def become_worker(trainer_pid: int) -> None:

@@ -317,6 +317,24 @@ def test_spaces_unlike_gymnasiums_and_a_custom_factory_are_refused() -> None:
         make_vector_env(LUNAR, 2, "envpool", factory=lambda: gym.make(LUNAR))
 
 
+@needs_envpool
+def test_envpool_actions_count_from_zero_or_the_run_is_refused(monkeypatch) -> None:
+    """fastdqn sends actions 0..n-1 (envs.zero_based): EnvPool's own envs must take them so."""
+    import envpool
+
+    task, kwargs = envpool_task(LUNAR)
+    real = envpool.make_spec(task, num_envs=1, **kwargs)
+    assert real.action_space == gym.spaces.Discrete(4)
+    check_envpool(LUNAR, LUNAR_OBS, gym.spaces.Discrete(4), custom_factory=False)
+
+    class Shifted:
+        observation_space, action_space = real.observation_space, gym.spaces.Discrete(4, start=1)
+
+    monkeypatch.setattr(envpool, "make_spec", lambda *args, **kwargs: Shifted())
+    with pytest.raises(ConfigError, match="counts its actions from 1, not 0; use --vector sharded"):
+        check_envpool(LUNAR, LUNAR_OBS, gym.spaces.Discrete(4), custom_factory=False)
+
+
 def test_missing_envpool_is_one_line_exit_2(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "envpool", None)  # import envpool raises ImportError
     code = main(["train", "--vector", "envpool", "--env", LUNAR, "--run-dir", str(tmp_path / "r"),

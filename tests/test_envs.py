@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -16,7 +19,16 @@ from conftest import (
     make_counting_env,
     make_exploding_env,
 )
-from scripted_envs import EPISODE_LENGTH, CrashEnv, FixedLengthEnv, HangEnv
+from scripted_envs import (
+    ACTION_START,
+    BOX_DTYPES,
+    EPISODE_LENGTH,
+    CrashEnv,
+    DtypeObsEnv,
+    FixedLengthEnv,
+    HangEnv,
+    ShiftedActionsEnv,
+)
 from scripted_envs import env_id as scripted_env_id
 
 from fastdqn.config import ConfigError
@@ -324,17 +336,20 @@ def test_crashing_env_is_named_with_its_exception(mode):
 @pytest.mark.parametrize("mode", list(WORKER_MODES))
 def test_hanging_env_times_out_and_its_workers_are_killed(mode):
     kind, workers = WORKER_MODES[mode]
-    envs = make_vector_env("x", 4, kind, factory=hang_after_2, num_workers=workers, timeout=0.5)
+    # the workers' start, the reset and the first step under a generous timeout, so that a
+    # loaded machine never trips it; the hanging step under a short one
+    envs = make_vector_env("x", 4, kind, factory=hang_after_2, num_workers=workers, timeout=600)
     procs = worker_processes(envs)
     try:
         envs.reset(seed=0)
         envs.step(np.zeros(4, dtype=np.int64))
+        envs.timeout = 2.0  # the live envs answer within it, loaded or not
         with pytest.raises(EnvError) as info:
             envs.step(np.zeros(4, dtype=np.int64))
     finally:
         envs.close()
     where = "env 1" if mode == "async" else "env worker for envs 0..1"
-    assert str(info.value) == (f"{where} hung: no reply within 0.5 s (--env-timeout); "
+    assert str(info.value) == (f"{where} hung: no reply within 2 s (--env-timeout); "
                                "killed the env workers")
     assert envs.closed
     assert not [p for p in procs if p.is_alive()]
@@ -410,3 +425,236 @@ def test_restart_from_episode_start_replays_each_episode_start(mode):
             assert not np.allclose(got, expected)
         finally:
             again.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What spaces an env may have: every Box dtype, Discrete(n, start), and the shapes around them
+# ---------------------------------------------------------------------------------------------
+
+TINY_RUN = ["--vector", "sync", "--num-envs", "2", "--total-timesteps", "200", "--eval-every",
+            "0", "--eval-episodes", "2", "--solve-episodes", "2", "--eval-envs", "2",
+            "--no-progress"]
+TINY_TRAIN = [*TINY_RUN, "--buffer-size", "64", "--learning-starts", "32", "--batch-size", "16",
+              "--hidden", "16", "--save-buffer"]
+"""A DQN run that wraps its 64-row ring three times and learns on the default CPU route."""
+
+WIDER = {"float16": torch.float32, "uint16": torch.int32, "uint32": torch.int64,
+         "uint64": torch.int64}
+"""The dtypes the replay keeps in a wider one; every other stays its own (uint8 images too)."""
+
+
+def stored_rows(run_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.dtype]:
+    """obs, next_obs and actions of a --save-buffer checkpoint's rows, and the obs dtype."""
+    from fastdqn.checkpoint import load_checkpoint
+
+    buffer = load_checkpoint(run_dir / "checkpoint.pt")["buffer"]
+    return (buffer["obs"].numpy(), buffer["next_obs"].numpy(), buffer["actions"].numpy(),
+            buffer["obs"].dtype)
+
+
+def assert_rows_are_steps(env: DtypeObsEnv, obs: np.ndarray, next_obs: np.ndarray) -> None:
+    """Each row holds the env's obs of some step t and its next obs, value for value."""
+    steps = [(env.obs_at(t), env.obs_at(t + 1)) for t in range(EPISODE_LENGTH)]
+    for i in range(len(obs)):
+        assert any(np.array_equal(obs[i], o) and np.array_equal(next_obs[i], n)
+                   for o, n in steps), (i, obs[i], next_obs[i])
+
+
+@pytest.mark.parametrize("dtype", BOX_DTYPES)
+def test_every_box_dtype_trains_and_stores_its_observations_exactly(dtype, tmp_path, capsys):
+    from fastdqn.cli import main
+
+    run_dir = tmp_path / "run"
+    code = main(["train", "--env", scripted_env_id(f"Obs-{dtype}-v0"), *TINY_TRAIN,
+                 "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    if dtype == "uint64":  # its Box reaches 2**64 - 1, past the int64 it would be stored in
+        assert code == 2 and not run_dir.exists()
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert "uint64" in err and "DtypeObservation" in err
+        return
+    assert code == 0, err
+    obs, next_obs, _, stored = stored_rows(run_dir)
+    assert stored == WIDER.get(dtype, torch_dtype(dtype)) and len(obs) == 64
+    assert_rows_are_steps(DtypeObsEnv(dtype), obs, next_obs)
+
+
+@pytest.mark.parametrize("dtype", [*BOX_DTYPES, "uint64-below-2**63"])
+def test_the_limits_of_each_dtype_are_stored_exactly(dtype, tmp_path):
+    """Ints at their limits and floats at their largest magnitudes (a Box with infinite
+    bounds) reach the replay unchanged, on every vector step and n-step window."""
+    from fastdqn.trainer import train
+
+    def make() -> DtypeObsEnv:
+        if dtype == "uint64-below-2**63":
+            return DtypeObsEnv("uint64", extreme=True, high=2**63 - 1)
+        return DtypeObsEnv(dtype, extreme=True)
+
+    if dtype == "uint64":
+        with pytest.raises(ConfigError, match="uint64 values up to 18446744073709551615"):
+            train(env_id="x", run_dir=str(tmp_path), env_factory=make)
+        return
+    for n_step in (1, 3):  # learning never starts: only what is stored is under test
+        run_dir = tmp_path / f"n{n_step}"
+        train(env_id="x", env_factory=make, vector="sync", num_envs=2, total_timesteps=40,
+              buffer_size=32, batch_size=8, learning_starts=1000, n_step=n_step, eval_every=0,
+              eval_episodes=1, solve_episodes=1, eval_envs=1, progress=False, save_buffer=True,
+              run_dir=str(run_dir))
+        obs, next_obs, _, _ = stored_rows(run_dir)
+        env = make()
+        if n_step == 1:
+            assert_rows_are_steps(env, obs, next_obs)
+        else:
+            starts = [env.obs_at(t) for t in range(EPISODE_LENGTH)]
+            assert all(any(np.array_equal(row, o) for o in starts) for row in obs)
+
+
+def test_spaces_fastdqn_cannot_store_are_refused_in_one_line():
+    ok = gym.spaces.Discrete(2)
+    check_spaces("e", gym.spaces.Box(0, 2**63 - 1, shape=(2,), dtype=np.uint64), ok)
+    check_spaces("e", gym.spaces.Box(-np.inf, np.inf, shape=(), dtype=np.float16), ok)
+    refused = {"uint64 values up to 18446744073709551615": gym.spaces.Box(
+                   0, 2**64 - 1, shape=(2,), dtype=np.uint64),
+               "shape [3, 0], which holds no values": gym.spaces.Box(
+                   0.0, 1.0, shape=(3, 0), dtype=np.float32)}
+    if np.finfo(np.longdouble).bits > 64:  # float128 where the platform has it
+        refused["float128 values, which torch cannot hold"] = gym.spaces.Box(
+            np.zeros(2, np.longdouble), np.ones(2, np.longdouble), dtype=np.longdouble)
+    for message, space in refused.items():
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            check_spaces("e", space, ok)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("env", ["MultiDiscreteAction-v0", "TupleObs-v0"])
+def test_train_on_an_env_factory_checks_its_spaces(env, tmp_path):
+    """train(env_factory=...) checks the factory's env as --env checks an id's (it read
+    `.n` of whatever action space it got)."""
+    import scripted_envs
+
+    from fastdqn.trainer import train
+
+    cls = scripted_envs.ENVS[env]
+    with pytest.raises(ConfigError, match="actions; DQN needs Discrete|observations; fastdqn "):
+        train(env_id="x", env_factory=cls, run_dir=str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("shape", [(), (2, 3), (2, 3, 4)])
+def test_a_scalar_or_multi_dimensional_float_box_trains_an_mlp(shape, tmp_path):
+    from fastdqn.trainer import train
+
+    class Shaped(DtypeObsEnv):
+        def __init__(self) -> None:
+            super().__init__("float32")
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=shape,
+                                                    dtype=np.float32)
+
+        def obs_at(self, t: int) -> np.ndarray:
+            return np.full(shape, t, dtype=np.float32)
+
+    result = train(env_id="x", env_factory=Shaped, vector="sync", num_envs=2,
+                   total_timesteps=200, buffer_size=64, learning_starts=32, batch_size=16,
+                   hidden=(16,), eval_every=0, eval_episodes=2, solve_episodes=2, eval_envs=2,
+                   progress=False, run_dir=str(tmp_path / "run"))
+    assert result.summary["learner_route"].startswith("cpu-fused")
+    assert result.policy(np.stack([Shaped().obs_at(0)] * 3)).shape == (3,)
+
+
+def shifted_by_env(obs: np.ndarray) -> np.ndarray:
+    """The actions ShiftedActionsEnv received, from the observations it returned."""
+    return obs[:, 0].astype(np.int64)
+
+
+@pytest.mark.parametrize("mode_id", list(MODES))
+@pytest.mark.parametrize("by_id", [False, True])
+def test_a_discrete_start_is_added_to_every_action_a_vector_env_sends(mode_id, by_id):
+    mode, workers = MODES[mode_id]
+    envs = (make_vector_env(scripted_env_id("ShiftedActions-v0"), 3, mode, num_workers=workers)
+            if by_id else make_vector_env("x", 3, mode, factory=ShiftedActionsEnv,
+                                          num_workers=workers))
+    try:
+        assert envs.single_action_space == gym.spaces.Discrete(3)
+        envs.reset(seed=1)
+        for actions in ([0, 1, 2], [2, 0, 1]):
+            obs, rewards, *_ = envs.step(np.array(actions))
+            assert list(shifted_by_env(obs)) == [a + ACTION_START for a in actions]
+            assert list(rewards) == [a + ACTION_START for a in actions]
+    finally:
+        envs.close()
+
+
+def test_probe_env_sees_a_discrete_start_as_actions_from_zero():
+    _, act_space, _ = probe_env(scripted_env_id("ShiftedActions-v0"))
+    assert act_space == gym.spaces.Discrete(3)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "pqn", "reinforce"])
+def test_training_and_evaluation_send_the_env_its_own_actions(algo, tmp_path, capsys):
+    """Every action a run sends (exploring, learning, its evaluations, `fastdqn eval` and
+    `--compare`) reaches a Discrete(3, start=-1) env as index - 1: the env raises on any
+    other, and its observation tells which one it received."""
+    from fastdqn.cli import main
+    from fastdqn.evaluate import load_policy
+
+    env_id = scripted_env_id("ShiftedActions-v0")
+    run_dir = tmp_path / "run"
+    args = {"dqn": TINY_TRAIN, "pqn": [*TINY_RUN, "--pqn-rollout", "8"],
+            "reinforce": [*TINY_RUN, "--reinforce-episodes", "2"]}[algo]
+    assert main(["train", "--algo", algo, "--env", env_id, *args,
+                 "--run-dir", str(run_dir)]) == 0, capsys.readouterr().err
+    if algo == "dqn":
+        _, next_obs, actions, _ = stored_rows(run_dir)
+        assert set(actions) == {0, 1, 2}
+        assert list(shifted_by_env(next_obs)) == list(actions + ACTION_START)
+    capsys.readouterr()
+    ckpt = str(run_dir / "checkpoint.pt")
+    assert main(["eval", ckpt, "--env", env_id, "--episodes", "2", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    policy, _ = load_policy(ckpt)
+    env = ShiftedActionsEnv()  # the greedy policy's episode, played by hand
+    obs, _ = env.reset(seed=0)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(policy.act(obs) + ACTION_START)
+        total, done = total + reward, terminated or truncated
+    assert got["mean"] == total
+    assert main(["eval", ckpt, "--env", env_id, "--episodes", "4", "--compare"]) == 0
+    assert "random" in capsys.readouterr().out
+
+
+def test_evaluation_episodes_send_each_policy_action_shifted():
+    from fastdqn.evaluate import compare_policies, run_episodes
+    from fastdqn.rbf import fit_scaler
+
+    env_id = scripted_env_id("ShiftedActions-v0")
+    for index in range(3):  # the reward is the action the env received, every step
+        def constant(obs: np.ndarray, index: int = index) -> np.ndarray:
+            return np.full(len(obs), index)
+
+        for make in (None, ShiftedActionsEnv):
+            result = run_episodes(constant, env_id, 3, seed=0, num_envs=2, make_env=make)
+            assert result.returns == [EPISODE_LENGTH * (index + ACTION_START)] * 3
+    random_play = run_episodes(lambda obs: np.zeros(len(obs), np.int64), env_id, 3, seed=0,
+                               epsilon=1.0)
+    assert all(-EPISODE_LENGTH <= r <= EPISODE_LENGTH for r in random_play.returns)
+    compare_policies(lambda obs: np.zeros(len(obs), np.int64), env_id, episodes=4)
+    fit_scaler(ShiftedActionsEnv, 40, seed=0)  # the RBF scaler's random play
+
+
+def test_an_apex_actor_sends_its_actions_shifted():
+    from fastdqn.apex import Actor
+    from fastdqn.config import make_config
+    from fastdqn.dqn import DQN
+
+    cfg = make_config(env_id="x", vector="sync", num_envs=3, buffer_size=256, batch_size=8,
+                      learning_starts=8, actors=1, progress=False)
+    probe = ShiftedActionsEnv()
+    agent = DQN(cfg, probe.observation_space, gym.spaces.Discrete(3), torch.device("cpu"))
+    actor = Actor(cfg.to_dict(), 0, 1.0, agent.actor_modules()[0], ShiftedActionsEnv, 0)
+    try:
+        block = actor.collect([agent.actor_weights()], 0, 12)
+    finally:
+        actor.close()
+    assert set(block["actions"]) == {0, 1, 2}
+    assert list(shifted_by_env(block["next_obs"])) == list(block["actions"] + ACTION_START)
