@@ -30,6 +30,8 @@ from pathlib import Path
 
 from time_to_solve import run_train, show  # bench/ is the script's own folder on sys.path
 
+from fastdqn.config import load_toml
+
 
 @dataclass(frozen=True)
 class Notebook:
@@ -59,15 +61,19 @@ NOTEBOOKS = [
 ]
 
 SMOKE_ARGS = ["--total-episodes", "3", "--eval-every", "0", "--eval-episodes", "2",
-              "--solve-episodes", "2", "--eval-envs", "2", "--learning-starts", "64"]
-"""A few episodes per row and a two-episode final evaluation: every field, no learning."""
+              "--solve-episodes", "2", "--eval-envs", "2"]
+"""A few episodes per row and a two-episode final evaluation: every field, no learning (DQN
+rows also start learning at 64 transitions, so the smoke reaches the learner; other algorithms
+refuse the setting, which they do not read)."""
 
 
 def train_args(nb: Notebook, smoke: bool) -> list[str]:
     """The `fastdqn train` arguments of one row (the rbf flag only where the preset reads it)."""
     args = (["--config", nb.preset] if nb.preset else []) + ["--total-episodes", str(nb.episodes)]
     if smoke:
-        args += SMOKE_ARGS + (["--rbf-fit-steps", "200"] if nb.preset == "rbf-lunarlander" else [])
+        algo = load_toml(nb.preset).get("algo", "dqn") if nb.preset else "dqn"
+        args += SMOKE_ARGS + (["--learning-starts", "64"] if algo == "dqn" else [])
+        args += ["--rbf-fit-steps", "200"] if nb.preset == "rbf-lunarlander" else []
     return args
 
 
