@@ -95,7 +95,7 @@ class Config:
     (EnvPool's C++ envs for the ids it has, e.g. LunarLander-v3 and Atari; pip install -e
     ".[envpool]"). envpool seeds each env once per run, not each episode, and a resumed run
     starts fresh episodes; evaluations always play gymnasium's env."""
-    num_workers: int = 0
+    num_workers: int = _reads(0, when=("workers",))
     """sharded: env worker processes; envpool: EnvPool threads; 0 means one per CPU core beyond
     the learner's."""
     total_timesteps: int = 500_000
@@ -275,7 +275,7 @@ class Config:
     save_buffer: bool = _reads(False, algos=("dqn",))
     """Store the replay buffer (its filled rows) in checkpoint.pt, so --resume continues exactly
     instead of refilling it; the file grows to about the buffer's size."""
-    env_timeout: float = 60.0
+    env_timeout: float = _reads(60.0, when=("worker_replies",))
     """Seconds to wait for an env worker's reply before declaring it hung and killing it;
     0 waits forever (sharded and async vector envs)."""
     actors: int = _reads(0, algos=("dqn",))
@@ -532,6 +532,13 @@ CONDITIONS: dict[str, Condition] = {
                                "--eps-schedule per_episode",
                                "applies to --eps-schedule per_episode only; drop it or pass "
                                "--eps-schedule per_episode"),
+    "workers": Condition(lambda c: c.vector in ("sharded", "envpool"), "--vector sharded or envpool",
+                         "applies to --vector sharded (worker processes) and envpool (threads) "
+                         "only; drop it or pass --vector sharded"),
+    "worker_replies": Condition(lambda c: c.vector in ("sharded", "async"),
+                                "--vector sharded or async",
+                                "applies to env worker processes (--vector sharded or async) "
+                                "only; drop it or pass --vector sharded"),
     "apex": Condition(lambda c: c.actors > 0, "--actors K",
                       "applies to Ape-X runs only; drop it or pass --actors K"),
 }

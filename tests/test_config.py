@@ -301,11 +301,12 @@ def valid_configs(draw):
     schedule = draw(st.sampled_from(["linear", "exponential", "per_episode"])) if greedy \
         else "linear"
     eps_start = draw(st.floats(0, 1)) if greedy else Config.eps_start
+    vector = draw(st.sampled_from(["sharded", "async", "sync", "envpool"]))
     return Config(
         env_id=draw(st.text(max_size=20)),
         num_envs=draw(st.integers(1, 256)),
-        vector=draw(st.sampled_from(["sharded", "async", "sync", "envpool"])),
-        num_workers=draw(st.integers(0, 64)),
+        vector=vector,
+        num_workers=draw(st.integers(0, 64)) if vector in ("sharded", "envpool") else 0,
         total_timesteps=draw(st.integers(1, 10**9)),
         seed=draw(st.integers(0, 2**32 - 1)),
         device=draw(st.sampled_from(["auto", "cpu", "cuda", "mps"])
@@ -337,7 +338,8 @@ def valid_configs(draw):
         eval_every=draw(st.integers(0, 10**6)),
         checkpoint_every=draw(st.integers(0, 10**6)),
         save_buffer=draw(st.booleans()),
-        env_timeout=draw(st.floats(0, 1e6)),
+        env_timeout=(draw(st.floats(0, 1e6)) if vector in ("sharded", "async")
+                     else Config.env_timeout),
         num_threads=draw(st.integers(1, 64)),
         resume=draw(st.booleans()),
         overwrite=False,
@@ -569,17 +571,19 @@ ALT = {  # a valid value other than the default, for every setting that not ever
     "eps_episode_decay": 0.9, "temperature": 2.0, "save_buffer": True, "actors": 2,
     "ray_address": "10.0.0.1:6379", "weight_sync_every": 10, "actor_block": 8,
     "actor_epsilon": 0.3, "actor_alpha": 3.0, "actor_restarts": 1, "actor_timeout": 10.0,
-    "cuda_graphs": False,
+    "cuda_graphs": False, "num_workers": 1, "env_timeout": 5.0,
 }
 
 HOLDS = {"adam": {}, "prioritized": {"prioritized": True}, "one_machine": {}, "egreedy": {},
          "boltzmann": {"exploration": "boltzmann"}, "step_decay": {},
-         "episode_decay": {"eps_schedule": "per_episode"}, "apex": {"actors": 2}}
+         "episode_decay": {"eps_schedule": "per_episode"}, "apex": {"actors": 2},
+         "workers": {}, "worker_replies": {}}
 """Settings under which each condition holds (with the defaults of the others)."""
 BREAKS = {"adam": {"optimizer": "rmsprop"}, "prioritized": {"prioritized": False},
           "one_machine": {"actors": 2}, "egreedy": {"exploration": "boltzmann"},
           "boltzmann": {"exploration": "egreedy"}, "step_decay": {"eps_schedule": "per_episode"},
-          "episode_decay": {"eps_schedule": "linear"}, "apex": {"actors": 0}}
+          "episode_decay": {"eps_schedule": "linear"}, "apex": {"actors": 0},
+          "workers": {"vector": "sync"}, "worker_replies": {"vector": "envpool"}}
 """Settings under which each condition fails."""
 
 

@@ -678,7 +678,7 @@ FILE_SETTINGS = {
                         "sets --num-envs 100000, which starts 100000 env processes"),
     "envs": ({"num_envs": 100_000}, "sets --num-envs 100000, more than 4096 envs"),
     "eval-envs": ({"eval_envs": 10**9}, "sets --eval-envs 1000000000, more than 4096 envs"),
-    "workers": ({"num_workers": 10**6}, "sets --num-workers 1000000, more than"),
+    "workers": ({"vector": "sharded", "num_workers": 10**6}, "sets --num-workers 1000000, more than"),
     "threads": ({"num_threads": 10**6}, "sets --num-threads 1000000, more threads than this "
                 "machine's"),
     "episodes": ({"solve_episodes": 10**9}, "sets --solve-episodes 1000000000, more than "

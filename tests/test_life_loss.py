@@ -99,8 +99,9 @@ def test_a_run_stores_clipped_life_loss_rows_and_reports_raw_score(tmp_path, vec
     terminal exactly where a life was lost or the game ended; the run's training episodes and
     its final evaluation score whole games in raw points (3.0 each, 1.0 clipped)."""
     run = tmp_path / "run"
-    result = train(env_id=LIVES, vector=vector, num_envs=2, num_workers=2, hidden=(8,),
-                   batch_size=8, buffer_size=256, learning_starts=16, total_timesteps=120,
+    result = train(env_id=LIVES, vector=vector, num_envs=2,
+                   num_workers=2 if vector == "sharded" else 0, hidden=(8,), batch_size=8,
+                   buffer_size=256, learning_starts=16, total_timesteps=120,
                    clip_rewards="on", life_loss_terminal="on", eval_every=0, solve_episodes=3,
                    eval_episodes=3, eval_envs=2, save_buffer=True, progress=False,
                    run_dir=str(run))
@@ -125,7 +126,8 @@ def test_a_life_lost_on_a_truncated_step_is_terminal(tmp_path, vector):
     vector env hands back the reset's info for that env (SAME_STEP), so the step's life loss
     must come from final_info: the row ending at t = 6 is terminal, not bootstrapped."""
     run = tmp_path / "run"
-    train(env_id=scripted_env_id("LivesTruncated-v0"), vector=vector, num_envs=2, num_workers=2,
+    train(env_id=scripted_env_id("LivesTruncated-v0"), vector=vector, num_envs=2,
+          num_workers=2 if vector == "sharded" else 0,
           hidden=(8,), batch_size=8, buffer_size=64, learning_starts=16, total_timesteps=24,
           life_loss_terminal="on", eval_every=0, solve_episodes=1, eval_episodes=1, eval_envs=1,
           save_buffer=True, progress=False, run_dir=str(run))
