@@ -38,6 +38,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -154,14 +155,20 @@ def _check_parents(path: Path) -> None:
 
 def _private_dir(path: Path) -> Path:
     """`path`, created 0700 if missing; refused unless it is a directory of this user that no
-    one else can write or swap (a library there is code this process will run)."""
+    one else can write or swap (a library there is code this process will run). A symlink is
+    judged as the folder it points to, and the folders above both."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            st = path.stat()
+    except FileExistsError:
+        st = None
     except OSError as e:
         raise NativeUnavailable(f"cache directory {path} unusable ({e.strerror})") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise NativeUnavailable(f"cache path {path} is not a directory")
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise NativeUnavailable(f"cache path {path} is not a directory (set FASTDQN_CACHE_DIR "
+                                "to a folder)")
     if st.st_uid != os.getuid():
         raise NativeUnavailable(f"cache directory {path} belongs to another user")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -206,10 +213,10 @@ def command(cxx: list[str], out: Path) -> list[str]:
             f"-Wl,-rpath,{lib}"]
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
+def _start(cmd: list[str], log=subprocess.PIPE) -> subprocess.Popen:
     """`cmd` in its own process group (so a stalled compiler and every process it started can
-    be killed at once), output piped, no stdin."""
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    be killed at once), output piped (or written to the file `log`), no stdin."""
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
 
 
@@ -243,6 +250,9 @@ def library_path() -> Path:
         _kill(probe)
         raise NativeUnavailable(f"compiler {name} does not answer --version within "
                                 f"{PROBE_TIMEOUT:g} s (stopped)") from None
+    if probe.returncode != 0:
+        raise NativeUnavailable(f"compiler {name} --version exits {probe.returncode} (set CXX "
+                                "to a C++ compiler)")
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), version.encode(), " ".join(command(cxx, Path())).encode(),
                  torch.__version__.encode(), str(_torch_lib()).encode(), _cpu_flags().encode()):
@@ -370,8 +380,10 @@ class Build:
                                     f"({e.strerror})") from None
         cmd = command(cxx, self.tmp)
         self.deadline = time.monotonic() + BUILD_TIMEOUT
-        try:
-            self.proc = _start(cmd)
+        try:  # a nameless file, not a pipe: nobody reads a pipe before the first learner step,
+            # and a compiler that fills one (pages of warnings) would stall until then
+            self.log = tempfile.TemporaryFile(dir=path.parent)
+            self.proc = _start(cmd, self.log)
         except OSError as e:
             self.tmp.unlink(missing_ok=True)
             raise NativeUnavailable(f"compiler does not start ({e.strerror})") from None
@@ -384,26 +396,38 @@ class Build:
         if self.proc is not None:
             _kill(self.proc)
             self.proc = None
+            self.log.close()
             self.tmp.unlink(missing_ok=True)
             atexit.unregister(self.abandon)
 
+    def _last_line(self) -> str:
+        """The last line the compiler wrote (its error), read from the log's tail only."""
+        self.log.seek(0, os.SEEK_END)
+        self.log.seek(max(0, self.log.tell() - 4096))
+        tail = self.log.read().decode(errors="replace").strip().splitlines()
+        self.log.close()
+        return tail[-1][:200] if tail else "no output"
+
     def wait(self) -> Path:
-        """The built library (waits for the compiler, up to BUILD_TIMEOUT from its start); the
-        file is renamed into place whole, so a concurrent run never loads half a library."""
+        """The built library (waits for the compiler, up to BUILD_TIMEOUT from its start; one
+        that finished in time is taken however late the first learner step asks); the file is
+        renamed into place whole, so a concurrent run never loads half a library."""
         if self.proc is None:
             return self.path
         try:
-            out, _ = self.proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
+            code = self.proc.poll()
+            if code is None:
+                code = self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.abandon()
             raise NativeUnavailable(f"the compiler ran past {BUILD_TIMEOUT:g} s and was "
                                     "stopped") from None
-        code, self.proc = self.proc.returncode, None
+        self.proc = None
         atexit.unregister(self.abandon)
         try:
+            last = self._last_line()
             if code != 0:
-                last = (out or "").strip().splitlines()[-1:] or ["no output"]
-                raise NativeUnavailable(f"build failed ({last[0][:200]})")
+                raise NativeUnavailable(f"build failed ({last})")
             _install(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)

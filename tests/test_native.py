@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -408,6 +409,36 @@ def test_a_cache_below_a_file_falls_back_with_one_line(cache, tmp_path, monkeypa
     assert_falls_back(buffer(), "unusable (Not a directory)")
 
 
+@pytest.mark.parametrize("kind", ["a file", "a dangling symlink", "a symlink to a folder others "
+                                  "can write", "a symlink to a private folder", "CXX false"])
+def test_cache_and_compiler_variants(cache, tmp_path, monkeypatch, kind):
+    """A symlinked cache is judged as the folder it points to (a private one is used, one
+    others can write refused); a file or a dangling link is "not a directory", and a CXX whose
+    --version fails is named as such, each in one line before any build."""
+    link = tmp_path / "link"
+    if kind == "a file":
+        link.write_text("")
+    elif kind == "a dangling symlink":
+        link.symlink_to(tmp_path / "nothing")
+    elif kind.startswith("a symlink"):
+        real = tmp_path / "real"
+        real.mkdir(mode=0o700)
+        os.chmod(real, 0o777 if "others" in kind else 0o700)
+        link.symlink_to(real)
+    else:
+        monkeypatch.setenv("CXX", "false")
+    if kind != "CXX false":
+        monkeypatch.setenv("FASTDQN_CACHE_DIR", str(link))
+    if kind == "a symlink to a private folder":
+        assert isinstance(train(learner(), buffer())._cpu, native.NativeStep)
+        assert sorted(p.suffix for p in (tmp_path / "real").iterdir()) == [".sha256", ".so"]
+        return
+    why = {"a file": "is not a directory", "a dangling symlink": "is not a directory",
+           "CXX false": "compiler false --version exits 1"}.get(kind, "is writable by others")
+    assert_falls_back(buffer(), why)
+    assert not list(tmp_path.rglob("*.so"))
+
+
 def test_every_oserror_on_the_cache_path_is_one_line(cache):
     """Whatever OSError the cache raises after the folder checks (here: a sidecar that is a
     folder), the run goes on with the Numba step and one line naming it."""
@@ -516,6 +547,26 @@ def test_a_stalling_compiler_is_stopped_and_falls_back(cache, tmp_path, monkeypa
     if stage == "build":
         assert gone(child)  # the compiler's own child too
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_a_noisy_build_finishes_unread_and_is_taken_however_late_it_is_asked(cache, tmp_path,
+                                                                            monkeypatch):
+    """The compiler's output goes to a file, not to a pipe nobody reads before the first learner
+    step: a build printing megabytes of warnings ends on its own (it used to stall on the full
+    pipe), and a build that ended is taken even when the first step asks after BUILD_TIMEOUT
+    (it used to be killed and discarded: a long warm-up changed the run's route)."""
+    cxx = fake_compiler(tmp_path, 'yes "warning: a long warning line" | head -c 4000000\n'
+                                  'exec g++ "$@"')
+    monkeypatch.setenv("CXX", str(cxx))
+    native.prepare()
+    build = native._build
+    assert gone(build.proc.pid)  # ended with its output unread
+    build.deadline = time.monotonic() - 1.0  # the first learner step asks late
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr = train(learner(), buffer())
+    assert isinstance(lr._cpu, native.NativeStep) and lr.fallbacks == []
+    assert sorted(p.suffix for p in cache.iterdir()) == [".sha256", ".so"]
 
 
 @pytest.mark.parametrize("handler", ["default", "the run's"])
