@@ -7,6 +7,7 @@ never a torn one, because the rename is the only step that touches the real name
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -63,18 +64,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-
-
-def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temp files of atomic writes that a kill -9 interrupted; return their paths.
-
-    They never shadow a real file (the rename is what publishes a write), so this is tidying,
-    not recovery.
-    """
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -322,6 +311,37 @@ def settings_from_file(saved: dict[str, Any], given: dict[str, Any]) -> dict[str
     return kept
 
 
+def file_setting_problem(name: str, value: object) -> str | None:
+    """Why setting `name` is not stored as fastdqn writes it (the type coerce() returns: an int
+    for a count, a number for a float, a bool, a text, a list of sizes), or None.
+
+    A file is data, not input to parse: "0.1" or "16" in it is damage, where the same text on
+    the command line or in a TOML file is a setting written as text.
+    """
+    field = next(f for f in dataclasses.fields(Config) if f.name == name)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+    def number(v: object) -> bool:
+        return type(v) in (int, float)
+
+    if name in ("target_return", "eval_epsilon"):
+        ok = value is None or number(value)
+        kind = "a number or none"
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(
+            (number if name == "rbf_scales" else is_whole)(v) for v in value)
+        kind = "a list of numbers" if name == "rbf_scales" else "a list of whole numbers"
+    elif isinstance(default, bool):
+        ok, kind = type(value) is bool, "true or false"
+    elif isinstance(default, int):
+        ok, kind = type(value) is int, "a whole number"
+    elif isinstance(default, float):
+        ok, kind = number(value), "a number"
+    else:
+        ok, kind = type(value) is str, "a text"
+    return None if ok else f"{name} is {repr(value)[:40]}, not {kind}"
+
+
 def check_file_settings(path: str | os.PathLike, cfg: Config, from_file: set[str]) -> None:
     """The settings a resumed run took from its checkpoint (`from_file`, now in `cfg`) stay
     under what a file may ask of this machine: processes, envs, threads, evaluation episodes.
@@ -358,6 +378,17 @@ def check_file_settings(path: str | os.PathLike, cfg: Config, from_file: set[str
 def is_whole(value: object, low: int = 0) -> bool:
     """A whole number (not a bool, a float or a tensor) of at least `low`."""
     return type(value) is int and value >= low
+
+
+MAX_COUNT = 2**53
+"""Most steps, updates or episodes a checkpoint's counters may hold: far beyond any run (10^6
+steps a second for 285 years), exact as a float (SPS, summary.json), and far enough below
+int64's limit that a resumed run's additions, TensorBoard's steps and numpy never overflow."""
+
+
+def is_count(value: object, low: int = 0) -> bool:
+    """A whole number from `low` to MAX_COUNT: a count a run can have reached."""
+    return is_whole(value, low) and value <= MAX_COUNT
 
 
 def check_generator_state(path: str | os.PathLike, where: str, state: object,

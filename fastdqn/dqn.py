@@ -17,9 +17,11 @@ from .checkpoint import (
     CheckpointError,
     check_generator_state,
     check_optimizer_state,
+    is_count,
     is_whole,
     network_of,
 )
+from .cnn import check_spec as check_cnn_spec
 from .cnn import check_state as check_module_state
 from .cnn import cnn_for, resolve_network
 from .config import Config
@@ -33,6 +35,7 @@ from .networks import MLP, preprocess
 from .nstep import NStepWriter
 from .prioritized import PrioritizedSampler, TorchPrioritized, beta_at
 from .rbf import RBFQNetwork, check_state, fit_scaler
+from .rbf import check_spec as check_rbf_spec
 from .reference import ReferenceLearner
 from .replay import OldBufferError, ReplayBuffer, row_values_problem, torch_dtype
 from .run import Counters, Run, TrainingDiverged, divergence_message
@@ -503,6 +506,7 @@ class DQN:
                 flag = "--dueling" if net.get("dueling") else "--no-dueling"
                 raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
                                       f" a dueling head; pass {flag} to match")
+            check_cnn_spec(path, net)  # its types too: 16.0 == 16 would pass the comparison
             if net != want:
                 raise CheckpointError(f"{path} holds another cnn than this run builds for "
                                       f"{self.cfg.env_id}; it is damaged or from another env")
@@ -510,6 +514,12 @@ class DQN:
             check_module_state(path, learner.get("online"), module, "learner.online")
             check_module_state(path, learner.get("target"), module, "learner.target")
         if want["kind"] == "rbf":
+            sizes = check_rbf_spec(path, net)
+            if (sizes["in_dim"], sizes["n_actions"]) != (want["in_dim"], want["n_actions"]):
+                raise CheckpointError(f"{path} declares an rbf network of {sizes['in_dim']} inputs "
+                                      f"and {sizes['n_actions']} actions, but {self.cfg.env_id} has "
+                                      f"{want['in_dim']} and {want['n_actions']}; it is damaged or "
+                                      "from another env")
             if (net.get("n_features"), net.get("scales")) != (want["n_features"], want["scales"]):
                 raise CheckpointError(
                     f"{path} has {net.get('n_features')} rbf features over scales "
@@ -533,6 +543,12 @@ class DQN:
             check_optimizer_state(path, learner.get("optimizer"), self.learner.params)
         buffer = ckpt.get("buffer", {})
         saved = buffer.get("capacity", self.cfg.buffer_size) if isinstance(buffer, dict) else None
+        saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        if saved != self.cfg.buffer_size and (not is_count(saved, 1)
+                                              or saved != saved_cfg.get("buffer_size")):
+            # not the size its own settings name: no --buffer-size would resume it
+            raise CheckpointError(f"{path}: its replay buffer's capacity {str(saved)[:20]} is not "
+                                  f"the --buffer-size its settings name; {DAMAGED}")
         if saved != self.cfg.buffer_size:
             raise CheckpointError(f"{path} holds a replay buffer of capacity {saved}, not "
                                   f"--buffer-size {self.cfg.buffer_size}; resume with "
@@ -552,7 +568,6 @@ class DQN:
                 raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
         rngs = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
         rng = rngs.get("sampler")
-        saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
         actors = saved_cfg.get("actors")
         if isinstance(rng, dict) and not self.prioritized and is_whole(actors, 1):
             raise CheckpointError(f"{path} is an Ape-X run ({actors} actors), and a checkpoint "
@@ -569,7 +584,7 @@ class DQN:
         if "per" in rngs:
             check_generator_state(path, "rng.per", rngs["per"], self.learner.per_generator)
         steps = learner.get("steps")
-        if not is_whole(steps):
+        if not is_count(steps):
             raise CheckpointError(f"{path}: learner.steps is {str(steps)[:20]}, not a count of "
                                   f"learner steps; {DAMAGED}")
 
@@ -634,19 +649,26 @@ def _check_sampler(path: Path, state: object, cfg: Config, rows: int | None) -> 
         return
     if state.get("capacity") != cfg.buffer_size:
         raise CheckpointError(f"{path}: rng.sampler's priorities are for a buffer of "
-                              f"{str(state.get('capacity'))[:20]} rows, not {cfg.buffer_size}; "
+                              f"{repr(state.get('capacity'))[:20]} rows, not {cfg.buffer_size}; "
                               f"{DAMAGED}")
     alpha = state.get("alpha")
     if type(alpha) is not float or not 0 <= alpha <= 1:
-        raise CheckpointError(f"{path}: rng.sampler.alpha is {str(alpha)[:20]}, not a number in "
+        raise CheckpointError(f"{path}: rng.sampler.alpha is {repr(alpha)[:20]}, not a number in "
                               f"[0, 1]; {DAMAGED}")
     if alpha != cfg.per_alpha:
         raise CheckpointError(f"{path} was trained with --per-alpha {alpha:g}; pass --per-alpha "
                               f"{alpha:g} to resume it")
+    # a priority is |TD error| + eps of a float32 step, and a leaf that to a power alpha <= 1:
+    # neither exceeds float32's largest, so a full tree's total stays finite (rows of 1e308
+    # would overflow it, and sampling would fail mid-run)
+    most = float(torch.finfo(torch.float32).max)
     top = state.get("max_priority")
     if type(top) is not float or not 0 < top < float("inf"):
-        raise CheckpointError(f"{path}: rng.sampler.max_priority is {str(top)[:20]}, not a "
+        raise CheckpointError(f"{path}: rng.sampler.max_priority is {repr(top)[:20]}, not a "
                               f"finite positive number; {DAMAGED}")
+    if top > most:
+        raise CheckpointError(f"{path}: rng.sampler.max_priority is {top:.3g}, more than a "
+                              f"float32 TD error can reach ({most:.3g}); {DAMAGED}")
     prio = state.get("priorities")
     if not (isinstance(prio, torch.Tensor) and prio.dtype == torch.float64 and prio.dim() == 1):
         raise CheckpointError(f"{path}: rng.sampler.priorities is not a float64 vector; {DAMAGED}")
@@ -656,6 +678,9 @@ def _check_sampler(path: Path, state: object, cfg: Config, rows: int | None) -> 
     if not bool(torch.isfinite(prio).all()) or not bool((prio > 0).all()):
         raise CheckpointError(f"{path}: rng.sampler.priorities holds a value that is not finite "
                               f"and positive; {DAMAGED}")
+    if bool((prio > most).any()):
+        raise CheckpointError(f"{path}: rng.sampler.priorities holds {float(prio.max()):.3g}, "
+                              f"more than a float32 TD error can reach ({most:.3g}); {DAMAGED}")
 
 
 def _check_shapes(path: Path, tensors: dict[str, tuple[object, tuple]]) -> None:

@@ -20,7 +20,14 @@ import torch
 
 from .atari import env_name
 from .atari import make_env as make_game
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, network_of
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    check_declared_size,
+    check_module_state,
+    load_checkpoint,
+    network_of,
+)
 from .config import ConfigError
 from .envs import zero_based
 from .networks import MLP, LayerNormQNetwork, preprocess
@@ -214,9 +221,14 @@ def load_policy(path: str, device: str = "cpu") -> tuple[Policy, dict]:
             return Policy(None, None, device, module.to(device).eval()), state
         net = network_of(path, spec)
         params = state["learner"]["params"]
-        if params.numel() != net.num_params:
+        if not (isinstance(params, torch.Tensor) and params.shape == (net.num_params,)):
             raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                                   "the file is damaged")
+        if params.dtype != torch.float32 or not bool(torch.isfinite(params).all()):
+            # the flat MLP reads them as they are: another dtype fails mid-episode, a NaN
+            # plays action 0 everywhere and reports it as the policy's score
+            raise CheckpointError(f"{path}: learner.params is not a tensor of finite float32 "
+                                  "values; the file is damaged")
         return Policy(net, params, device), state
     except (KeyError, TypeError, AttributeError):
         raise damaged from None
@@ -227,19 +239,17 @@ def _layernorm_net(path: str, spec: dict, weights: dict) -> LayerNormQNetwork:
     network is allocated: its parameter count must equal that of the tensors already loaded."""
     sizes = [spec["in_dim"], spec["n_actions"], *spec["hidden"]]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
-        raise CheckpointError(f"{path}: its network sizes {sizes} are not positive integers; "
-                              "the file is damaged")
+        raise CheckpointError(f"{path}: its network sizes {str(sizes)[:80]} are not positive "
+                              "integers; the file is damaged")
+    check_declared_size(path, spec["in_dim"], spec["hidden"], spec["n_actions"], lambda: 0)
     stored = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
     want = LayerNormQNetwork.count_params(spec["in_dim"], spec["n_actions"], tuple(spec["hidden"]))
     if stored != want or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise CheckpointError(f"{path}: parameter count does not match its network shape; "
                               "the file is damaged")
     net = LayerNormQNetwork(spec["in_dim"], spec["n_actions"], tuple(spec["hidden"]))
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError:
-        raise CheckpointError(f"{path}: its weights do not fit its network shape; "
-                              "the file is damaged") from None
+    check_module_state(path, weights, net, "learner.online")  # names, shapes, dtypes, finite
+    net.load_state_dict(weights)
     return net
 
 

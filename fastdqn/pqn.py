@@ -22,7 +22,7 @@ from .checkpoint import (
     check_generator_state,
     check_module_state,
     check_optimizer_state,
-    is_whole,
+    is_count,
 )
 from .config import Config
 from .envs import real_next_obs
@@ -269,7 +269,7 @@ class PQN:
         learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
         check_module_state(path, learner.get("online"), self.net, "learner.online", "PQN network")
         check_optimizer_state(path, learner.get("optimizer"), [self.flat])
-        if not is_whole(learner.get("steps")):
+        if not is_count(learner.get("steps")):
             raise CheckpointError(f"{path}: learner.steps is {str(learner.get('steps'))[:20]}, "
                                   f"not a count of updates; {DAMAGED}")
         rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}

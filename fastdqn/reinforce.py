@@ -42,6 +42,7 @@ from .checkpoint import (
     check_generator_state,
     check_module_state,
     check_optimizer_state,
+    is_count,
     is_whole,
 )
 from .config import Config
@@ -242,13 +243,16 @@ def policy_network_of(path: str | Path, spec: object) -> PolicyNetwork:
 
 
 def load_weights(path: str | Path, net: PolicyNetwork, weights: object) -> None:
-    """Copy a checkpoint's weights into `net`: the same names and shapes, or a one-line error."""
+    """Copy a checkpoint's weights into `net`: the same names, shapes and dtype, all finite (a
+    NaN would play one action everywhere and report that as the policy's score), or a one-line
+    error."""
     want = net.state_dict()
     if (not isinstance(weights, dict) or set(weights) != set(want)
             or any(not torch.is_tensor(weights[k]) or weights[k].shape != want[k].shape
                    for k in want)):
         raise CheckpointError(f"{path}: its weights do not match its network shape; "
                               "the file is damaged")
+    check_module_state(path, weights, net, "learner.weights")
     net.load_state_dict(weights)
 
 
@@ -513,7 +517,7 @@ class Reinforce:
         check_module_state(path, learner.get("weights"), self.net, "learner.weights",
                            "policy network")
         check_optimizer_state(path, learner.get("optimizer"), list(self.net.parameters()))
-        if not is_whole(learner.get("updates")):
+        if not is_count(learner.get("updates")):
             raise CheckpointError(f"{path}: learner.updates is {str(learner.get('updates'))[:20]}"
                                   f", not a count of updates; {DAMAGED}")
         rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}

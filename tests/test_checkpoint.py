@@ -19,12 +19,12 @@ from fastdqn.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     load_checkpoint,
-    remove_temp_files,
     save_checkpoint,
 )
 from fastdqn.config import ConfigError
 from fastdqn.evaluate import load_policy
 from fastdqn.networks import MLP
+from fastdqn.run import remove_temp_run_files
 
 
 def sample_state() -> dict:
@@ -644,19 +644,20 @@ def test_kill_9_during_a_checkpoint_write_loop_leaves_a_loadable_checkpoint(tmp_
         assert "checkpoint.pt" in names
         stray = names - {"checkpoint.pt"}
         assert all(n.startswith(".checkpoint.pt.") and n.endswith(".tmp") for n in stray), stray
-    removed = remove_temp_files(tmp_path)
+    removed = remove_temp_run_files(tmp_path)
     assert all(q.name.endswith(".tmp") for q in removed)
     assert [q.name for q in tmp_path.iterdir()] == ["checkpoint.pt"]
     load_checkpoint(path)
 
 
-def test_remove_temp_files_touches_only_atomic_write_leftovers(tmp_path):
+def test_remove_temp_run_files_touches_only_atomic_write_leftovers(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"real")
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a write")
     (tmp_path / ".summary.json.x.tmp").write_bytes(b"")
     (tmp_path / "notes.tmp").write_text("a user's file, not a dot file")
-    removed = remove_temp_files(tmp_path)
+    (tmp_path / ".notes.tmp").write_text("a user's dot file: not a temp file of fastdqn's")
+    removed = remove_temp_run_files(tmp_path)
     assert sorted(q.name for q in removed) == [".checkpoint.pt.abc123.tmp", ".summary.json.x.tmp"]
-    assert sorted(q.name for q in tmp_path.iterdir()) == ["checkpoint.pt", "notes.tmp",
-                                                          "summary.json"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == [".notes.tmp", "checkpoint.pt",
+                                                          "notes.tmp", "summary.json"]

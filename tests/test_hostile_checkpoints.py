@@ -8,6 +8,7 @@ Each refusal is one line and exit 2, with the run dir untouched.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
@@ -674,14 +675,14 @@ def test_resume_help_says_where_a_resumed_run_connects(capsys):
 
 
 FILE_SETTINGS = {
-    "async-processes": ({"vector": "async", "num_envs": 100_000},
-                        "sets --num-envs 100000, which starts 100000 env processes"),
-    "envs": ({"num_envs": 100_000}, "sets --num-envs 100000, more than 4096 envs"),
-    "eval-envs": ({"eval_envs": 10**9}, "sets --eval-envs 1000000000, more than 4096 envs"),
+    "async-processes": ({"vector": "async", "num_envs": 10_000},
+                        "sets --num-envs 10000, which starts 10000 env processes"),
+    "envs": ({"num_envs": 10_000}, "sets --num-envs 10000, more than 4096 envs"),
+    "eval-envs": ({"eval_envs": 10_000}, "sets --eval-envs 10000, more than 4096 envs"),
     "workers": ({"vector": "sharded", "num_workers": 10**6}, "sets --num-workers 1000000, more than"),
-    "threads": ({"num_threads": 10**6}, "sets --num-threads 1000000, more threads than this "
+    "threads": ({"num_threads": 1000}, "sets --num-threads 1000, more threads than this "
                 "machine's"),
-    "episodes": ({"solve_episodes": 10**9}, "sets --solve-episodes 1000000000, more than "
+    "episodes": ({"solve_episodes": 10**6}, "sets --solve-episodes 1000000, more than "
                  "100,000 episodes per evaluation"),
 }
 
@@ -700,10 +701,10 @@ def test_a_setting_beyond_a_files_limit_is_yours_to_give(saved, tmp_path, capsys
     d = tmp_path / "run"
     shutil.copytree(saved, d)
     state = torch.load(d / "checkpoint.pt", weights_only=True)
-    state["config"]["eval_envs"] = 10**6
+    state["config"]["eval_envs"] = 10_000
     torch.save(state, d / "checkpoint.pt")
     assert main(["train", "--resume", "--run-dir", str(d), "--total-timesteps", "400",
-                 "--eval-envs", "1000000", "--no-progress"]) == 0, capsys.readouterr().err
+                 "--eval-envs", "10000", "--no-progress"]) == 0, capsys.readouterr().err
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_anything_is_allocated(saved, tmp_path,
@@ -732,3 +733,174 @@ def test_a_files_network_settings_are_capped_before_the_agent_is_built(saved_rei
     err = resume_refused(saved_reinforce, tmp_path, capsys, lambda s: s["config"].update(
         policy_hidden=[100_000, 100_000]))
     assert "268,435,456" in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Second review: what eval trusted, counters beyond any run, settings stored as text
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_refused(run: Path, tmp_path: Path, capsys, edit: Callable[[dict], None],
+                 *extra: str, name: str = "checkpoint.pt") -> str:
+    """`fastdqn eval` on a copy of `run`'s `name` that `edit` changed: exit 2, one line, nothing
+    written; returns the line."""
+    d = tmp_path / "evaluated"
+    shutil.copytree(run, d)
+    state = torch.load(d / name, weights_only=True)
+    edit(state)
+    torch.save(state, d / name)
+    capsys.readouterr()
+    before = snapshot(d)
+    code = main(["eval", str(d / name), "--episodes", "1", "--num-envs", "1", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert snapshot(d) == before
+    return one_line(err)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt"])
+@pytest.mark.parametrize("value,problem", [
+    (filled(float("nan")), "learner.params is not a tensor of finite float32 values"),
+    (lambda t: t.double(), "learner.params is not a tensor of finite float32 values"),
+    (lambda t: t.int(), "learner.params is not a tensor of finite float32 values"),
+    (lambda t: t.view(1, -1), "parameter count does not match its network shape"),
+])
+def test_eval_checks_the_flat_networks_parameters(saved, tmp_path, capsys, name, value, problem):
+    """Before: a NaN played action 0 everywhere and reported its score (exit 0); a [1, n]
+    tensor ended in a RuntimeError traceback."""
+    err = eval_refused(saved, tmp_path, capsys, setter("learner", "params", value=value),
+                       name=name)
+    assert f": {problem}; the file is damaged" in err
+
+
+def test_eval_checks_pqn_and_reinforce_weights(saved_pqn, saved_reinforce, tmp_path, capsys):
+    """Before: NaN weights evaluated (exit 0), and a PQN file's layer list was not capped."""
+    def nan_first(group: str) -> Callable[[dict], None]:
+        def edit(state: dict) -> None:
+            weights = state["learner"][group]
+            name = next(iter(weights))
+            weights[name] = filled(float("nan"))(weights[name])
+        return edit
+
+    err = eval_refused(saved_pqn, tmp_path, capsys, nan_first("online"))
+    assert "learner.online.body.0.weight is not a finite float32 tensor" in err
+    shutil.rmtree(tmp_path / "evaluated")
+    err = eval_refused(saved_reinforce, tmp_path, capsys, nan_first("weights"))
+    assert "learner.weights.pi.0.weight is not a finite float32 tensor" in err
+    shutil.rmtree(tmp_path / "evaluated")
+    err = eval_refused(saved_pqn, tmp_path, capsys, setter("net", "hidden", value=[1] * 65))
+    assert "declares a network of 65 hidden layers, over the limit of 64" in err
+
+
+@pytest.mark.parametrize("fixture,where", [
+    ("saved", ("counters", "step")), ("saved", ("counters", "next_eval")),
+    ("saved", ("counters", "iteration")), ("saved", ("learner", "steps")),
+    ("saved_pqn", ("counters", "next_log")), ("saved_pqn", ("learner", "steps")),
+    ("saved_reinforce", ("counters", "step")), ("saved_reinforce", ("learner", "updates")),
+])
+def test_a_count_beyond_any_run_is_refused(request, tmp_path, capsys, fixture, where):
+    """Before: a step count of 2**63 - 1 resumed, 'finished' at once and wrote a summary of
+    9.2e18 steps; one more step overflows int64."""
+    err = resume_refused(request.getfixturevalue(fixture), tmp_path, capsys,
+                         setter(*where, value=2**63 - 1))
+    assert "9223372036854775807" in err
+
+
+@pytest.mark.parametrize("edit", [
+    setter("counters", value={}),
+    lambda s: s["counters"].pop("evals"),
+    lambda s: s["counters"].pop("step"),
+])
+def test_counters_a_file_lacks_are_refused_not_restarted_from_zero(saved, tmp_path, capsys,
+                                                                   edit):
+    """Before: missing counters took their defaults: the trained weights resumed at step 0."""
+    err = resume_refused(saved, tmp_path, capsys, edit)
+    assert "its counters are not fastdqn's" in err
+
+
+def test_an_evaluation_record_json_cannot_hold_is_refused(saved, tmp_path, capsys):
+    """Before: a NaN mean resumed, and summary.json was written with NaN (not JSON)."""
+    err = resume_refused(saved, tmp_path, capsys, lambda s: s["counters"]["evals"][0].update(
+        mean=float("nan")))
+    assert "an evaluation record is not one a run writes" in err
+
+
+@pytest.mark.parametrize("name,value,problem", [
+    ("lr", "0.1", "lr is '0.1', not a number"),
+    ("num_envs", "2", "num_envs is '2', not a whole number"),
+    ("total_timesteps", 300.0, "total_timesteps is 300.0, not a whole number"),
+    ("hidden", "16", "hidden is '16', not a list of whole numbers"),
+    ("double_dqn", "true", "double_dqn is 'true', not true or false"),
+    ("target_return", "10", "target_return is '10', not a number or none"),
+])
+def test_a_files_settings_are_taken_only_as_fastdqn_writes_them(saved, tmp_path, capsys, name,
+                                                                value, problem):
+    """Before: the file's text went through the command line's parsing ("0.1" became 0.1)."""
+    err = resume_refused(saved, tmp_path, capsys, setter("config", name, value=value))
+    assert f"holds settings fastdqn refuses ({problem}); it is damaged or crafted" in err
+
+
+@pytest.mark.parametrize("value", ["x", float("nan"), float("inf")])
+def test_eval_compare_checks_the_runs_target_return(saved, tmp_path, capsys, value):
+    """Before: a text ended in a numpy UFuncTypeError traceback, a NaN counted no successes."""
+    plot = tmp_path / "compare.png"
+    err = eval_refused(saved, tmp_path, capsys, setter("config", "target_return", value=value),
+                       "--compare", "--plot", str(plot))
+    assert "its target_return" in err and "is not a finite number or none" in err
+    assert not plot.exists()
+
+
+@pytest.mark.parametrize("value", [2**40, 0, None])
+def test_a_buffer_capacity_its_settings_do_not_name_is_damage(saved, tmp_path, capsys, value):
+    """Before: the refusal advised --buffer-size 1099511627776 (or 0, or None)."""
+    edit = setter("buffer", value=[1]) if value is None else setter("buffer", "capacity",
+                                                                    value=value)
+    err = resume_refused(saved, tmp_path, capsys, edit)
+    assert "is not the --buffer-size its settings name" in err and err.endswith(f"{DAMAGED}\n")
+
+
+@pytest.mark.parametrize("where,value", [
+    (("rng", "sampler", "priorities"), filled(1e308)),
+    (("rng", "sampler", "max_priority"), 1e308),
+])
+def test_priorities_no_float32_step_reaches_are_refused(saved_per, tmp_path, capsys, where,
+                                                        value):
+    """Before: accepted; a few rows of 1e308 overflow the sum tree's total, and sampling fails
+    mid-run."""
+    err = resume_refused(saved_per, tmp_path, capsys, setter(*where, value=value))
+    assert "more than a float32 TD error can reach" in err
+
+
+@pytest.fixture(scope="module")
+def saved_rbf(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("saved_rbf") / "run"
+    args = [a for a in TINY[2:] if a not in ("--hidden", "16")]
+    assert main(["train", *args, "--env", "MountainCar-v0", "--network", "rbf",
+                 "--rbf-features", "8", "--rbf-fit-steps", "50", "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("change,problem", [
+    ({"in_dim": 3}, "declares an rbf network of 3 inputs and 3 actions, but MountainCar-v0 "
+                    "has 2 and 3"),
+    ({"n_actions": 2}, "declares an rbf network of 2 inputs and 2 actions"),
+    ({"scales": ["5.0", 2.0, 1.0, 0.5]}, "declares an rbf network without valid sizes"),
+])
+def test_resume_checks_the_rbf_spec_it_reads(saved_rbf, tmp_path, capsys, change, problem):
+    """Before: a spec that fits neither the env nor the weights resumed (and was rewritten)."""
+    err = resume_refused(saved_rbf, tmp_path, capsys, lambda s: s["net"].update(change))
+    assert problem in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minatar") is None,
+                    reason="the minatar extra is not installed")
+def test_resume_checks_the_cnn_specs_types(tmp_path, capsys):
+    """Before: [[16.0, 3, 1]] equals [[16, 3, 1]], so the comparison passed what eval refuses."""
+    run = tmp_path / "cnn"
+    assert main(["train", "--env", "MinAtar/Breakout-v1", "--vector", "sync", "--num-envs", "2",
+                 "--total-timesteps", "64", "--learning-starts", "32", "--batch-size", "8",
+                 "--buffer-size", "128", "--eval-every", "0", "--eval-episodes", "1",
+                 "--solve-episodes", "1", "--eval-envs", "1", "--no-progress",
+                 "--run-dir", str(run)]) == 0
+    err = resume_refused(run, tmp_path, capsys, setter("net", "convs", value=[[16.0, 3, 1]]))
+    assert "declares a cnn network without valid sizes" in err
