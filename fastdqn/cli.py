@@ -20,6 +20,7 @@ from pathlib import Path
 from .checkpoint import (
     CheckpointError,
     check_file_settings,
+    file_setting_problem,
     load_checkpoint,
     settings_from_file,
 )
@@ -67,9 +68,22 @@ class _Parser(argparse.ArgumentParser):
                 message = f"unknown flags: {', '.join(hints)}"
             else:  # a value after a switch (--progress false) or a word on its own
                 stray = [b for b in message.split(":", 1)[1].split() if not b.startswith("-")]
-                message = (f"unexpected values: {', '.join(stray)} (a switch takes no value: "
-                           "--progress or --no-progress)")
+                argv = getattr(self, "argv", [])
+                after = [argv[i - 1] for i, b in enumerate(argv) if i and b in stray
+                         and argv[i - 1].startswith("--")]
+                message = f"unexpected values: {', '.join(stray)}"
+                if after:
+                    switch = after[0].split("=")[0]
+                    switch = "--" + switch[5:] if switch.startswith("--no-") else switch
+                    both = f" or --no-{switch[2:]}" if f"--no-{switch[2:]}" in known else ""
+                    message += f" (a switch takes no value: {switch}{both})"
         raise SystemExit(_fail(f"{self.prog}: {message}; see {self.prog} --help"))
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """argparse's, keeping the words parsed, so that an error can name the flag before a
+        stray value."""
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -195,13 +209,17 @@ def _train(args: argparse.Namespace) -> int:
         if not isinstance(ckpt.get("config"), dict):
             raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
         try:  # the file's settings alone first, so that a refusal blames the file, not a flag
-            base = {k: coerce(k, v) for k, v in ckpt["config"].items() if k in field_names()}
+            stored = {k: v for k, v in ckpt["config"].items() if k in field_names()}
+            typed = next(filter(None, map(file_setting_problem, stored, stored.values())), None)
+            if typed:
+                raise ConfigError(typed)
+            base = {k: coerce(k, v) for k, v in stored.items()}
             base.update({"resume": False, "overwrite": False})
             make_config(**base)
         except ConfigError as e:
             raise CheckpointError(f"{path} holds settings fastdqn refuses ({e}); it is damaged or "
                                   "crafted") from None
-        chosen = load_toml(args.config) if args.config else {}  # your file: yours to trust
+        chosen = load_toml(args.config) if args.config is not None else {}  # yours to trust
         if "env_id" not in explicit and "env_id" not in chosen:
             checkpoint_env(path, base.get("env_id", Config.env_id))
         given = {**chosen, **explicit}
@@ -291,6 +309,7 @@ def _eval(args: argparse.Namespace) -> int:
                                   "a probability; the file is damaged or crafted")
         epsilon = eval_epsilon(saved, env_id)
     plot = None
+    target = _run_target(args.checkpoint, ckpt) if args.compare else None
     if args.compare:
         from matplotlib.backend_bases import FigureCanvasBase
 
@@ -313,7 +332,7 @@ def _eval(args: argparse.Namespace) -> int:
     comparison = None
     if args.compare:
         comparison = compare_policies(policy, env_id, args.episodes, seed, args.num_envs,
-                                      ckpt["config"].get("target_return"), epsilon=epsilon)
+                                      target, epsilon=epsilon)
         out.update(comparison.to_dict())
         out["success_threshold"] = comparison.threshold
         lines = [comparison.table()]
@@ -344,6 +363,20 @@ def _run_seed(path: str, ckpt: dict) -> int:
     except ConfigError as e:
         raise CheckpointError(f"{path}: its run seed is not one fastdqn takes ({e}); the file is "
                               "damaged or crafted") from None
+
+
+def _run_target(path: str, ckpt: dict) -> float | None:
+    """The run's --target-return, which --compare's success rates count against: a finite
+    number or none, as the run's settings take it."""
+    saved = ckpt["config"].get("target_return")
+    try:
+        problem = file_setting_problem("target_return", saved)
+        if problem:
+            raise ConfigError(problem)
+        return check_value("target_return", saved)
+    except ConfigError:
+        raise CheckpointError(f"{path}: its target_return {str(saved)[:20]} is not a finite "
+                              "number or none; the file is damaged or crafted") from None
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:

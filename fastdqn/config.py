@@ -12,6 +12,7 @@ import difflib
 import inspect
 import math
 import numbers
+import os
 import re
 import sys
 import textwrap
@@ -47,14 +48,25 @@ MAX_EPISODE_SEED = ((MAX_SEED + 1) << 34) - 1
 """Largest episode seed a run can give (the last episode of the last stream of MAX_SEED): the
 range of `fastdqn eval --seed`, which names an episode seed, not a run seed."""
 
-MAX_EVAL_EPISODES = 10**9
-"""Most episodes one evaluation plays: its returns and lengths are arrays allocated whole at its
-start, which beyond this could not be (100 is the usual protocol). A resumed checkpoint's own
-settings stay far lower (checkpoint.check_file_settings)."""
+MAX_EVAL_EPISODES = 10**7
+"""Most episodes one evaluation plays: its returns, lengths and end flags are arrays allocated
+whole at its start (10^7 episodes take 170 MB; 10^9 would take 17 GB and fail, after the run
+dir exists), and 100 is the usual protocol. A resumed checkpoint's own settings stay far lower
+(checkpoint.check_file_settings)."""
 
-MAX_THREADS = 2**31 - 1
-"""Largest --num-threads: torch takes a 32-bit count (a resumed checkpoint's own settings stay
-under this machine's cores: checkpoint.check_file_settings)."""
+MAX_THREADS = 1024
+"""Largest --num-threads: OpenMP allocates each thread's state as the pool starts (10^5 threads
+fail with a MemoryError inside torch), and no machine has more cores for one learner (a
+resumed checkpoint's own settings stay under this machine's cores: checkpoint.check_file_settings)."""
+
+MAX_ENVS = 2**16
+"""Largest --num-envs and --eval-envs: per-env arrays are allocated at start (10^9 envs fail
+there, after the run dir exists); EnvPool's largest Atari runs use a few thousand."""
+
+MAX_INT_SETTING = 2**53
+"""Largest value of any whole-number setting: beyond any run (10^6 steps a second for 285
+years), exact as a float, and far enough below int64's limit that a counter's sum with it
+(a target-update interval's step count, a schedule's steps) never overflows."""
 
 ALGOS = ("dqn", "pqn", "reinforce")
 NETWORK_KINDS = ("mlp", "cnn", "rbf", "custom")
@@ -389,6 +401,12 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pqn_lambda <= 1:
             raise ConfigError(f"--pqn-lambda must be in [0, 1], got {self.pqn_lambda}")
+        batch = self.pqn_rollout * self.num_envs
+        if self.algo == "pqn" and self.pqn_minibatches > batch:  # else some would be empty
+            raise ConfigError(f"--pqn-minibatches {self.pqn_minibatches} is more than the "
+                              f"{batch} transitions of a rollout (--pqn-rollout "
+                              f"{self.pqn_rollout} x --num-envs {self.num_envs}); lower it or "
+                              "raise those")
         for f in fields(self):
             if self.algo not in f.metadata.get("algos", ALGOS) and self.is_set(f.name):
                 owners = [a for a in ALGOS if a in f.metadata["algos"]]
@@ -687,6 +705,8 @@ def _check_alone(name: str, value: Any) -> None:
         raise ConfigError(f"{flag} must be <= {MAX_EVAL_EPISODES:,d}, got {value}")
     if name == "num_threads" and value > MAX_THREADS:
         raise ConfigError(f"--num-threads must be <= {MAX_THREADS}, got {value}")
+    if name in ("num_envs", "eval_envs") and value > MAX_ENVS:
+        raise ConfigError(f"{flag} must be <= {MAX_ENVS:,d}, got {value}")
     if name in _AT_LEAST_1 and value < 1:
         raise ConfigError(f"{flag} must be >= 1, got {value}")
     if name in _AT_LEAST_0 and value < 0:
@@ -715,9 +735,9 @@ def _check_alone(name: str, value: Any) -> None:
             raise ConfigError(f"{flag} {show_value(value)[:40]}: over the {MAX_HIDDEN_LAYERS} layers "
                               f"or {MAX_NETWORK_PARAMS:,d} parameters a checkpoint may hold; "
                               "use fewer or smaller layers")
-    if type(value) is int and not -(2**63) <= value < 2**63:
-        raise ConfigError(f"{flag} {_brief(value)} is beyond the 64-bit integers numpy and torch "
-                          "count in; use a smaller number")
+    if type(value) is int and not -MAX_INT_SETTING <= value <= MAX_INT_SETTING:
+        raise ConfigError(f"{flag} {_brief(value)} is beyond any run (over 2**53 = "
+                          f"{MAX_INT_SETTING:,d}); use a smaller number")
 
 
 _AT_LEAST_1 = ("num_envs", "total_timesteps", "batch_size", "buffer_size", "train_every",
@@ -791,6 +811,9 @@ def _read_config_file(name: str, presets: list[str]) -> str:
                           f"({', '.join(presets)})")
     if path.exists() and not path.is_file():
         raise ConfigError(f"config file {name} is not a regular file; give a TOML file")
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"config file {name} is a broken symlink (to {os.readlink(path)}); "
+                          "fix the link or give the file itself")
     if not path.is_file():
         hint = (f"; did you mean the preset {path.stem!r} (--config {path.stem})?"
                 if path.stem in presets else "; check the path")
@@ -801,8 +824,11 @@ def _read_config_file(name: str, presets: list[str]) -> str:
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(f"config file {name} is over {MAX_CONFIG_BYTES:,d} bytes, which no "
                               "settings file is; check the path")
-        return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        return data.decode("utf-8-sig")  # the BOM some editors write is no setting
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {name} is not UTF-8 text (byte {e.start}); TOML files "
+                          "are UTF-8: save it as UTF-8") from None
+    except OSError as e:
         raise ConfigError(f"config file {name} cannot be read ({type(e).__name__}); fix the "
                           "file or its permissions") from None
 
@@ -815,9 +841,12 @@ def load_toml(name_or_path: str) -> dict[str, Any]:
     with a .toml suffix or a folder in it, or naming something that exists, is a path: a file
     is read, a folder refused as one; a bare name is a preset or unknown."""
     names = preset_names()
+    if not name_or_path.strip():
+        raise ConfigError(f"--config {name_or_path!r} names nothing; give a preset name "
+                          f"({', '.join(names)}) or a TOML file, or drop --config")
     path = Path(name_or_path)
     if name_or_path not in names and (path.suffix == ".toml" or path.name != name_or_path
-                                      or path.exists()):
+                                      or path.exists() or path.is_symlink()):
         text = _read_config_file(name_or_path, names)
         where = str(path)
     else:
@@ -838,12 +867,21 @@ def load_toml(name_or_path: str) -> dict[str, Any]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where} is not valid TOML ({e}); fix the file") from None
-    unknown = [k for k in raw if k.replace("-", "_") not in field_names()]
+    except RecursionError:  # arrays nested thousands deep: tomllib recurses once a level
+        raise ConfigError(f"{where} nests arrays or tables too deep for settings; fix the "
+                          "file") from None
+    unknown = sorted(k for k in raw if k.replace("-", "_") not in field_names())
     if unknown:
-        raise ConfigError(
-            f"{where} has unknown keys: {', '.join(sorted(unknown))}; "
-            "see `fastdqn train --help` for the settings"
-        )
+        shown = ", ".join(_brief(k) if not re.fullmatch(r"[\w-]+", k) else k for k in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        raise ConfigError(f"{where} has unknown keys: {shown}{more}; see `fastdqn train --help` "
+                          "for the settings")
+    spelled: dict[str, str] = {}
+    for key in raw:  # num-envs and num_envs are one setting: given twice, one would be ignored
+        name = key.replace("-", "_")
+        if name in spelled:
+            raise ConfigError(f"{where} sets {name} twice ({spelled[name]} and {key}); keep one")
+        spelled[name] = key
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in raw.items()}
 
 
@@ -867,7 +905,7 @@ def make_config(config_file: str | None = None, **overrides: Any) -> Config:
     with make_config, or pass settings to `train(...)`, to get an algorithm's own defaults.
     """
     values: dict[str, Any] = {}
-    if config_file:
+    if config_file is not None:  # "" is refused by name, never read as no file
         values.update(load_toml(config_file))
     for k, v in overrides.items():
         if k not in field_names():

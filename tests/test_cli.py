@@ -736,6 +736,16 @@ def _refused(argv: list[str], capsys) -> str:
     (["--per-alpha", "0.5"], "--per-alpha applies to prioritized replay only"),
     (["--eps-schedule", "per_episode", "--eps-decay-steps", "10"],
      "--eps-decay-steps applies to --eps-schedule linear and exponential only"),
+    (["--num-envs", str(2**63 - 1)], "--num-envs must be <= 65,536"),
+    (["--num-threads", "100000"], "--num-threads must be <= 1024, got 100000"),
+    (["--n-step", str(2**63 - 1)], "--n-step 9223372036854775807 is beyond any run"),
+    (["--target-update-interval", str(2**63 - 1)], "--target-update-interval 92233720368547758"),
+    (["--gradient-steps", str(10**15)], "the indices of "),
+    (["--network", "rbf", "--rbf-fit-steps", str(10**15)],
+     "storing the 1,000,000,000,000,000 observations of --rbf-fit-steps needs"),
+    (["--algo", "pqn", "--pqn-minibatches", str(2**40)], "--pqn-minibatches 1099511627776 is more "
+                                                          "than the 512 transitions of a rollout"),
+    (["--config", ""], "--config '' names nothing; give a preset name"),
 ])
 def test_a_bad_setting_is_refused_before_anything_is_written(argv, message, capsys, tmp_path,
                                                              monkeypatch) -> None:
@@ -753,6 +763,11 @@ def test_a_bad_setting_is_refused_before_anything_is_written(argv, message, caps
     ("lr = inf\n", "--lr: cannot use inf (expected a finite number)"),
     ("seed = 100000000000000000000000\n", "--seed must be in 0..4294967295"),
     ('algo = "reinforce"\nhidden = [64]\n', "--hidden applies to --algo dqn or pqn only"),
+    ("train-every = 2\ntrain_every = 3\n", "run.toml sets train_every twice (train-every and "
+                                           "train_every); keep one"),
+    ("hidden = " + "[" * 5000 + "]" * 5000 + "\n", "run.toml nests arrays or tables too deep"),
+    ("".join(f"k{i} = 1\n" for i in range(20)), "run.toml has unknown keys: k0, k1, k10, k11, "
+                                                 "k12, k13, k14, k15 and 12 more; see"),
 ])
 def test_a_loose_toml_value_is_refused_before_anything_is_written(text, message, capsys,
                                                                   tmp_path, monkeypatch) -> None:
@@ -773,7 +788,11 @@ def test_a_loose_toml_value_is_refused_before_anything_is_written(text, message,
     (["--num-envs", "0"], "--num-envs must be >= 1, got 0"),
     (["--num-envs", "2.5"], "--num-envs: cannot use '2.5' (expected an integer)"),
     (["--episodes", "0"], "--episodes must be >= 1, got 0"),
-    (["--episodes", "1000000000000"], "--episodes must be <= 1,000,000,000, got 1000000000000"),
+    (["--episodes", "1000000000000"], "--episodes must be <= 10,000,000, got 1000000000000"),
+    (["--episodes", "1000000000"], "--episodes must be <= 10,000,000, got 1000000000"),
+    (["--num-envs", str(2**63 - 1)], "--num-envs must be <= 65,536, got 9223372036854775807"),
+    (["--json", "out.json"], "fastdqn: unexpected values: out.json (a switch takes no value: "
+                             "--json)"),
     (["--episodes", "true"], "--episodes: cannot use 'true' (expected an integer)"),
     (["--epsilon", "1.5"], "--epsilon must be in [0, 1] (or none), got 1.5"),
     (["--epsilon", "nan"], "--epsilon: cannot use 'nan' (expected a finite number or none)"),
@@ -874,3 +893,25 @@ def test_a_config_path_that_is_no_settings_file_is_refused(tmp_path, capsys) -> 
     folder = tmp_path / "dir.toml"
     folder.mkdir()
     assert "is a folder" in _refused(["train", "--config", str(folder)], capsys)
+
+
+def test_a_config_file_is_utf8_text_a_bom_allowed_and_a_broken_link_named(tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    """An editor's BOM is no setting; other encodings and a dangling symlink (even one named
+    like no preset) are one line naming what the file is."""
+    from fastdqn.config import load_toml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfnum_envs = 3\n")
+    assert load_toml("bom.toml") == {"num_envs": 3}
+    (tmp_path / "latin.toml").write_bytes("# caf\u00e9\nnum_envs = 3\n".encode("latin-1"))
+    err = _refused(["train", "--config", "latin.toml"], capsys)
+    assert err == ("error: config file latin.toml is not UTF-8 text (byte 5); TOML files are "
+                   "UTF-8: save it as UTF-8")
+    (tmp_path / "wide.toml").write_bytes("num_envs = 3\n".encode("utf-16"))
+    assert "is not UTF-8 text" in _refused(["train", "--config", "wide.toml"], capsys)
+    os.symlink(tmp_path / "gone.toml", tmp_path / "settings")
+    err = _refused(["train", "--config", "settings"], capsys)
+    assert err.startswith("error: config file settings is a broken symlink (to "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bom.toml", "latin.toml", "settings", "wide.toml"]

@@ -82,11 +82,21 @@ RULES = [
     ({"hidden": (8,) * 65}, "over the 64 layers"),
     ({"policy_hidden": (10**20,)}, "--policy-hidden 100000000000000000000: over the 64 layers"),
     ({"device": "cuda:128"}, "unknown --device 'cuda:128'"),
-    ({"num_threads": 2**31}, "--num-threads must be <= 2147483647, got 2147483648"),
-    ({"solve_episodes": 10**12}, "--solve-episodes must be <= 1,000,000,000, got 1000000000000"),
+    ({"num_threads": 2**31}, "--num-threads must be <= 1024, got 2147483648"),
+    ({"num_threads": 100_000}, "--num-threads must be <= 1024, got 100000"),
+    ({"solve_episodes": 10**12}, "--solve-episodes must be <= 10,000,000, got 1000000000000"),
+    ({"eval_episodes": 10**9, "solve_episodes": 10**9}, "--eval-episodes must be <= 10,000,000"),
+    ({"num_envs": 10**9}, "--num-envs must be <= 65,536, got 1000000000"),
+    ({"eval_envs": 2**63 - 1}, "--eval-envs must be <= 65,536"),
     ({"total_timesteps": 10**30}, "--total-timesteps 1000000000000000000000000000000 is beyond "
-                                  "the 64-bit integers numpy and torch count in"),
-    ({"n_step": 2**63}, "--n-step 9223372036854775808 is beyond the 64-bit integers"),
+                                  "any run (over 2**53 = 9,007,199,254,740,992)"),
+    ({"n_step": 2**63}, "--n-step 9223372036854775808 is beyond any run"),
+    ({"target_update_interval": 2**63 - 1}, "--target-update-interval 9223372036854775807 is "
+                                            "beyond any run"),
+    ({"eps_decay_steps": 2**53 + 1}, "--eps-decay-steps 9007199254740993 is beyond any run"),
+    ({"algo": "pqn", "num_envs": 2, "pqn_rollout": 3, "pqn_minibatches": 7},
+     "--pqn-minibatches 7 is more than the 6 transitions of a rollout (--pqn-rollout 3 x "
+     "--num-envs 2)"),
     ({"eval_episodes": 20, "solve_episodes": 10}, "--solve-episodes 10 is below --eval-episodes 20"),
 ]
 
@@ -112,6 +122,9 @@ def test_valid_devices(device):
     {"vector": "envpool"},
     {"batch_size": 64, "buffer_size": 64}, {"eps_schedule": "per_episode", "eps_episode_decay": 1.0},
     {"hidden": (1,)}, {"seed": 0}, {"seed": 2**32 - 1}, {"device": "cuda:127"},
+    {"num_threads": 1024}, {"num_envs": 2**16, "eval_envs": 2**16},
+    {"total_timesteps": 2**53, "eval_every": 2**53, "target_update_interval": 2**53},
+    {"algo": "pqn", "num_envs": 2, "pqn_rollout": 3, "pqn_minibatches": 6},
     {"resume": True}, {"overwrite": True}, {"env_timeout": 0.0}, {"env_timeout": 0.5},
     {"save_buffer": True},
 ])
