@@ -12,6 +12,7 @@ those methods is an agent.
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import time
@@ -147,12 +148,25 @@ def resume_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
+_TEMP_NAME = re.compile(rf"\.(?:{'|'.join(map(re.escape, RUN_FILES))})\.[a-z0-9_]+\.tmp")
+"""The temp file of an atomic write of a run file (`tempfile.mkstemp`'s `.NAME.XXXXXXXX.tmp`)."""
+
+
 def _is_run_file(p: Path) -> bool:
     name = p.name
     if not p.is_file() or p.is_symlink():
         return False
     return (name in RUN_FILES or name.startswith("events.out.tfevents.")
-            or (name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)))
+            or _TEMP_NAME.fullmatch(name) is not None)
+
+
+def remove_temp_run_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files that a kill -9 left from atomic writes of fastdqn's own files (a
+    resume tidies with it): a user's `.notes.tmp` in the run dir is not one and stays."""
+    stale = [p for p in run_dir.iterdir() if _TEMP_NAME.fullmatch(p.name) and _is_run_file(p)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _holds_run_files(run_dir: Path) -> bool:
@@ -224,7 +238,8 @@ class Signals:
         self.received = signum
 
     def __enter__(self) -> Signals:
-        if threading.current_thread() is threading.main_thread():
+        """Install the handlers (a second enter, while they are installed, changes nothing)."""
+        if not self._saved and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._saved[s] = signal.signal(s, self._handler)
         return self
@@ -364,7 +379,8 @@ class Run:
     def __init__(self, cfg: Config, *, run_dir: Path, device: torch.device,
                  target_return: float | None, obs_space, act_space, ckpt: dict | None,
                  timer: StageTimer, env_factory: EnvFactory | None,
-                 eval_env_factory: EnvFactory | None, envs=None) -> None:
+                 eval_env_factory: EnvFactory | None, envs=None,
+                 signals: Signals | None = None) -> None:
         self.cfg, self.run_dir, self.device, self.timer = cfg, run_dir, device, timer
         self.target_return, self.ckpt = target_return, ckpt
         self.obs_space, self.act_space = obs_space, act_space
@@ -384,7 +400,8 @@ class Run:
         self.start = time.perf_counter() - self.c.wall_time
         self.evaluator = Evaluator(cfg, self.c, target_return, self._play, self.logger,
                                    lambda: time.perf_counter() - self.start)
-        self.signals = Signals()
+        # the caller's handlers when it installed them before the agent's set-up and the envs
+        self.signals = signals if signals is not None else Signals()
         self.window = (time.perf_counter(), self.c.step)
         self.sps = 0.0
         self.logged_episodes = self.c.episodes

@@ -15,13 +15,14 @@ import torch
 from . import native
 from .atari import is_minatar, reports_life_loss
 from .checkpoint import (
+    MAX_COUNT,
     CheckpointError,
     check_declared_size,
     check_generator_state,
+    is_count,
     is_whole,
     load_checkpoint,
     network_of,
-    remove_temp_files,
 )
 from .cnn import architecture, channels_last_of, resolve_network
 from .config import Config, ConfigError
@@ -39,11 +40,13 @@ from .replay import check_fits, check_replay_fits, torch_dtype
 from .run import (
     Counters,
     Run,
+    Signals,
     TrainingDiverged,
     TrainResult,
     default_run_dir,
     divergence_message,
     prepare_run_dir,
+    remove_temp_run_files,
     resume_checkpoint,
 )
 from .seeds import Purpose, generator_seed
@@ -120,7 +123,9 @@ def _check_counters(path: Path, counters: object, train_every: int) -> None:
     and `due` below the saving run's --train-every, as its saves leave it (due sizes the next
     block of sampled batches: 10^12 from a file would be a terabyte of indices)."""
     names = {f.name for f in fields(Counters)}
-    if not isinstance(counters, dict) or not set(counters) <= names:
+    if not isinstance(counters, dict) or not names - {"best_step"} <= set(counters) <= names:
+        # every fastdqn wrote them all (best_step came later): a missing one would silently
+        # restart its count from zero under the trained weights
         raise CheckpointError(f"{path}: its counters are not fastdqn's; the file is damaged or "
                               "crafted")
     c = Counters(**counters)
@@ -149,7 +154,9 @@ def _counts_problem(c: Counters) -> str | None:
     for name in ("step", "iteration", "episodes", "next_eval", "next_checkpoint", "next_log"):
         if getattr(c, name) < 0:
             return f"{name} {getattr(c, name)} is negative"
-    if not (type(c.best_step) is int and c.best_step >= -1):
+        if not is_count(getattr(c, name)):
+            return f"{name} {getattr(c, name)} is beyond any run (over {MAX_COUNT:,d})"
+    if not is_count(c.best_step, -1):
         return f"best_step {str(c.best_step)[:20]} is not a step"
     for name in ("wall_time", "best_eval"):
         v = getattr(c, name)
@@ -158,13 +165,13 @@ def _counts_problem(c: Counters) -> str | None:
             return f"{name} {str(v)[:20]} is not a number a run records"
     if not all(type(r) in (int, float) and math.isfinite(r) for r in c.returns):
         return "a return is not a finite number"
-    if not all(is_whole(n, 1) for n in c.lengths):
+    if not all(is_count(n, 1) for n in c.lengths):
         return "an episode length is not a whole number >= 1"
-    if not (all(is_whole(s) for s in c.end_steps)
+    if not (all(is_count(s) for s in c.end_steps)
             and all(a <= b for a, b in zip(c.end_steps, c.end_steps[1:]))
             and all(s <= c.step for s in c.end_steps[-1:])):
         return f"the episodes' end steps are not in order up to step {c.step}"
-    if not all(isinstance(e, dict) and is_whole(e.get("step")) and _plain(e) for e in c.evals):
+    if not all(isinstance(e, dict) and is_count(e.get("step")) and _plain(e) for e in c.evals):
         return "an evaluation record is not one a run writes"
     return None
 
@@ -176,7 +183,9 @@ def _plain(value: object) -> bool:
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     if isinstance(value, list):
         return all(_plain(v) for v in value)
-    return value is None or type(value) in (str, int, float, bool)
+    if type(value) is float:  # json.dumps would write NaN or Infinity, which JSON has not
+        return math.isfinite(value)
+    return value is None or type(value) in (str, int, bool)
 
 
 def _check_env_starts(path: Path, starts: object) -> None:
@@ -219,6 +228,16 @@ def check_learner_fits(cfg: Config, obs_space, n_actions: int, device: torch.dev
     if cfg.algo == "dqn":  # inputs, activations and gradients of online and target, float32
         nbytes = cfg.batch_size * 4 * (3 * in_dim + 4 * width)
         what, fix = f"a learner batch of {cfg.batch_size:,d} rows", "lower --batch-size"
+        k = -(-cfg.num_envs * cfg.gradient_steps // cfg.train_every)  # batches drawn at once
+        if k * cfg.batch_size * 8 > nbytes:
+            what = (f"the indices of {k:,d} batches drawn at once (--num-envs x "
+                    "--gradient-steps / --train-every)")
+            fix = "lower --gradient-steps or --batch-size"
+        nbytes += k * cfg.batch_size * 8
+        if cfg.network == "rbf":  # the scaler's fit keeps every observation, float64, in RAM
+            check_fits(cfg.rbf_fit_steps * in_dim * 8, torch.device("cpu"),
+                       f"storing the {cfg.rbf_fit_steps:,d} observations of --rbf-fit-steps",
+                       "lower --rbf-fit-steps")
     elif cfg.algo == "pqn":  # the rollout's rows, and one minibatch's activations
         steps = cfg.pqn_rollout * cfg.num_envs
         nbytes = steps * (obs_bytes + 22) + steps // cfg.pqn_minibatches * 4 * (in_dim + 4 * width)
@@ -339,6 +358,10 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             ray.shutdown()
         raise
 
+    # From here a SIGINT/SIGTERM is the run's to handle, the slow start included (the agent's
+    # set-up, e.g. the RBF fit, and the env workers): the loop then never starts, and finish()
+    # still writes checkpoint.pt, summary.json and the resume line.
+    signals = Signals().__enter__()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
     # Denormal floats (tiny Adam moments late in training) make CPU arithmetic many times
@@ -361,7 +384,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
             agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
             torch.set_rng_state(ckpt["rng"]["torch"])
-            remove_temp_files(run_dir)  # left by a kill -9 during an atomic write
+            remove_temp_run_files(run_dir)  # left by a kill -9 during an atomic write
         if cfg.actors:  # Ape-X: Ray actors step the envs; this process learns (apex.py)
             from .apex import STAGES as APEX_STAGES
             from .apex import make_fleet, train_apex
@@ -372,13 +395,15 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
         run = Run(cfg, run_dir=run_dir, device=device, target_return=target_return,
                   obs_space=obs_space, act_space=act_space, ckpt=ckpt,
                   timer=timer or StageTimer(stages), env_factory=env_factory,
-                  eval_env_factory=eval_env_factory or env_factory, envs=fleet)
+                  eval_env_factory=eval_env_factory or env_factory, envs=fleet,
+                  signals=signals)
         run.attach(agent)
         with run:
             loop(run, agent)
         epsilon = getattr(agent, "epsilon", None)  # REINFORCE explores by sampling its policy
         return run.finish(epsilon=epsilon(run.c) if epsilon is not None else None)
     finally:
+        signals.__exit__()  # restored already, unless the run failed before finish()
         if fleet is not None:  # a Run that failed to start never closed it
             fleet.close()
         elif owns_ray:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -379,3 +380,46 @@ def test_resume_that_reseeds_the_envs_differs(tmp_path, uninterrupted):
     b = interrupted_run(tmp_path, "sync", save_buffer=True, keep_env_starts=False)
     assert b["counters"]["returns"] != uninterrupted["counters"]["returns"]
     assert not torch.equal(uninterrupted["learner"]["params"], b["learner"]["params"])
+
+
+START_MOMENTS = {
+    "envs": "import fastdqn.run as m; name = 'make_vector_env'",
+    "rbf fit": "import fastdqn.dqn as m; name = 'fit_scaler'",
+}
+"""Where a signal lands before the first step: the training envs being built, the RBF fit."""
+
+
+@pytest.mark.parametrize(("moment", "algo", "sig", "code"), [
+    ("envs", "dqn", signal.SIGTERM, 143), ("envs", "pqn", signal.SIGINT, 130),
+    ("envs", "reinforce", signal.SIGTERM, 143), ("rbf fit", "dqn", signal.SIGTERM, 143)])
+def test_a_signal_before_the_first_step_still_leaves_a_resumable_run(tmp_path, moment, algo,
+                                                                     sig, code):
+    """A signal during the run's slow start (the envs, the RBF fit) stops it before its first
+    step as one during the loop does: checkpoint.pt at step 0, summary.json, the resume line
+    (it used to be the default handler's instant death: no file, no line). Resumed, it runs."""
+    run_dir = tmp_path / "run"
+    args = ["train", "--algo", algo, "--env", "CartPole-v1", "--vector", "sync", "--num-envs", "2",
+            "--total-timesteps", "64", "--eval-every", "0", "--eval-episodes", "1",
+            "--solve-episodes", "1", "--seed", "3", "--run-dir", str(run_dir), "--no-progress"]
+    if moment == "rbf fit":
+        args += ["--network", "rbf"]
+    code_text = (f"import signal, sys\n{START_MOMENTS[moment]}\norig = getattr(m, name)\n"
+                 "def hooked(*a, **k):\n"
+                 f"    signal.raise_signal(signal.{sig.name})\n"
+                 "    return orig(*a, **k)\n"
+                 "setattr(m, name, hooked)\nfrom fastdqn.cli import main\n"
+                 f"sys.exit(main({args!r}))\n")
+    r = subprocess.run([sys.executable, "-c", code_text], capture_output=True, text=True,
+                       timeout=600, env=subprocess_env(), cwd=REPO_ROOT,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == code, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"interrupted at 0 steps; checkpoint saved. Resume with: fastdqn train --resume "
+        f"--run-dir {run_dir}")
+    assert "Traceback" not in r.stderr
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 0
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["interrupted"] is True and s["total_env_steps"] == 0 and s["final_eval"] is None
+    r = run_fastdqn("train", "--resume", "--run-dir", str(run_dir), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["total_env_steps"] >= 64

@@ -308,3 +308,18 @@ def test_remove_run_files_deletes_only_fastdqn_files(tmp_path):
     with pytest.raises(ConfigError, match=r"\(\.hidden\.tmp\)"):
         remove_run_files(tmp_path)
     assert (tmp_path / "summary.json").exists()
+
+
+def test_a_resume_tidies_only_fastdqn_temp_files_never_a_users(tmp_path):
+    """Resuming deletes the temp files a kill -9 left from fastdqn's atomic writes, and no other
+    dot-file ending in .tmp (it used to delete every `.*.tmp` in the run dir: a user's too)."""
+    d = tmp_path / "run"
+    train(**TINY_RUN, run_dir=str(d))
+    mine = [".notes.tmp", ".checkpoint.pt.tmp", ".my.checkpoint.pt.x.tmp"]
+    for name in mine:
+        (d / name).write_text("mine")
+    (d / ".checkpoint.pt.k2j4_x9a.tmp").write_bytes(b"left by a kill -9")
+    train(**{**TINY_RUN, "total_timesteps": 2 * TINY_RUN["total_timesteps"]}, run_dir=str(d),
+          resume=True)
+    assert not (d / ".checkpoint.pt.k2j4_x9a.tmp").exists()
+    assert all((d / name).read_text() == "mine" for name in mine)
