@@ -223,9 +223,10 @@ def prepare_run_dir(cfg: Config) -> Path:
 class Signals:
     """SIGINT / SIGTERM ask the loop to stop after its iteration (it checkpoints and exits);
     a second one leaves at once through KeyboardInterrupt, checkpoint.pt staying intact.
-    Handlers are installed only in the main thread (Python allows no other). A run keeps them
-    from its loop's start to the end of `Run.finish`: a signal during the final evaluation
-    or the last writes is the first one, not the default handler's instant death."""
+    Handlers are installed only in the main thread (Python allows no other). `train` installs
+    them as soon as the run dir exists and keeps them to the end of `Run.finish`: a signal during
+    start-up, the final evaluation or the last writes is the first one, not the default handler's
+    instant death."""
 
     def __init__(self) -> None:
         self.received: int | None = None
