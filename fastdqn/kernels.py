@@ -83,10 +83,8 @@ def td_grad(out: np.ndarray, out_target: np.ndarray, idx: np.ndarray, actions: n
             if q_choose[j] > q_choose[best]:
                 best = j
         r = idx[i]
-        a = actions[r]
-        if a < 0 or a >= n_actions:
-            return i
         y = rewards[r] + discounts[r] * (one - dones[r]) * q_next[best]
+        a = actions[r]  # in range: checked by the loop above
         q_a = out[i, first + a]
         if dueling:
             mean_adv = np.float32(0.0)
