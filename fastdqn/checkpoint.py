@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, reads
+from .config import MAX_INT_SETTING, Config, ConfigError, reads
 from .networks import MLP
 
 FORMAT = "fastdqn-checkpoint/1"
@@ -137,9 +137,10 @@ def _zip_problem(path: Path) -> str | None:
             members = z.infolist()
     except Exception:  # unreadable as a zip (any way): the checks below report it
         return None
-    if members and min(m.header_offset for m in members) != 0:
-        return (f"its first zip member starts at byte {min(m.header_offset for m in members):,d}"
-                ", not at the start of the file as torch writes it")
+    first = min((m.header_offset for m in members), default=0)
+    if first != 0:
+        return (f"its first zip member starts at byte {first:,d}, not at the start of the file "
+                "as torch writes it")
     seen: set[str] = set()
     for m in members:
         name = m.filename.split("/", 1)[-1]
@@ -380,15 +381,23 @@ def is_whole(value: object, low: int = 0) -> bool:
     return type(value) is int and value >= low
 
 
-MAX_COUNT = 2**53
-"""Most steps, updates or episodes a checkpoint's counters may hold: far beyond any run (10^6
-steps a second for 285 years), exact as a float (SPS, summary.json), and far enough below
-int64's limit that a resumed run's additions, TensorBoard's steps and numpy never overflow."""
+MAX_COUNT = MAX_INT_SETTING
+"""Most steps, updates or episodes a checkpoint's counters may hold: the bound of every
+whole-number setting (config.MAX_INT_SETTING), so a resumed run's additions, TensorBoard's
+steps and numpy never overflow."""
 
 
 def is_count(value: object, low: int = 0) -> bool:
     """A whole number from `low` to MAX_COUNT: a count a run can have reached."""
     return is_whole(value, low) and value <= MAX_COUNT
+
+
+def check_count(path: str | os.PathLike, where: str, value: object, what: str) -> None:
+    """The checkpoint's `where` is a count (is_count) of `what`; a one-line CheckpointError
+    otherwise."""
+    if not is_count(value):
+        raise CheckpointError(f"{path}: {where} is {str(value)[:20]}, not a count of {what}; "
+                              f"{DAMAGED}")
 
 
 def check_generator_state(path: str | os.PathLike, where: str, state: object,

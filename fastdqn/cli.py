@@ -303,13 +303,11 @@ def _eval(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else eval_seed(_run_seed(args.checkpoint, ckpt))
     epsilon = args.epsilon
     if epsilon is None:  # the run's own; a checkpoint from before --eval-epsilon has none
-        saved = ckpt["config"].get("eval_epsilon")
-        if not (saved is None or (type(saved) in (int, float) and 0 <= saved <= 1)):
-            raise CheckpointError(f"{args.checkpoint}: its eval_epsilon {str(saved)[:20]} is not "
-                                  "a probability; the file is damaged or crafted")
+        saved = _run_setting(args.checkpoint, ckpt, "eval_epsilon", "a probability")
         epsilon = eval_epsilon(saved, env_id)
     plot = None
-    target = _run_target(args.checkpoint, ckpt) if args.compare else None
+    target = (_run_setting(args.checkpoint, ckpt, "target_return", "a finite number or none")
+              if args.compare else None)
     if args.compare:
         from matplotlib.backend_bases import FigureCanvasBase
 
@@ -365,18 +363,19 @@ def _run_seed(path: str, ckpt: dict) -> int:
                               "damaged or crafted") from None
 
 
-def _run_target(path: str, ckpt: dict) -> float | None:
-    """The run's --target-return, which --compare's success rates count against: a finite
-    number or none, as the run's settings take it."""
-    saved = ckpt["config"].get("target_return")
+def _run_setting(path: str, ckpt: dict, name: str, what: str) -> float | None:
+    """The run's own setting `name` (--eval-epsilon, the default epsilon; --target-return,
+    which --compare's success rates count against), stored as fastdqn writes it and checked by
+    that setting's rules: a file that fails them is `what` it should be, damaged or crafted."""
+    saved = ckpt["config"].get(name)
     try:
-        problem = file_setting_problem("target_return", saved)
+        problem = file_setting_problem(name, saved)
         if problem:
             raise ConfigError(problem)
-        return check_value("target_return", saved)
+        return check_value(name, saved)
     except ConfigError:
-        raise CheckpointError(f"{path}: its target_return {str(saved)[:20]} is not a finite "
-                              "number or none; the file is damaged or crafted") from None
+        raise CheckpointError(f"{path}: its {name} {str(saved)[:20]} is not {what}; the file is "
+                              "damaged or crafted") from None
 
 
 def check_fits_env(path: str, net, env_id: str) -> None:

@@ -15,6 +15,7 @@ from .atari import auto_on, is_minatar, sign_rewards
 from .checkpoint import (
     DAMAGED,
     CheckpointError,
+    check_count,
     check_generator_state,
     check_optimizer_state,
     is_count,
@@ -536,9 +537,7 @@ class DQN:
             if self.rbf is None:
                 check_state(path, learner.get("target"), self.learner.online, "learner.target")
             else:
-                shape = (self.net.num_params,)
-                _check_shapes(path, {"learner.params": (learner["params"], shape)})
-                _check_flat_learner(path, learner, shape)
+                _check_flat_learner(path, learner, (self.net.num_params,))
         if isinstance(self.learner, ReferenceLearner):
             check_optimizer_state(path, learner.get("optimizer"), self.learner.params)
         buffer = ckpt.get("buffer", {})
@@ -583,10 +582,7 @@ class DQN:
         check_generator_state(path, "rng.act", rngs.get("act"), self.act_gen)
         if "per" in rngs:
             check_generator_state(path, "rng.per", rngs["per"], self.learner.per_generator)
-        steps = learner.get("steps")
-        if not is_count(steps):
-            raise CheckpointError(f"{path}: learner.steps is {str(steps)[:20]}, not a count of "
-                                  f"learner steps; {DAMAGED}")
+        check_count(path, "learner.steps", learner.get("steps"), "learner steps")
 
     def load_state_dict(self, ckpt: dict) -> None:
         try:

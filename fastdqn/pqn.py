@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    DAMAGED,
     CheckpointError,
+    check_count,
     check_generator_state,
     check_module_state,
     check_optimizer_state,
-    is_count,
 )
 from .config import Config
 from .envs import real_next_obs
@@ -269,9 +268,7 @@ class PQN:
         learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
         check_module_state(path, learner.get("online"), self.net, "learner.online", "PQN network")
         check_optimizer_state(path, learner.get("optimizer"), [self.flat])
-        if not is_count(learner.get("steps")):
-            raise CheckpointError(f"{path}: learner.steps is {str(learner.get('steps'))[:20]}, "
-                                  f"not a count of updates; {DAMAGED}")
+        check_count(path, "learner.steps", learner.get("steps"), "updates")
         rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
         check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
         check_generator_state(path, "rng.shuffle", rng.get("shuffle"), self.shuffle_gen)

@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from .checkpoint import (
     DAMAGED,
     CheckpointError,
+    check_count,
     check_declared_size,
     check_generator_state,
     check_module_state,
     check_optimizer_state,
-    is_count,
     is_whole,
 )
 from .config import Config
@@ -517,9 +517,7 @@ class Reinforce:
         check_module_state(path, learner.get("weights"), self.net, "learner.weights",
                            "policy network")
         check_optimizer_state(path, learner.get("optimizer"), list(self.net.parameters()))
-        if not is_count(learner.get("updates")):
-            raise CheckpointError(f"{path}: learner.updates is {str(learner.get('updates'))[:20]}"
-                                  f", not a count of updates; {DAMAGED}")
+        check_count(path, "learner.updates", learner.get("updates"), "updates")
         rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
         check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
         episodes = ckpt.get("episodes") if isinstance(ckpt.get("episodes"), dict) else {}

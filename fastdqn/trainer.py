@@ -114,7 +114,7 @@ def check_compatible(ckpt: dict, cfg: Config, obs_shape: tuple, n_actions: int,
     check_generator_state(path, "rng.torch", rng.get("torch"), torch.default_generator)
     saved_every = ckpt["config"].get("train_every") if isinstance(ckpt["config"], dict) else None
     _check_counters(path, ckpt["counters"],
-                    saved_every if type(saved_every) is int and saved_every >= 1
+                    saved_every if is_whole(saved_every, 1)
                     else cfg.train_every)
 
 
