@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastdqn.apex import Actor, actor_epsilons, require_ray  # noqa: E402
-from fastdqn.config import make_config  # noqa: E402
-from fastdqn.dqn import DQN  # noqa: E402
-from fastdqn.envs import probe_env  # noqa: E402
-from fastdqn.run import Counters  # noqa: E402
+from fastdqn.algos.apex import Actor, actor_epsilons, require_ray  # noqa: E402
+from fastdqn.algos.contract import Counters  # noqa: E402
+from fastdqn.algos.dqn.agent import DQN  # noqa: E402
+from fastdqn.config.settings import make_config  # noqa: E402
+from fastdqn.envs.vector import probe_env  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdqn.learner import Learner
-from fastdqn.networks import MLP
-from fastdqn.prioritized import PrioritizedSampler
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import ReplayBuffer
+from fastdqn.learners.flat import Learner
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.prioritized import PrioritizedSampler
+from fastdqn.replay.rows import ReplayBuffer
 
 
 def time_route(learner: Learner | ReferenceLearner, buffer: ReplayBuffer, steps: int, batch: int,

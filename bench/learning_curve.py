@@ -61,7 +61,7 @@ def curve(summary: dict) -> dict:
 
 def random_baseline(env_id: str, episodes: int) -> float:
     """Mean return of uniformly random actions over `episodes` episodes (seeds 0..episodes-1)."""
-    from fastdqn.atari import make_env
+    from fastdqn.envs.atari import make_env
 
     env = make_env(env_id)
     env.action_space.seed(0)

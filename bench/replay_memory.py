@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from fastdqn.frames import FrameReplay
-from fastdqn.replay import ReplayBuffer
+from fastdqn.replay.frames import FrameReplay
+from fastdqn.replay.rows import ReplayBuffer
 
 GiB = 2**30
 

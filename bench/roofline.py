@@ -92,9 +92,9 @@ def time_mm(m: int, k: int, n: int, dtype: torch.dtype, min_time: float) -> floa
 def fused_step_seconds(args: argparse.Namespace, native: bool = True) -> float:
     """The whole fused CPU learner step (gather to target update) at these sizes, per step:
     the native one (csrc/), or with `native` False the Numba one."""
-    from fastdqn.learner import Learner
-    from fastdqn.networks import MLP
-    from fastdqn.replay import ReplayBuffer
+    from fastdqn.learners.flat import Learner
+    from fastdqn.nets.mlp import MLP
+    from fastdqn.replay.rows import ReplayBuffer
 
     hidden = tuple(int(h) for h in args.hidden.split(","))
     net = MLP(args.in_dim, args.n_actions, hidden)

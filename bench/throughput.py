@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from fastdqn import __version__, train
-from fastdqn.config import make_config
-from fastdqn.envs import make_vector_env
-from fastdqn.logger import StageTimer
-from fastdqn.pqn import STAGES as PQN_STAGES
-from fastdqn.trainer import STAGES, resolve_device
+from fastdqn.algos.dqn.agent import STAGES
+from fastdqn.algos.pqn import STAGES as PQN_STAGES
+from fastdqn.config.settings import make_config
+from fastdqn.core.device import resolve_device
+from fastdqn.core.logger import StageTimer
+from fastdqn.envs.vector import make_vector_env
 
 VECTORS = ("sharded", "async", "sync", "envpool")
 PEERS = ("sb3", "tianshou", "torchrl")

@@ -5,11 +5,9 @@
     result.policy(obs_batch)          # greedy actions
 """
 
-__version__ = "0.1.0"
-
-from .config import Config, ConfigError, make_config  # noqa: E402
-from .envs import EnvError  # noqa: E402
-from .evaluate import (  # noqa: E402
+from fastdqn.config.settings import Config, make_config
+from fastdqn.errors import ConfigError, EnvError, TrainingDiverged
+from fastdqn.evaluation.episodes import (
     Comparison,
     HeuristicPolicy,
     Policy,
@@ -20,7 +18,9 @@ from .evaluate import (  # noqa: E402
     run_episodes,
     save_gif,
 )
-from .trainer import TrainingDiverged, TrainResult, train  # noqa: E402
+from fastdqn.runtime.run import TrainResult
+from fastdqn.runtime.train import train
+from fastdqn.version import __version__
 
 __all__ = ["Comparison", "Config", "ConfigError", "EnvError", "HeuristicPolicy", "Policy",
            "RandomPolicy", "TrainResult", "TrainingDiverged", "compare_policies", "load_policy",

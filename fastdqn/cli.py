@@ -17,19 +17,11 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import (
-    CheckpointError,
-    check_file_settings,
-    file_setting_problem,
-    load_checkpoint,
-    settings_from_file,
-)
-from .config import (
+from fastdqn.config.settings import (
     ALGO_DEFAULTS,
     ALGOS,
     CONDITIONS,
     Config,
-    ConfigError,
     check_episode_seed,
     check_value,
     coerce,
@@ -41,7 +33,13 @@ from .config import (
     reads,
     show_value,
 )
-from .selfcheck import RouteFallbackWarning
+from fastdqn.core.checkpoint import (
+    check_file_settings,
+    file_setting_problem,
+    load_checkpoint,
+    settings_from_file,
+)
+from fastdqn.errors import CheckpointError, ConfigError, RouteFallbackWarning
 
 SHORT = {"env_id": "--env"}
 
@@ -196,8 +194,9 @@ def checkpoint_env(path: str | os.PathLike, env_id: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .envs import EnvError
-    from .trainer import TrainingDiverged, default_run_dir, resume_checkpoint, train
+    from fastdqn.errors import EnvError, TrainingDiverged
+    from fastdqn.runtime.run import default_run_dir, resume_checkpoint
+    from fastdqn.runtime.train import train
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
@@ -274,9 +273,10 @@ def _output(value: str, flag: str, suffixes: list[str]) -> Path:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .atari import eval_epsilon
-    from .evaluate import (
-        DisplayError,
+    from fastdqn.core.device import resolve_device
+    from fastdqn.envs.atari import eval_epsilon
+    from fastdqn.errors import DisplayError
+    from fastdqn.evaluation.episodes import (
         compare_policies,
         eval_seed,
         load_policy,
@@ -284,7 +284,6 @@ def _eval(args: argparse.Namespace) -> int:
         run_episodes,
         save_gif,
     )
-    from .trainer import resolve_device
 
     # each flag that means what a training setting means is checked by that setting's rules
     args.episodes = check_value("eval_episodes", args.episodes, "--episodes")
@@ -384,7 +383,7 @@ def check_fits_env(path: str, net, env_id: str) -> None:
     here (same ids can change shape)."""
     import numpy as np
 
-    from .envs import probe_env
+    from fastdqn.envs.vector import probe_env
 
     obs_space, act_space, _ = probe_env(env_id)
     shape = getattr(net, "obs_shape", None)

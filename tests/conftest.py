@@ -15,8 +15,8 @@ import torch
 from gymnasium.wrappers import TimeLimit
 from scripted_envs import env_id as scripted_env_id
 
-from fastdqn.networks import MLP
-from fastdqn.replay import Batch
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.rows import Batch
 
 CUDA_DEVICES = [
     pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(),

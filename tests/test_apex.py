@@ -26,15 +26,16 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn import ConfigError, train
-from fastdqn.apex import Actor, actor_epsilons, require_ray
-from fastdqn.config import make_config
-from fastdqn.dqn import DQN
-from fastdqn.envs import make_vector_env, real_next_obs
-from fastdqn.prioritized import PrioritizedSampler
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import FIELDS, Batch
-from fastdqn.seeds import TRAIN, episode_seed
+from fastdqn import train
+from fastdqn.algos.apex import Actor, actor_epsilons, require_ray
+from fastdqn.algos.dqn.agent import DQN
+from fastdqn.config.settings import make_config
+from fastdqn.core.seeds import TRAIN, episode_seed
+from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.errors import ConfigError
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.replay.prioritized import PrioritizedSampler
+from fastdqn.replay.rows import FIELDS, Batch
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="the ray extra is not installed")
@@ -170,7 +171,7 @@ def test_apex_settings_are_refused_in_one_line(settings, message):
 
 
 def test_the_frame_replay_is_refused_with_actors():
-    from fastdqn.trainer import check_dqn_env
+    from fastdqn.runtime.train import check_dqn_env
 
     stacks = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # what --frame-replay auto takes
     with pytest.raises(ConfigError, match="--frame-replay off"):
@@ -269,7 +270,7 @@ def kill_actor_after_blocks(monkeypatch, index: int, after: int) -> dict:
 
     Returns what the loop saw: `killed`, `lost` (its "actor `index` lost" lines) and
     `after_loss` (blocks from it after the first of them: the restarted actor's)."""
-    from fastdqn.apex import Fleet
+    from fastdqn.algos.apex import Fleet
 
     seen = {"blocks": 0, "killed": False, "lost": 0, "after_loss": 0}
     real = Fleet.poll
@@ -298,7 +299,7 @@ def test_a_two_node_cluster_survives_losing_an_actor_on_its_second_node(tmp_path
     delivered a block and a TensorBoard log has followed the loss (the budget is only a cap)."""
     from ray.cluster_utils import Cluster
 
-    from fastdqn.run import Run
+    from fastdqn.runtime.run import Run
 
     seen = kill_actor_after_blocks(monkeypatch, 1, 3)
     real_running = Run.running
@@ -372,7 +373,7 @@ def test_sigint_checkpoints_stops_every_actor_and_leaves_no_ray_process(tmp_path
     assert "interrupted at" in err and "checkpoint saved" in err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["interrupted"] is True
-    from fastdqn.checkpoint import load_checkpoint
+    from fastdqn.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["counters"]["step"] == summary["total_env_steps"] > 0

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import run_fastdqn
 
-from fastdqn import ConfigError
-from fastdqn.atari import make_env, register, reports_life_loss
-from fastdqn.envs import life_loss_of, make_vector_env, probe_env
+from fastdqn.envs.atari import make_env, register, reports_life_loss
+from fastdqn.envs.vector import life_loss_of, make_vector_env, probe_env
+from fastdqn.errors import ConfigError
 
 ale_py = pytest.importorskip("ale_py")
 pytest.importorskip("cv2")

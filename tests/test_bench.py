@@ -151,6 +151,16 @@ def test_notebooks_refuses_an_unknown_row() -> None:
     assert r.returncode == 2 and "unknown row nope" in r.stderr
 
 
+def test_same_behaviour_refuses_an_unknown_case_or_commit(tmp_path) -> None:
+    script = str(ROOT / "bench" / "same_behaviour.py")
+    r = subprocess.run([sys.executable, script, "HEAD", "HEAD", "--only", "pqn", "nope"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown case nope" in r.stderr
+    r = subprocess.run([sys.executable, script, "HEAD", "no-such-rev", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a commit: no-such-rev" in r.stderr
+
+
 def test_replay_memory_smoke_measures_both_replays(tmp_path) -> None:
     out = tmp_path / "mem.json"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "replay_memory.py"), "--capacity",

@@ -13,18 +13,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastdqn.checkpoint import (
+from fastdqn.core.checkpoint import (
     FORMAT,
-    CheckpointError,
     atomic_write_bytes,
     atomic_write_json,
     load_checkpoint,
     save_checkpoint,
 )
-from fastdqn.config import ConfigError
-from fastdqn.evaluate import load_policy
-from fastdqn.networks import MLP
-from fastdqn.run import remove_temp_run_files
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.evaluation.episodes import load_policy
+from fastdqn.nets.mlp import MLP
+from fastdqn.runtime.run import remove_temp_run_files
 
 
 def sample_state() -> dict:

@@ -659,7 +659,7 @@ def peak_rss_mb(*args: str) -> tuple[int, float]:
 
 def test_stride_0_bomb_costs_eval_no_memory(run_dir, tmp_path) -> None:
     """324 MB of parameters declared by a small file: eval refuses it before copying them."""
-    from fastdqn.networks import MLP
+    from fastdqn.nets.mlp import MLP
 
     state = torch.load(run_dir / "best.pt", weights_only=True)
     hidden = [9000, 9000]
@@ -814,7 +814,7 @@ def test_eval_refuses_a_missing_accelerator_in_one_line(capsys, tmp_path, monkey
 @pytest.mark.parametrize("seed", [-1, 2**40, True])
 def test_eval_refuses_a_checkpoint_whose_run_seed_no_run_has(cartpole_ckpt, tmp_path, capsys,
                                                              seed) -> None:
-    from fastdqn.checkpoint import load_checkpoint, save_checkpoint
+    from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(cartpole_ckpt)
     state["config"]["seed"] = seed
@@ -839,7 +839,7 @@ def test_each_flag_says_which_algorithms_read_it() -> None:
     import argparse
 
     from fastdqn.cli import build_parser
-    from fastdqn.config import ALGOS, CONDITIONS, field_names, reads
+    from fastdqn.config.settings import ALGOS, CONDITIONS, field_names, reads
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -859,7 +859,7 @@ def test_a_preset_name_is_the_preset_whatever_the_folder_holds(tmp_path, monkeyp
                                                                 capsys) -> None:
     """A folder, or a file without a suffix, named like a preset does not hide the preset;
     ./NAME names the file, and a folder given as a path is refused as a folder."""
-    from fastdqn.config import load_toml
+    from fastdqn.config.settings import load_toml
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "minatar").mkdir()
@@ -899,7 +899,7 @@ def test_a_config_file_is_utf8_text_a_bom_allowed_and_a_broken_link_named(tmp_pa
                                                                           monkeypatch) -> None:
     """An editor's BOM is no setting; other encodings and a dangling symlink (even one named
     like no preset) are one line naming what the file is."""
-    from fastdqn.config import load_toml
+    from fastdqn.config.settings import load_toml
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfnum_envs = 3\n")

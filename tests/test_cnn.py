@@ -14,9 +14,13 @@ import pytest
 import torch
 from conftest import run_fastdqn
 
-from fastdqn import ConfigError, train
-from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastdqn.cnn import (
+from fastdqn import train
+from fastdqn.config.settings import make_config
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.evaluation.episodes import load_policy
+from fastdqn.learners.reference import RMSPROP, ReferenceLearner
+from fastdqn.nets.cnn import (
     MINATAR,
     NATURE,
     ConvQNetwork,
@@ -28,11 +32,8 @@ from fastdqn.cnn import (
     is_image_space,
     resolve_network,
 )
-from fastdqn.config import make_config
-from fastdqn.evaluate import load_policy
-from fastdqn.networks import preprocess
-from fastdqn.reference import RMSPROP, ReferenceLearner
-from fastdqn.replay import Batch, ReplayBuffer
+from fastdqn.nets.mlp import preprocess
+from fastdqn.replay.rows import Batch, ReplayBuffer
 
 needs_minatar = pytest.mark.skipif(importlib.util.find_spec("minatar") is None,
                                    reason="the minatar extra is not installed")
@@ -340,7 +341,7 @@ def test_mlp_on_images_still_works(tmp_path):
 
 
 def test_a_buffer_that_cannot_fit_is_refused_in_one_line(monkeypatch, tmp_path):
-    import fastdqn.replay as replay
+    import fastdqn.replay.rows as replay
 
     monkeypatch.setattr(replay, "available_memory", lambda device: 8 * 10**9)
     with pytest.raises(ConfigError, match=r"needs 56\.5 GB, but only 8\.0 GB is available in RAM; "

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdqn.config import (
+from fastdqn.config.settings import (
     Config,
-    ConfigError,
     coerce,
     field_docs,
     field_names,
@@ -19,6 +18,7 @@ from fastdqn.config import (
     make_config,
     preset_names,
 )
+from fastdqn.errors import ConfigError
 
 
 def test_defaults_validate():
@@ -398,7 +398,7 @@ def test_validate_raises_only_config_error(values):
 @pytest.mark.parametrize("name", ["lunarlander-notebook", "udacity-lunarlander",
                                   "hard-target-fixed-eps"])
 def test_shipped_presets_load_and_apply(name):
-    from fastdqn.config import make_config, preset_names
+    from fastdqn.config.settings import make_config, preset_names
 
     assert name in preset_names()
     cfg = make_config(name, seed=5)
@@ -527,8 +527,8 @@ def test_every_seed_stream_of_the_largest_seed_is_one_numpy_and_torch_take(seed)
     import numpy as np
     import torch
 
-    from fastdqn.config import MAX_EPISODE_SEED, MAX_SEED
-    from fastdqn.seeds import FIT, TRAIN, episode_seed
+    from fastdqn.config.settings import MAX_EPISODE_SEED, MAX_SEED
+    from fastdqn.core.seeds import FIT, TRAIN, episode_seed
 
     assert make_config(seed=seed).seed == seed <= MAX_SEED
     last = episode_seed(seed, FIT, 2**32 - 1)
@@ -540,7 +540,7 @@ def test_every_seed_stream_of_the_largest_seed_is_one_numpy_and_torch_take(seed)
 
 
 def test_an_eval_episode_seed_is_checked_against_the_episodes_it_starts():
-    from fastdqn.config import MAX_EPISODE_SEED, check_episode_seed
+    from fastdqn.config.settings import MAX_EPISODE_SEED, check_episode_seed
 
     assert check_episode_seed("7", 10) == 7
     assert check_episode_seed(MAX_EPISODE_SEED - 9, 10) == MAX_EPISODE_SEED - 9
@@ -552,7 +552,7 @@ def test_an_eval_episode_seed_is_checked_against_the_episodes_it_starts():
 
 
 def test_check_value_names_the_flag_it_checks_for():
-    from fastdqn.config import check_value
+    from fastdqn.config.settings import check_value
 
     assert check_value("eval_envs", "8", "--num-envs") == 8
     for name, value, flag, message in [
@@ -601,13 +601,13 @@ BREAKS = {"adam": {"optimizer": "rmsprop"}, "prioritized": {"prioritized": False
 
 
 def _table():
-    from fastdqn.config import reads
+    from fastdqn.config.settings import reads
 
     return {name: reads(name) for name in field_names()}
 
 
 def test_the_table_covers_every_setting_and_condition():
-    from fastdqn.config import ALGO_DEFAULTS, ALGOS, CONDITIONS, NETWORK_KINDS
+    from fastdqn.config.settings import ALGO_DEFAULTS, ALGOS, CONDITIONS, NETWORK_KINDS
 
     table = _table()
     partial = {n for n, row in table.items()
@@ -642,7 +642,7 @@ def test_every_setting_an_algorithm_does_not_read_is_refused_under_it(algo):
 
 
 def test_a_setting_read_under_a_condition_is_refused_where_it_does_not_hold():
-    from fastdqn.config import CONDITIONS
+    from fastdqn.config.settings import CONDITIONS
 
     checked = 0
     for name, row in _table().items():
@@ -706,8 +706,9 @@ def _reads_in(module: str) -> set[str]:
     return names & set(field_names())
 
 
-MODULES = {"dqn": ["dqn.py", "apex.py"], "pqn": ["pqn.py"], "reinforce": ["reinforce.py"]}
-SHARED = ["run.py", "trainer.py"]
+MODULES = {"dqn": ["algos/dqn/agent.py", "algos/apex.py"], "pqn": ["algos/pqn.py"],
+           "reinforce": ["algos/reinforce.py"]}
+SHARED = ["runtime/run.py", "runtime/train.py"]
 HANDED_ON = {"save_buffer": "run.py hands it to the agent's state_dict(with_buffer), which only "
                             "DQN's replay reads"}
 """Tagged settings an algorithm reads through the run (run.py), not its own module."""
@@ -716,7 +717,7 @@ HANDED_ON = {"save_buffer": "run.py hands it to the agent's state_dict(with_buff
 def test_the_table_matches_the_code_that_reads_each_setting():
     """Each algorithm's module reads every setting tagged as its own, and reads nothing tagged
     as not its own: the table cannot drift from the code."""
-    from fastdqn.config import ALGOS
+    from fastdqn.config.settings import ALGOS
 
     table = _table()
     shared = set().union(*(_reads_in(m) for m in SHARED))
@@ -740,7 +741,7 @@ def test_network_auto_refuses_what_the_network_it_picks_does_not_read():
     import torch
     from gymnasium.spaces import Box
 
-    from fastdqn.trainer import check_dqn_env
+    from fastdqn.runtime.train import check_dqn_env
 
     with pytest.raises(ConfigError) as info:
         check_dqn_env(make_config(hidden=(64,)), Box(0, 255, (4, 84, 84), np.uint8),
@@ -761,7 +762,7 @@ def test_a_network_of_your_own_refuses_the_settings_of_fastdqns_networks(tmp_pat
     import torch
 
     from fastdqn import train
-    from fastdqn.config import reads
+    from fastdqn.config.settings import reads
 
     assert "custom" not in reads(name)["networks"]
     run = tmp_path / "r"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CUDA_DEVICES
 
-from fastdqn import cuda_capture
+from fastdqn.core import cuda_capture
 
 
 def where(device: str) -> tuple:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import episode_length, make_counting_env
 
-from fastdqn import ConfigError, train
-from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastdqn.evaluate import load_policy
+from fastdqn import train
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.evaluation.episodes import load_policy
 
 GAMMA = 0.9
 

@@ -21,11 +21,12 @@ from conftest import run_fastdqn
 
 from fastdqn import train
 from fastdqn.cli import main
-from fastdqn.config import ConfigError
-from fastdqn.envpool_env import EnvPoolVectorEnv, check_envpool, envpool_task, pool_seeds
-from fastdqn.envs import make_vector_env, real_next_obs
-from fastdqn.replay import ReplayBuffer, torch_dtype
-from fastdqn.seeds import TRAIN, episode_seed
+from fastdqn.core.device import torch_dtype
+from fastdqn.core.seeds import TRAIN, episode_seed
+from fastdqn.envs.envpool import EnvPoolVectorEnv, check_envpool, envpool_task, pool_seeds
+from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.errors import ConfigError
+from fastdqn.replay.rows import ReplayBuffer
 
 HAVE_ENVPOOL = importlib.util.find_spec("envpool") is not None
 needs_envpool = pytest.mark.skipif(not HAVE_ENVPOOL,

@@ -31,9 +31,8 @@ from scripted_envs import (
 )
 from scripted_envs import env_id as scripted_env_id
 
-from fastdqn.config import ConfigError
-from fastdqn.envs import (
-    EnvError,
+from fastdqn.core.device import torch_dtype
+from fastdqn.envs.vector import (
     ShardedVectorEnv,
     SyncVectorEnv,
     check_env_id,
@@ -43,7 +42,8 @@ from fastdqn.envs import (
     probe_env,
     real_next_obs,
 )
-from fastdqn.replay import ReplayBuffer, torch_dtype
+from fastdqn.errors import ConfigError, EnvError
+from fastdqn.replay.rows import ReplayBuffer
 
 N_ENVS, N_STEPS, SEED = 3, 30, 5
 
@@ -445,7 +445,7 @@ WIDER = {"float16": torch.float32, "uint16": torch.int32, "uint32": torch.int64,
 
 def stored_rows(run_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.dtype]:
     """obs, next_obs and actions of a --save-buffer checkpoint's rows, and the obs dtype."""
-    from fastdqn.checkpoint import load_checkpoint
+    from fastdqn.core.checkpoint import load_checkpoint
 
     buffer = load_checkpoint(run_dir / "checkpoint.pt")["buffer"]
     return (buffer["obs"].numpy(), buffer["next_obs"].numpy(), buffer["actions"].numpy(),
@@ -483,7 +483,7 @@ def test_every_box_dtype_trains_and_stores_its_observations_exactly(dtype, tmp_p
 def test_the_limits_of_each_dtype_are_stored_exactly(dtype, tmp_path):
     """Ints at their limits and floats at their largest magnitudes (a Box with infinite
     bounds) reach the replay unchanged, on every vector step and n-step window."""
-    from fastdqn.trainer import train
+    from fastdqn.runtime.train import train
 
     def make() -> DtypeObsEnv:
         if dtype == "uint64-below-2**63":
@@ -532,7 +532,7 @@ def test_train_on_an_env_factory_checks_its_spaces(env, tmp_path):
     `.n` of whatever action space it got)."""
     import scripted_envs
 
-    from fastdqn.trainer import train
+    from fastdqn.runtime.train import train
 
     cls = scripted_envs.ENVS[env]
     with pytest.raises(ConfigError, match="actions; DQN needs Discrete|observations; fastdqn "):
@@ -542,7 +542,7 @@ def test_train_on_an_env_factory_checks_its_spaces(env, tmp_path):
 
 @pytest.mark.parametrize("shape", [(), (2, 3), (2, 3, 4)])
 def test_a_scalar_or_multi_dimensional_float_box_trains_an_mlp(shape, tmp_path):
-    from fastdqn.trainer import train
+    from fastdqn.runtime.train import train
 
     class Shaped(DtypeObsEnv):
         def __init__(self) -> None:
@@ -595,7 +595,7 @@ def test_training_and_evaluation_send_the_env_its_own_actions(algo, tmp_path, ca
     `--compare`) reaches a Discrete(3, start=-1) env as index - 1: the env raises on any
     other, and its observation tells which one it received."""
     from fastdqn.cli import main
-    from fastdqn.evaluate import load_policy
+    from fastdqn.evaluation.episodes import load_policy
 
     env_id = scripted_env_id("ShiftedActions-v0")
     run_dir = tmp_path / "run"
@@ -624,8 +624,8 @@ def test_training_and_evaluation_send_the_env_its_own_actions(algo, tmp_path, ca
 
 
 def test_evaluation_episodes_send_each_policy_action_shifted():
-    from fastdqn.evaluate import compare_policies, run_episodes
-    from fastdqn.rbf import fit_scaler
+    from fastdqn.algos.dqn.agent import fit_scaler
+    from fastdqn.evaluation.episodes import compare_policies, run_episodes
 
     env_id = scripted_env_id("ShiftedActions-v0")
     for index in range(3):  # the reward is the action the env received, every step
@@ -643,9 +643,9 @@ def test_evaluation_episodes_send_each_policy_action_shifted():
 
 
 def test_an_apex_actor_sends_its_actions_shifted():
-    from fastdqn.apex import Actor
-    from fastdqn.config import make_config
-    from fastdqn.dqn import DQN
+    from fastdqn.algos.apex import Actor
+    from fastdqn.algos.dqn.agent import DQN
+    from fastdqn.config.settings import make_config
 
     cfg = make_config(env_id="x", vector="sync", num_envs=3, buffer_size=256, batch_size=8,
                       learning_starts=8, actors=1, progress=False)

@@ -11,10 +11,9 @@ import pytest
 import torch
 from conftest import set_layers
 
-from fastdqn.config import ConfigError
-from fastdqn.evaluate import (
+from fastdqn.errors import ConfigError, DisplayError
+from fastdqn.evaluation.episodes import (
     Comparison,
-    DisplayError,
     EvalResult,
     HeuristicPolicy,
     Policy,
@@ -25,7 +24,7 @@ from fastdqn.evaluate import (
     run_episodes,
     save_gif,
 )
-from fastdqn.networks import MLP, QNetwork
+from fastdqn.nets.mlp import MLP, QNetwork
 
 
 class CountingPolicy:

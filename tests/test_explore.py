@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import CUDA_DEVICES
 
-from fastdqn.explore import (
+from fastdqn.algos.explore import (
     ActingQ,
     EpsilonSchedule,
     boltzmann,
@@ -20,9 +20,9 @@ from fastdqn.explore import (
     linear_epsilon,
     per_episode_epsilon,
 )
-from fastdqn.learner import Learner
-from fastdqn.networks import MLP, preprocess
-from fastdqn.selfcheck import RouteFallbackWarning
+from fastdqn.errors import RouteFallbackWarning
+from fastdqn.learners.flat import Learner
+from fastdqn.nets.mlp import MLP, preprocess
 
 
 @pytest.mark.parametrize(("step", "expected"), [

@@ -16,14 +16,15 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdqn import ConfigError, train
-from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastdqn.envs import make_vector_env, real_next_obs
-from fastdqn.frames import FrameReplay, check_state, frame_slots, is_frame_stack
-from fastdqn.nstep import NStepWriter
-from fastdqn.prioritized import PrioritizedSampler, TorchPrioritized
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import FIELDS, ReplayBuffer
+from fastdqn import train
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.replay.frames import FrameReplay, check_state, frame_slots, is_frame_stack
+from fastdqn.replay.nstep import NStepWriter
+from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized
+from fastdqn.replay.rows import FIELDS, ReplayBuffer
 
 GAMMA = 0.9
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 from conftest import CUDA_DEVICES
 
-from fastdqn.cnn import cnn_for
-from fastdqn.graphed_update import WARMUP, GraphedUpdates, StaticUpdate, layout
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import FIELDS, Batch
-from fastdqn.selfcheck import RouteFallbackWarning
+from fastdqn.errors import RouteFallbackWarning
+from fastdqn.learners.graphed_update import WARMUP, GraphedUpdates, StaticUpdate, layout
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.nets.cnn import cnn_for
+from fastdqn.replay.rows import FIELDS, Batch
 
 MINATAR_SPACE = gym.spaces.Box(0.0, 1.0, (10, 10, 4), bool)
 SMALL_NATURE_SPACE = gym.spaces.Box(0, 255, (2, 36, 36), np.uint8)  # the Nature CNN's least input

@@ -27,15 +27,10 @@ import pytest
 import torch
 from conftest import fastdqn_command, subprocess_env
 
-from fastdqn.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    settings_from_file,
-)
 from fastdqn.cli import main
-from fastdqn.trainer import train
+from fastdqn.core.checkpoint import FORMAT, load_checkpoint, save_checkpoint, settings_from_file
+from fastdqn.errors import CheckpointError
+from fastdqn.runtime.train import train
 
 TINY = ["--env", "CartPole-v1", "--vector", "sync", "--num-envs", "2", "--total-timesteps",
         "300", "--learning-starts", "64", "--batch-size", "32", "--buffer-size", "500",
@@ -92,15 +87,15 @@ def saved_reinforce(tmp_path_factory) -> Path:
 def nothing_starts(monkeypatch) -> None:
     """Building an agent or envs fails the test: a refusal must come first. (Without it, the
     settings these tests hand a run would start 100 000 processes or allocate terabytes.)"""
-    import fastdqn.run
-    import fastdqn.trainer
+    import fastdqn.runtime.run
+    import fastdqn.runtime.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("the run went on to build its agent or envs")
 
     for name in ("DQN", "PQN", "Reinforce"):
-        monkeypatch.setattr(fastdqn.trainer, name, refuse)
-    monkeypatch.setattr(fastdqn.run, "make_vector_env", refuse)
+        monkeypatch.setattr(fastdqn.runtime.train, name, refuse)
+    monkeypatch.setattr(fastdqn.runtime.run, "make_vector_env", refuse)
 
 
 def snapshot(folder: Path) -> dict:
@@ -623,7 +618,7 @@ def test_a_polyglot_costs_eval_no_memory(saved, tmp_path):
 
 def test_resume_never_connects_where_the_file_says(saved, tmp_path, capsys, monkeypatch):
     """Before: the resumed run joined the Ray cluster the file named (and hung there)."""
-    import fastdqn.apex
+    import fastdqn.algos.apex
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -631,7 +626,7 @@ def test_resume_never_connects_where_the_file_says(saved, tmp_path, capsys, monk
     listener.setblocking(False)
     address = f"127.0.0.1:{listener.getsockname()[1]}"
     calls = []
-    monkeypatch.setattr(fastdqn.apex, "connect", lambda cfg: calls.append(cfg) or False)
+    monkeypatch.setattr(fastdqn.algos.apex, "connect", lambda cfg: calls.append(cfg) or False)
     d = tmp_path / "run"
     shutil.copytree(saved, d)
     state = torch.load(d / "checkpoint.pt", weights_only=True)
@@ -710,9 +705,9 @@ def test_a_setting_beyond_a_files_limit_is_yours_to_give(saved, tmp_path, capsys
 def test_a_batch_that_cannot_fit_is_refused_before_anything_is_allocated(saved, tmp_path,
                                                                          capsys, nothing_starts,
                                                                          monkeypatch):
-    import fastdqn.replay
+    import fastdqn.replay.rows
 
-    monkeypatch.setattr(fastdqn.replay, "available_memory", lambda device: 8 * 10**9)
+    monkeypatch.setattr(fastdqn.replay.rows, "available_memory", lambda device: 8 * 10**9)
     rows = 1 << 22  # the buffer fits (218 MB of the 8 GB); the batch's activations (275 GB) not
     err = resume_refused(saved, tmp_path, capsys, lambda s: s["config"].update(
         batch_size=rows, buffer_size=rows, hidden=[4096]))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import CUDA_DEVICES
 
-from fastdqn import kernels
-from fastdqn.learner import GraphedSteps, Learner
-from fastdqn.networks import MLP
-from fastdqn.replay import ReplayBuffer
-from fastdqn.selfcheck import RouteFallbackWarning
+from fastdqn.errors import RouteFallbackWarning
+from fastdqn.learners import kernels
+from fastdqn.learners.flat import GraphedSteps, Learner
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.rows import ReplayBuffer
 
 # The tiny-net numbers of test_learner.py: online Q(s) = [s, 2], target Q(s') = [2s', 10].
 # Batch rows i read buffer rows IDX[i], so the kernel must go through the index.
@@ -265,7 +265,7 @@ def test_cuda_graph_capture_failure_falls_back_to_eager(device, monkeypatch):
 def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
     """MPS takes the plain torch route: on the CPU, with the fused step off, no torch.cuda
     function may be reached (each one here raises), CUDA graphs asked for or not."""
-    from fastdqn.explore import ActingQ
+    from fastdqn.algos.explore import ActingQ
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a CUDA-only call was reached")

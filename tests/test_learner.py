@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from conftest import module_grad, random_batch, set_layers
 
-from fastdqn.learner import FlatAdam, Learner, td_target
-from fastdqn.networks import MLP, preprocess
-from fastdqn.replay import ReplayBuffer
-from fastdqn.selfcheck import RouteFallbackWarning
+from fastdqn.errors import RouteFallbackWarning
+from fastdqn.learners.flat import FlatAdam, Learner, td_target
+from fastdqn.nets.mlp import MLP, preprocess
+from fastdqn.replay.rows import ReplayBuffer
 
 # ---------------------------------------------------------------------------------------------
 # td_target on a 1 -> 2 -> 2 net with hand-set weights.

@@ -12,13 +12,14 @@ import torch
 from scripted_envs import LIVES_LOST_AT, LIVES_REWARDS, LivesEnv
 from scripted_envs import env_id as scripted_env_id
 
-from fastdqn import ConfigError, train
-from fastdqn.atari import auto_on, eval_epsilon
-from fastdqn.checkpoint import load_checkpoint
-from fastdqn.config import make_config
-from fastdqn.dqn import DQN
-from fastdqn.envs import make_vector_env
-from fastdqn.evaluate import run_episodes
+from fastdqn import train
+from fastdqn.algos.dqn.agent import DQN
+from fastdqn.config.settings import make_config
+from fastdqn.core.checkpoint import load_checkpoint
+from fastdqn.envs.atari import auto_on, eval_epsilon
+from fastdqn.envs.vector import make_vector_env
+from fastdqn.errors import ConfigError
+from fastdqn.evaluation.episodes import run_episodes
 
 LIVES = scripted_env_id("Lives-v0")
 GAME = len(LIVES_REWARDS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastdqn import train
-from fastdqn.logger import InlineImage
+from fastdqn.core.logger import InlineImage
 
 
 class FakeHandle:
@@ -54,7 +54,7 @@ def tiny_train(run_dir: Path):
 
 def test_train_in_a_kernel_shows_the_plot_and_refreshes_it(monkeypatch, tmp_path) -> None:
     shown = fake_ipython(monkeypatch, kernel=True)
-    monkeypatch.setattr("fastdqn.run.PLOT_EVERY_S", 0.0)  # redraw at every eval
+    monkeypatch.setattr("fastdqn.runtime.run.PLOT_EVERY_S", 0.0)  # redraw at every eval
     result = tiny_train(tmp_path / "run")
     # one display at the first eval, then in place: the second eval and the end of the run
     assert [kind for kind, _ in shown] == ["display", "update", "update"]

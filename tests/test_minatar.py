@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn import ConfigError, train
-from fastdqn.atari import make_env, register
-from fastdqn.config import make_config
-from fastdqn.dqn import DQN
-from fastdqn.evaluate import RandomPolicy, run_episodes
-from fastdqn.seeds import SELECT, episode_seed
+from fastdqn import train
+from fastdqn.algos.dqn.agent import DQN
+from fastdqn.config.settings import make_config
+from fastdqn.core.seeds import SELECT, episode_seed
+from fastdqn.envs.atari import make_env, register
+from fastdqn.errors import ConfigError
+from fastdqn.evaluation.episodes import RandomPolicy, run_episodes
 
 pytest.importorskip("minatar")
 

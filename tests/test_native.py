@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn import native
-from fastdqn.learner import CpuStep, Learner
-from fastdqn.networks import MLP
-from fastdqn.replay import ReplayBuffer
-from fastdqn.selfcheck import RouteFallbackWarning
+from fastdqn.errors import RouteFallbackWarning
+from fastdqn.learners import native
+from fastdqn.learners.flat import CpuStep, Learner
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.rows import ReplayBuffer
 
 
 @pytest.fixture
@@ -252,8 +252,8 @@ def test_hard_target_updates_land_on_the_same_steps(cache):
 @pytest.mark.parametrize("dueling", [False, True])
 @pytest.mark.parametrize("obs_dtype", [torch.float32, torch.uint8])
 def test_native_actor_matches_the_forward_pass_and_epsilon_greedy(cache, dueling, obs_dtype):
-    from fastdqn.explore import epsilon_greedy
-    from fastdqn.networks import preprocess
+    from fastdqn.algos.explore import epsilon_greedy
+    from fastdqn.nets.mlp import preprocess
 
     net = MLP(5, 4, (16, 16), dueling)
     lr = Learner(net, lr=1e-3, gamma=0.99, tau=0.05, target_update_interval=1,
@@ -280,8 +280,8 @@ def test_native_actor_matches_the_forward_pass_and_epsilon_greedy(cache, dueling
 def dqn_agent(**kw):
     import gymnasium as gym
 
-    from fastdqn.config import make_config
-    from fastdqn.dqn import DQN
+    from fastdqn.algos.dqn.agent import DQN
+    from fastdqn.config.settings import make_config
 
     cfg = make_config(env_id="CartPole-v1", num_envs=8, hidden=(16,), seed=0, **kw)
     obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -289,7 +289,7 @@ def dqn_agent(**kw):
 
 
 def test_dqn_acts_through_the_native_actor(cache):
-    from fastdqn.explore import epsilon_greedy
+    from fastdqn.algos.explore import epsilon_greedy
 
     agent = dqn_agent()
     obs = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
@@ -359,9 +359,10 @@ def test_learner_numba_where_the_run_would_not_take_it_is_refused(kw, why, tmp_p
     """--learner numba is never parsed and ignored: a run on another route refuses it."""
     import gymnasium as gym
 
-    from fastdqn.config import ConfigError, make_config
-    from fastdqn.envs import env_factory
-    from fastdqn.trainer import check_dqn_env
+    from fastdqn.config.settings import make_config
+    from fastdqn.envs.vector import env_factory
+    from fastdqn.errors import ConfigError
+    from fastdqn.runtime.train import check_dqn_env
 
     device = torch.device(kw.pop("device", "cpu"))
     cfg = make_config(learner="numba", run_dir=str(tmp_path), **kw)
@@ -460,16 +461,16 @@ def test_a_damaged_cached_library_is_rebuilt_never_loaded(cache, damage):
     truncate = (f"p = {str(path)!r}; b = open(p, 'rb').read()\n"
                 "open(p + '.x', 'wb').write(b[:len(b) // 2]); os.replace(p + '.x', p)")
     load = "print(native.load().fdqn_abi())"
-    code = f"import os\nfrom fastdqn import native\n{truncate}\n{load}"
+    code = f"import os\nfrom fastdqn.learners import native\n{truncate}\n{load}"
     if damage == "truncated after the run started":  # checked again right before dlopen
-        code = f"import os\nfrom fastdqn import native\nnative.prepare()\n{truncate}\n{load}"
+        code = f"import os\nfrom fastdqn.learners import native\nnative.prepare()\n{truncate}\n{load}"
     elif damage == "no sidecar":
         sidecar.unlink()
-        code = f"from fastdqn import native\n{load}"
+        code = f"from fastdqn.learners import native\n{load}"
     elif damage == "one byte changed":
         (path.with_name("x")).write_bytes(whole[:-100] + bytes([whole[-100] ^ 0xFF]) + whole[-99:])
         path.with_name("x").replace(path)
-        code = f"from fastdqn import native\n{load}"
+        code = f"from fastdqn.learners import native\n{load}"
     out = in_subprocess(code, cache)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert out.stdout.split() == [str(native.ABI)]
@@ -581,7 +582,7 @@ def test_a_build_ended_by_sigterm_leaves_no_temp_file(cache, tmp_path, monkeypat
     install = ("signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))" if handler == "the run's"
                else "pass")
     child = subprocess.Popen(
-        [sys.executable, "-c", f"import signal, sys\n{install}\nfrom fastdqn import native\n"
+        [sys.executable, "-c", f"import signal, sys\n{install}\nfrom fastdqn.learners import native\n"
          "native.prepare()\nprint(native._build.tmp, flush=True)\nsys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "FASTDQN_CACHE_DIR": str(cache), "CXX": str(cxx)})
@@ -681,10 +682,10 @@ def test_a_crafted_action_never_writes_out_of_bounds(cache, learner_kind):
     an exit code here)."""
     code = f"""
 import numpy as np, torch
-from fastdqn import native
-from fastdqn.learner import Learner
-from fastdqn.networks import MLP
-from fastdqn.replay import ReplayBuffer
+from fastdqn.learners import native
+from fastdqn.learners.flat import Learner
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.rows import ReplayBuffer
 buf = ReplayBuffer(1000, (5,), torch.float32)
 buf.add(torch.randn(64, 5), torch.randint(3, (64,)), torch.randn(64), torch.randn(64, 5),
         torch.zeros(64), torch.full((64,), 0.99))
@@ -711,7 +712,7 @@ def test_a_huge_batch_is_refused_not_an_abort(cache):
     native.load()  # built here; the subprocess loads it from the cache
     code = """
 import ctypes, numpy as np, torch
-from fastdqn import native
+from fastdqn.learners import native
 from tests.test_native import buffer, learner
 try:
     native.NativeStep(learner(), buffer(), 2**31)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import module_grad
 
-from fastdqn.networks import MLP, preprocess
+from fastdqn.nets.mlp import MLP, preprocess
 
 SHAPES = [(4, 2, (16,)), (8, 3, (32, 16)), (3, 5, (7, 9, 4))]
 

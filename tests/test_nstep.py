@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import make_counting_env
 
-from fastdqn.envs import make_vector_env, real_next_obs
-from fastdqn.nstep import NStepWriter
-from fastdqn.replay import ReplayBuffer
+from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.replay.nstep import NStepWriter
+from fastdqn.replay.rows import ReplayBuffer
 
 G = 0.5
 

@@ -13,13 +13,13 @@ import torch
 from conftest import make_counting_env
 
 from fastdqn import make_config, train
-from fastdqn.checkpoint import CheckpointError
+from fastdqn.algos.pqn import PQN, flatten_parameters, q_lambda_targets, successor_values
 from fastdqn.cli import build_parser, main
-from fastdqn.config import ConfigError, load_toml
-from fastdqn.envs import make_vector_env, real_next_obs
-from fastdqn.evaluate import load_policy
-from fastdqn.networks import LayerNormQNetwork
-from fastdqn.pqn import PQN, flatten_parameters, q_lambda_targets, successor_values
+from fastdqn.config.settings import load_toml
+from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.evaluation.episodes import load_policy
+from fastdqn.nets.mlp import LayerNormQNetwork
 
 # ---------------------------------------------------------------------------------------------
 # Q(lambda) targets
@@ -159,7 +159,7 @@ def test_flat_parameters_update_like_per_tensor_radam(gen) -> None:
 
 
 def test_anneal_lr_uses_the_rate_at_the_rollout_start() -> None:
-    from fastdqn.run import Counters
+    from fastdqn.algos.contract import Counters
 
     cfg = make_config(algo="pqn", num_envs=2, pqn_rollout=4, total_timesteps=1000, lr=0.01,
                       pqn_anneal_lr=True)
@@ -192,7 +192,7 @@ def test_layernorm_network_shape_and_count() -> None:
 
 
 def test_pqn_defaults_apply_only_where_unset(tmp_path) -> None:
-    from fastdqn.config import ALGO_DEFAULTS
+    from fastdqn.config.settings import ALGO_DEFAULTS
 
     dqn, pqn = make_config(), make_config(algo="pqn")
     for name, value in ALGO_DEFAULTS["pqn"].items():

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdqn.prioritized import PrioritizedSampler, TorchPrioritized, beta_at
+from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized, beta_at
 
 ONE_MINUS = float(np.nextafter(1.0, 0.0))
 """The largest uniform below 1: with B = 4, (3 + u) rounds to 4 and the target to the total."""
@@ -609,7 +609,7 @@ def test_a_prioritized_run_resumes_with_or_without_its_buffer(tmp_path, save_buf
     """Without the buffer the rows start afresh, and so must their priorities: the sum tree
     of the checkpoint covered rows the resumed buffer no longer has (sampling them failed)."""
     from fastdqn import train
-    from fastdqn.checkpoint import load_checkpoint
+    from fastdqn.core.checkpoint import load_checkpoint
 
     run = dict(env_id="CartPole-v1", vector="sync", num_envs=2, hidden=(8,), batch_size=8,
                buffer_size=512, learning_starts=16, prioritized=True, eval_every=0,

@@ -15,14 +15,15 @@ import torch
 from conftest import run_fastdqn
 
 from fastdqn import load_policy, train
-from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastdqn.algos.dqn.agent import DQN, fit_scaler
 from fastdqn.cli import main
-from fastdqn.config import ConfigError, load_toml, make_config
-from fastdqn.dqn import DQN
-from fastdqn.rbf import RBFQNetwork, check_spec, fit_scaler, split_features
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import Batch
-from fastdqn.seeds import FIT, Purpose, episode_seed, torch_generator
+from fastdqn.config.settings import load_toml, make_config
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.core.seeds import FIT, Purpose, episode_seed, torch_generator
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.nets.rbf import RBFQNetwork, check_spec, split_features
+from fastdqn.replay.rows import Batch
 
 # ---------------------------------------------------------------------------------------------
 # The features

@@ -12,11 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastdqn.cli import main
-from fastdqn.config import ALGO_DEFAULTS, Config, ConfigError, load_toml, make_config
-from fastdqn.evaluate import load_policy
-from fastdqn.reinforce import (
+from fastdqn.algos.reinforce import (
     EpisodeStorage,
     Reinforce,
     policy_network_of,
@@ -24,6 +20,11 @@ from fastdqn.reinforce import (
     returns_to_go,
     sample_categorical,
 )
+from fastdqn.cli import main
+from fastdqn.config.settings import ALGO_DEFAULTS, Config, load_toml, make_config
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.evaluation.episodes import load_policy
 
 # ---------------------------------------------------------------------------------------------
 # Returns-to-go: three envs whose episodes end at different steps, gamma 0.5

@@ -29,9 +29,9 @@ from conftest import (
 from scripted_envs import EPISODE_LENGTH, env_id
 
 from fastdqn import train
-from fastdqn.checkpoint import load_checkpoint, save_checkpoint
-from fastdqn.seeds import SELECT, episode_seed
-from fastdqn.trainer import TrainingDiverged
+from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
+from fastdqn.core.seeds import SELECT, episode_seed
+from fastdqn.errors import TrainingDiverged
 
 
 def start_train(run_dir: Path, *args: str, tag: str, **env: str) -> subprocess.Popen:
@@ -383,8 +383,8 @@ def test_resume_that_reseeds_the_envs_differs(tmp_path, uninterrupted):
 
 
 START_MOMENTS = {
-    "envs": "import fastdqn.run as m; name = 'make_vector_env'",
-    "rbf fit": "import fastdqn.dqn as m; name = 'fit_scaler'",
+    "envs": "import fastdqn.runtime.run as m; name = 'make_vector_env'",
+    "rbf fit": "import fastdqn.algos.dqn.agent as m; name = 'fit_scaler'",
 }
 """Where a signal lands before the first step: the training envs being built, the RBF fit."""
 

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdqn.replay import Batch, ReplayBuffer, torch_dtype
+from fastdqn.core.device import torch_dtype
+from fastdqn.replay.rows import Batch, ReplayBuffer
 
 
 def transitions(ids: list[int], obs_dtype=torch.float32) -> tuple[torch.Tensor, ...]:
@@ -260,7 +261,7 @@ def test_add_sample_and_reload_sequences_match_a_list_ring_model(data, capacity)
     The model is a Python list of transition ids, written at `pos` and wrapping; sampling must
     return exactly the model's rows at indices the sampler draws from the filled part.
     """
-    from fastdqn.sampling import UniformSampler
+    from fastdqn.replay.uniform import UniformSampler
 
     sampler = UniformSampler(data.draw(st.integers(0, 2**32)))
     buf = ReplayBuffer(capacity, (2,), torch.float32)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from fastdqn.learner import CpuStep, Learner
-from fastdqn.native import NativeStep
-from fastdqn.networks import MLP
-from fastdqn.prioritized import PrioritizedSampler, TorchPrioritized
-from fastdqn.reference import ReferenceLearner
-from fastdqn.replay import ReplayBuffer
-from fastdqn.sampling import UniformSampler
+from fastdqn.learners.flat import CpuStep, Learner
+from fastdqn.learners.native import NativeStep
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.nets.mlp import MLP
+from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized
+from fastdqn.replay.rows import ReplayBuffer
+from fastdqn.replay.uniform import UniformSampler
 
 OBS, ACTIONS, HIDDEN, BATCH, BLOCKS, K = 6, 3, (32, 16), 32, 12, 4
 

@@ -15,16 +15,11 @@ import pytest
 from scripted_envs import env_id
 
 from fastdqn import train
-from fastdqn.config import Config, ConfigError
-from fastdqn.evaluate import EvalResult, run_episodes
-from fastdqn.run import (
-    Counters,
-    Evaluator,
-    Signals,
-    prepare_run_dir,
-    remove_run_files,
-    resume_checkpoint,
-)
+from fastdqn.algos.contract import Counters
+from fastdqn.config.settings import Config
+from fastdqn.errors import ConfigError
+from fastdqn.evaluation.episodes import EvalResult, run_episodes
+from fastdqn.runtime.run import Evaluator, Signals, prepare_run_dir, remove_run_files, resume_checkpoint
 
 
 class FakeLogger:
@@ -240,7 +235,7 @@ def test_a_run_with_no_evaluation_before_its_end_is_solved_by_its_final_one(tmp_
 def test_the_signal_handlers_are_restored_however_the_run_ends(tmp_path):
     """They stay installed through the final evaluation and writes, and no longer: after a
     complete run, a crashed env and a divergence alike, the caller's handlers are back."""
-    from fastdqn import EnvError, TrainingDiverged
+    from fastdqn.errors import EnvError, TrainingDiverged
 
     def handlers() -> tuple:
         return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

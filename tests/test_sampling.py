@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastdqn.sampling import UniformSampler, seed_state
+from fastdqn.replay.uniform import UniformSampler, seed_state
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000, 100_003, 2**31 - 1, 2**32 - 1])

@@ -10,10 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastdqn import train
-from fastdqn.config import make_config
-from fastdqn.evaluate import RandomPolicy, eval_seed, run_episodes
-from fastdqn.sampling import seed_state
-from fastdqn.seeds import (
+from fastdqn.config.settings import make_config
+from fastdqn.core.seeds import (
     FIT,
     SELECT,
     TEST,
@@ -28,6 +26,8 @@ from fastdqn.seeds import (
     split,
     torch_generator,
 )
+from fastdqn.evaluation.episodes import RandomPolicy, eval_seed, run_episodes
+from fastdqn.replay.uniform import seed_state
 
 STREAMS = [TRAIN, SELECT, TEST, FIT]
 
@@ -184,9 +184,9 @@ def test_no_agent_generator_of_seeds_1_to_3_replays_another_seeds_or_purposes():
     """The reported collision: seed 1's epsilon-greedy uniforms were seed 2's init uniforms
     (and PQN's seed 1 shuffle was seed 2's acting). Every stream of DQN, PQN and REINFORCE,
     the init recovered from the weights, across seeds 1..3, is its own."""
-    from fastdqn.dqn import DQN
-    from fastdqn.pqn import PQN
-    from fastdqn.reinforce import Reinforce
+    from fastdqn.algos.dqn.agent import DQN
+    from fastdqn.algos.pqn import PQN
+    from fastdqn.algos.reinforce import Reinforce
 
     draws, states = {}, {}
     act = gym.spaces.Discrete(2)
@@ -232,7 +232,7 @@ def test_a_runs_global_torch_generator_is_its_own_child(tmp_path):
 def test_the_cnn_init_reseeds_no_global_generator(monkeypatch):
     """cnn_for seeds only a forked CPU generator: torch.manual_seed would also have reseeded
     every CUDA generator with the INIT seed, after the run had seeded them."""
-    from fastdqn.cnn import cnn_for
+    from fastdqn.nets.cnn import cnn_for
 
     def refuse(seed):
         raise AssertionError("cnn_for reseeded the CUDA generators")
@@ -307,8 +307,8 @@ def test_the_random_baseline_is_not_the_envs_reset_randomness():
 def test_an_apex_actor_explores_on_its_own_child_not_its_envs_reset_seed():
     """Actor i's epsilon-greedy generator is the run's APEX_ACT child keyed (i, first episode):
     it was seeded with the episode seed of its envs' first reset."""
-    from fastdqn.apex import Actor
-    from fastdqn.dqn import DQN
+    from fastdqn.algos.apex import Actor
+    from fastdqn.algos.dqn.agent import DQN
 
     cfg = make_config(env_id="CartPole-v1", vector="sync", num_envs=2, seed=3, buffer_size=64,
                       batch_size=8, learning_starts=8, device="cpu", actors=2, progress=False)

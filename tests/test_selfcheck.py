@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdqn.selfcheck import ATOL, RTOL, check_route, disagreement, fallback_message
+from fastdqn.core.selfcheck import ATOL, RTOL, check_route, disagreement, fallback_message
 
 
 def test_tolerance_scales_with_how_far_eager_moved_each_tensor():

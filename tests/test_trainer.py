@@ -15,10 +15,11 @@ import torch
 from conftest import fastdqn_command, subprocess_env
 from scripted_envs import env_id
 
-from fastdqn import TrainingDiverged, train
-from fastdqn.checkpoint import load_checkpoint
-from fastdqn.explore import boltzmann
-from fastdqn.seeds import SELECT, episode_seed
+from fastdqn import train
+from fastdqn.algos.explore import boltzmann
+from fastdqn.core.checkpoint import load_checkpoint
+from fastdqn.core.seeds import SELECT, episode_seed
+from fastdqn.errors import TrainingDiverged
 
 TINY = dict(vector="sync", num_envs=2, hidden=(8,), batch_size=8, buffer_size=64,
             eval_envs=1, progress=False, checkpoint_every=0)
@@ -75,7 +76,7 @@ def test_every_evaluation_records_its_episodes_and_seeds_and_writes_checkpoint_p
 
 def test_checkpoint_every_zero_still_checkpoints_at_each_evaluation(tmp_path, monkeypatch):
     """--checkpoint-every 0 promises checkpoints at evaluations and the end: both must happen."""
-    import fastdqn.run as run_module
+    import fastdqn.runtime.run as run_module
 
     written = []
     real = run_module.save_checkpoint
