@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fastdqn import __version__, train
-from fastdqn.algos.dqn.agent import STAGES
+from fastdqn.algos.dqn.loop import STAGES
 from fastdqn.algos.pqn import STAGES as PQN_STAGES
 from fastdqn.config.settings import make_config
 from fastdqn.core.device import resolve_device

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from fastdqn import train
-from fastdqn.algos.apex import Actor, actor_epsilons, require_ray
+from fastdqn.algos.apex import Actor, actor_epsilons, actor_weights, ingest, require_ray
 from fastdqn.algos.dqn.agent import DQN
 from fastdqn.config.settings import make_config
 from fastdqn.core.seeds import TRAIN, episode_seed
@@ -88,7 +88,7 @@ def test_an_actors_block_is_what_one_machine_writes_for_the_same_inputs(n_step):
     actor = ScriptedActor(cfg.to_dict(), 1, 0.1, online, short_cartpole, first)
     actor.script = np.random.default_rng(0).integers(0, 2, (steps, cfg.num_envs))
     actor.t = 0
-    block = actor.collect([agent.actor_weights()], 0, steps)
+    block = actor.collect([actor_weights(agent)], 0, steps)
     assert block["env_steps"] == steps * cfg.num_envs and block["index"] == 1
 
     # one machine: the same env, seeds and actions through DQN.add
@@ -121,7 +121,7 @@ def test_priorities_are_the_learners_own_td_errors_and_land_on_their_rows():
     with torch.no_grad():  # a target unlike the online net: double DQN's choice matters
         agent.learner.target.copy_(torch.randn(agent.learner.target.shape,
                                                generator=torch.Generator().manual_seed(0)))
-    block = actor.collect([agent.actor_weights()], 0, 12)
+    block = actor.collect([actor_weights(agent)], 0, 12)
     batch = Batch(*(torch.from_numpy(block[f]) for f in FIELDS))
     ref_online, ref_target = agent.actor_modules()
     ref = ReferenceLearner(ref_online, lr=1e-3, gamma=cfg.gamma, tau=1.0,
@@ -131,7 +131,7 @@ def test_priorities_are_the_learners_own_td_errors_and_land_on_their_rows():
     np.testing.assert_allclose(block["priorities"], td.numpy(), rtol=1e-5, atol=1e-6)
 
     agent.buffer.add(*(getattr(batch, f)[:5] for f in FIELDS))  # rows ahead, so ingest wraps on
-    n = agent.ingest(block)
+    n = ingest(agent, block)
     assert n == len(block["actions"])
     sampler = agent.sampler
     assert isinstance(sampler, PrioritizedSampler)  # Ape-X replay is prioritized, flag or not

@@ -31,6 +31,7 @@ from scripted_envs import (
 )
 from scripted_envs import env_id as scripted_env_id
 
+from fastdqn.algos.apex import actor_weights
 from fastdqn.core.device import torch_dtype
 from fastdqn.envs.vector import (
     ShardedVectorEnv,
@@ -653,7 +654,7 @@ def test_an_apex_actor_sends_its_actions_shifted():
     agent = DQN(cfg, probe.observation_space, gym.spaces.Discrete(3), torch.device("cpu"))
     actor = Actor(cfg.to_dict(), 0, 1.0, agent.actor_modules()[0], ShiftedActionsEnv, 0)
     try:
-        block = actor.collect([agent.actor_weights()], 0, 12)
+        block = actor.collect([actor_weights(agent)], 0, 12)
     finally:
         actor.close()
     assert set(block["actions"]) == {0, 1, 2}

@@ -16,6 +16,7 @@ from conftest import run_fastdqn
 
 from fastdqn import load_policy, train
 from fastdqn.algos.dqn.agent import DQN, fit_scaler
+from fastdqn.algos.dqn.checkpoint import check_checkpoint
 from fastdqn.cli import main
 from fastdqn.config.settings import load_toml, make_config
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
@@ -248,7 +249,7 @@ def test_checkpoint_keeps_the_scaler_and_eval_and_resume_give_the_same_q_values(
     agent = DQN(cfg, env.observation_space, env.action_space, torch.device("cpu"), resuming=True)
     module = agent.rbf if route == "auto" else agent.learner.online
     assert torch.equal(module.std, torch.ones(4))  # nothing fitted
-    agent.check_checkpoint(ckpt, "checkpoint.pt")
+    check_checkpoint(agent, ckpt, "checkpoint.pt")
     agent.load_state_dict(ckpt)
     torch.testing.assert_close(agent.q_values_eval(torch.from_numpy(obs)), want)
     if route == "reference":
@@ -273,20 +274,20 @@ def test_resume_refuses_other_rbf_sizes_and_the_other_route(cartpole_run) -> Non
                    resuming=True)
 
     with pytest.raises(CheckpointError, match="--rbf-features"):
-        agent_of(rbf_features=80).check_checkpoint(ckpt, "checkpoint.pt")
+        check_checkpoint(agent_of(rbf_features=80), ckpt, "checkpoint.pt")
     other = "reference" if route == "auto" else "auto"
     with pytest.raises(CheckpointError, match=f"pass --learner {route} to resume it"):
-        agent_of(learner=other).check_checkpoint(ckpt, "checkpoint.pt")
+        check_checkpoint(agent_of(learner=other), ckpt, "checkpoint.pt")
     agent = agent_of()
-    agent.check_checkpoint(ckpt, "checkpoint.pt")
+    check_checkpoint(agent, ckpt, "checkpoint.pt")
     ckpt["learner"]["online"]["b"] = torch.zeros(39)  # the spec is right, a tensor is not
     with pytest.raises(CheckpointError, match=r"learner.online.b is not .* shape \[40\]"):
-        agent.check_checkpoint(ckpt, "checkpoint.pt")
+        check_checkpoint(agent, ckpt, "checkpoint.pt")
     if route == "auto":
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         ckpt["learner"]["target"] = torch.zeros(3)
         with pytest.raises(CheckpointError, match=r"learner.target has shape \[3\], not \[82\]"):
-            agent.check_checkpoint(ckpt, "checkpoint.pt")
+            check_checkpoint(agent, ckpt, "checkpoint.pt")
 
 
 def test_total_episodes_stops_at_that_episode(tmp_path) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fastdqn.algos.contract import EpisodeTally
+from fastdqn.algos.dqn.agent import DQN
 from fastdqn.algos.explore import epsilon_greedy
 from fastdqn.config.settings import Config, make_config
 from fastdqn.core.device import stored_dtype, torch_dtype
@@ -320,7 +321,7 @@ def train_apex(run, agent, fleet: Fleet) -> None:
     """The learner's loop: ingest ready blocks, learn what they make due, publish weights,
     then the run's maybe-hooks."""
     c, lap, cfg = run.c, run.timer.lap, run.cfg
-    fleet.publish(agent.actor_weights())
+    fleet.publish(actor_weights(agent))
     fleet.start()
     next_sync = agent.learner.steps + cfg.weight_sync_every
     ingest_window = (time.perf_counter(), 0)
@@ -337,14 +338,14 @@ def train_apex(run, agent, fleet: Fleet) -> None:
         lost += len(losses)
         new = 0
         for b in blocks:
-            new += agent.ingest(b)
+            new += ingest(agent, b)
             run.count_block(b["env_steps"], b["ended"])
         ingested += new
         lap("ingest")
         if new:
             agent.learn(c, lap, new)
         if agent.learner.steps >= next_sync:
-            fleet.publish(agent.actor_weights())
+            fleet.publish(actor_weights(agent))
             next_sync = agent.learner.steps + cfg.weight_sync_every
         lap("sync")
         if not blocks:  # a wait that timed out: signals are seen, nothing else is due
@@ -368,3 +369,25 @@ def make_fleet(cfg: Config, agent, env_factory: EnvFactory | None, start_step: i
     """The actors for `agent`'s network (Ray joined by `connect`)."""
     return Fleet(cfg, agent.actor_modules()[0], env_factory, start_step, owns_ray)
 
+
+def actor_weights(agent: DQN) -> dict:
+    """What actors load: the state dicts of `actor_modules`."""
+    online, target = agent.actor_modules()
+    return {"online": online.state_dict(), "target": target.state_dict()}
+
+
+def ingest(agent: DQN, block: dict) -> int:
+    """Add an actor's rows with the priorities it computed (|delta| before any learner
+    step); returns how many rows it held."""
+    dev = agent.device
+    # Ray hands arrays over read-only (zero-copy); torch wants writable memory to wrap
+    rows = {f: torch.from_numpy(np.require(block[f], requirements="W")).to(dev)
+            for f in ("obs", "next_obs", "actions", "rewards", "dones", "discounts")}
+    if agent.rbf is not None:  # the flat route's rows hold the features
+        with torch.no_grad():
+            for f in ("obs", "next_obs"):
+                rows[f] = agent.rbf.features(preprocess(rows[f]).reshape(len(rows[f]), -1))
+    first, n = agent.buffer.add(rows["obs"], rows["actions"], rows["rewards"],
+                               rows["next_obs"], rows["dones"], rows["discounts"])
+    agent.prioritize(first, n, block["priorities"])
+    return n

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from fastdqn.algos.contract import Counters, divergence_message
-from fastdqn.algos.dqn.agent import DQN, STAGES, train_dqn
+from fastdqn.algos.dqn.agent import DQN
+from fastdqn.algos.dqn.checkpoint import check_checkpoint as check_dqn_checkpoint
+from fastdqn.algos.dqn.loop import STAGES, train_dqn
 from fastdqn.algos.pqn import PQN, train_pqn
 from fastdqn.algos.pqn import STAGES as PQN_STAGES
 from fastdqn.algos.reinforce import STAGES as REINFORCE_STAGES
@@ -358,7 +360,10 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
                         env_factory=env_factory, resuming=ckpt is not None)
             loop, stages = train_dqn, STAGES
         if ckpt is not None:
-            agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
+            if isinstance(agent, DQN):
+                check_dqn_checkpoint(agent, ckpt, run_dir / "checkpoint.pt")
+            else:
+                agent.check_checkpoint(ckpt, run_dir / "checkpoint.pt")
             agent.load_state_dict(ckpt)
             torch.set_rng_state(ckpt["rng"]["torch"])
             remove_temp_run_files(run_dir)  # left by a kill -9 during an atomic write
