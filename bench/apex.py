@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastdqn.algos.apex import Actor, actor_epsilons, require_ray  # noqa: E402
+from fastdqn.algos.apex import Actor, actor_epsilons, actor_weights, ingest, require_ray  # noqa: E402
 from fastdqn.algos.contract import Counters  # noqa: E402
 from fastdqn.algos.dqn.agent import DQN  # noqa: E402
-from fastdqn.config.settings import make_config  # noqa: E402
-from fastdqn.envs.vector import probe_env  # noqa: E402
+from fastdqn.config.files import make_config  # noqa: E402
+from fastdqn.envs.make import probe_env  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
@@ -78,7 +78,7 @@ def actor_throughput(settings: dict, k: int, seconds: float) -> dict:
     cfg = config(settings, k)
     obs_space, act_space, _ = probe_env(cfg.env_id)
     agent = DQN(cfg, obs_space, act_space, torch.device("cpu"))
-    weights = [ray.put(agent.actor_weights())]
+    weights = [ray.put(actor_weights(agent))]
     remote = ray.remote(num_cpus=1)(Actor)
     actors = [remote.remote(cfg.to_dict(), i, eps, agent.actor_modules()[0], None, i << 24)
               for i, eps in enumerate(actor_epsilons(k))]
@@ -106,16 +106,16 @@ def ingest_ceiling(settings: dict, n_blocks: int) -> dict:
     obs_space, act_space, _ = probe_env(cfg.env_id)
     agent = DQN(cfg, obs_space, act_space, torch.device(cfg.device))
     actor = Actor(cfg.to_dict(), 0, 0.4, agent.actor_modules()[0], None, 0)
-    refs = [ray.put(actor.collect([agent.actor_weights()], 0, cfg.actor_block)) for _ in range(8)]
+    refs = [ray.put(actor.collect([actor_weights(agent)], 0, cfg.actor_block)) for _ in range(8)]
     actor.close()
     c = Counters()
     while agent.buffer.size < agent.learning_starts:  # fill to where learning starts
-        agent.ingest(ray.get(refs[0]))
+        ingest(agent, ray.get(refs[0]))
     rows = 0
     start = time.perf_counter()
     for j in range(n_blocks):
         block = ray.get(refs[j % len(refs)])
-        n = agent.ingest(block)
+        n = ingest(agent, block)
         agent.learn(c, lambda stage: None, n)
         rows += n
     if agent.device.type == "cuda":

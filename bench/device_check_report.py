@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 FALLBACK = "failed the self-check"
-"""What every fast route's fallback warning says (fastdqn/selfcheck.py)."""
+"""What every fast route's fallback warning says (fastdqn/core/selfcheck.py)."""
 
 
 def why(log: Path) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from time_to_solve import run_train, show  # bench/ is the script's own folder on sys.path
 
-from fastdqn.config.settings import load_toml
+from fastdqn.config.files import load_toml
 
 
 @dataclass(frozen=True)

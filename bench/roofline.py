@@ -2,7 +2,7 @@
 throughput at exactly those shapes (fp32 and bf16), and the env-steps-per-second ceiling they
 imply, next to what the fused learner step and the training loop reach.
 
-One learner step of the flat MLP (fastdqn/learner.py, the fused CPU route) is eleven GEMMs with
+One learner step of the flat MLP (fastdqn/learners/flat.py, the fused CPU route) is eleven GEMMs with
 double DQN: the online net forward on [s; s'] (2B rows), the target net forward on s' (B rows),
 and the backward's weight gradients (one per layer) and input gradients (one per layer but the
 first). Everything else (gather, TD gradient, ReLU backward, clipping + Adam + target update) is

@@ -31,10 +31,10 @@ import torch
 from fastdqn import __version__, train
 from fastdqn.algos.dqn.loop import STAGES
 from fastdqn.algos.pqn import STAGES as PQN_STAGES
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.device import resolve_device
 from fastdqn.core.logger import StageTimer
-from fastdqn.envs.vector import make_vector_env
+from fastdqn.envs.backends import make_vector_env
 
 VECTORS = ("sharded", "async", "sync", "envpool")
 PEERS = ("sb3", "tianshou", "torchrl")

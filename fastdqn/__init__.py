@@ -5,19 +5,13 @@
     result.policy(obs_batch)          # greedy actions
 """
 
-from fastdqn.config.settings import Config, make_config
+from fastdqn.config.files import make_config
+from fastdqn.config.settings import Config
 from fastdqn.errors import ConfigError, EnvError, TrainingDiverged
-from fastdqn.evaluation.episodes import (
-    Comparison,
-    HeuristicPolicy,
-    Policy,
-    RandomPolicy,
-    compare_policies,
-    load_policy,
-    render_episodes,
-    run_episodes,
-    save_gif,
-)
+from fastdqn.evaluation.compare import Comparison, compare_policies
+from fastdqn.evaluation.episodes import run_episodes
+from fastdqn.evaluation.media import render_episodes, save_gif
+from fastdqn.evaluation.policies import HeuristicPolicy, Policy, RandomPolicy, load_policy
 from fastdqn.runtime.run import TrainResult
 from fastdqn.runtime.train import train
 from fastdqn.version import __version__

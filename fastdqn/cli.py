@@ -14,12 +14,15 @@ import os
 import shlex
 import sys
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fastdqn.config.choices import ALGOS
+from fastdqn.config.coerce import show_value
+from fastdqn.config.files import load_toml, make_config, preset_names
 from fastdqn.config.settings import (
     ALGO_DEFAULTS,
-    ALGOS,
     CONDITIONS,
     Config,
     check_episode_seed,
@@ -27,11 +30,7 @@ from fastdqn.config.settings import (
     coerce,
     field_docs,
     field_names,
-    load_toml,
-    make_config,
-    preset_names,
     reads,
-    show_value,
 )
 from fastdqn.core.checkpoint import (
     check_file_settings,
@@ -40,6 +39,12 @@ from fastdqn.core.checkpoint import (
     settings_from_file,
 )
 from fastdqn.errors import CheckpointError, ConfigError, RouteFallbackWarning
+
+if TYPE_CHECKING:
+    from fastdqn.evaluation.compare import Comparison
+    from fastdqn.evaluation.episodes import EvalResult
+    from fastdqn.evaluation.policies import Policy
+    from fastdqn.runtime.run import TrainResult
 
 SHORT = {"env_id": "--env"}
 
@@ -194,37 +199,14 @@ def checkpoint_env(path: str | os.PathLike, env_id: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """`fastdqn train`: the settings (a resumed run's from its checkpoint), the run, its line."""
     from fastdqn.errors import EnvError, TrainingDiverged
-    from fastdqn.runtime.run import default_run_dir, resume_checkpoint
+    from fastdqn.runtime.rundir import default_run_dir
     from fastdqn.runtime.train import train
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
-        run_dir = explicit.get("run_dir", "")
-        if not run_dir:
-            raise ConfigError("--resume needs --run-dir DIR of the run to continue")
-        path = resume_checkpoint(run_dir)
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt.get("config"), dict):
-            raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
-        try:  # the file's settings alone first, so that a refusal blames the file, not a flag
-            stored = {k: v for k, v in ckpt["config"].items() if k in field_names()}
-            typed = next(filter(None, map(file_setting_problem, stored, stored.values())), None)
-            if typed:
-                raise ConfigError(typed)
-            base = {k: coerce(k, v) for k, v in stored.items()}
-            base.update({"resume": False, "overwrite": False})
-            make_config(**base)
-        except ConfigError as e:
-            raise CheckpointError(f"{path} holds settings fastdqn refuses ({e}); it is damaged or "
-                                  "crafted") from None
-        chosen = load_toml(args.config) if args.config is not None else {}  # yours to trust
-        if "env_id" not in explicit and "env_id" not in chosen:
-            checkpoint_env(path, base.get("env_id", Config.env_id))
-        given = {**chosen, **explicit}
-        base = settings_from_file(base, given)  # never where the run connects
-        cfg = make_config(**{**base, **given})
-        check_file_settings(path, cfg, set(base) - set(given))
+        cfg = _resumed_config(args, explicit)
     else:
         cfg = make_config(args.config, **explicit)
     if not cfg.run_dir:  # fixed here so that every message can name it
@@ -236,6 +218,45 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         sys.stderr.write(f"interrupted: stopped at once, {_kept(cfg)}\n")
         return 130
+    return _ended(cfg, result)
+
+
+def _resumed_config(args: argparse.Namespace, explicit: dict) -> Config:
+    """A resumed run's settings: its checkpoint's, checked alone first so that a refusal blames
+    the file, not a flag; then the --config file's and the flags on top of them."""
+    from fastdqn.runtime.rundir import resume_checkpoint
+
+    run_dir = explicit.get("run_dir", "")
+    if not run_dir:
+        raise ConfigError("--resume needs --run-dir DIR of the run to continue")
+    path = resume_checkpoint(run_dir)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path} lacks its config; it is damaged or from another program")
+    try:  # the file's settings alone first, so that a refusal blames the file, not a flag
+        stored = {k: v for k, v in ckpt["config"].items() if k in field_names()}
+        typed = next(filter(None, map(file_setting_problem, stored, stored.values())), None)
+        if typed:
+            raise ConfigError(typed)
+        base = {k: coerce(k, v) for k, v in stored.items()}
+        base.update({"resume": False, "overwrite": False})
+        make_config(**base)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds settings fastdqn refuses ({e}); it is damaged or "
+                              "crafted") from None
+    chosen = load_toml(args.config) if args.config is not None else {}  # yours to trust
+    if "env_id" not in explicit and "env_id" not in chosen:
+        checkpoint_env(path, base.get("env_id", Config.env_id))
+    given = {**chosen, **explicit}
+    base = settings_from_file(base, given)  # never where the run connects
+    cfg = make_config(**{**base, **given})
+    check_file_settings(path, cfg, set(base) - set(given))
+    return cfg
+
+
+def _ended(cfg: Config, result: TrainResult) -> int:
+    """How a run that returned ended, in one line, and its exit code: done (stdout, 0), stopped
+    (1) or interrupted (128 + the signal, with the command that resumes it)."""
     s = result.summary
     solved = (f"solved in {s['time_to_solve_s']:.1f} s, {s['steps_to_solve']:,d} steps"
               if s["solved"] else "not solved")
@@ -272,20 +293,50 @@ def _output(value: str, flag: str, suffixes: list[str]) -> Path:
     return path
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from fastdqn.core.device import resolve_device
-    from fastdqn.envs.atari import eval_epsilon
-    from fastdqn.errors import DisplayError
-    from fastdqn.evaluation.episodes import (
-        compare_policies,
-        eval_seed,
-        load_policy,
-        render_episodes,
-        run_episodes,
-        save_gif,
-    )
+@dataclass
+class _Report:
+    """What `fastdqn eval` prints: its result as one JSON object (--json) or as lines, and notes
+    of what it wrote or lacks, which go to stderr under --json, so that stdout stays JSON."""
 
-    # each flag that means what a training setting means is checked by that setting's rules
+    out: dict
+    lines: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def show(self, as_json: bool) -> None:
+        if as_json:
+            print(json.dumps(self.out))
+            for note in self.notes:
+                print(note, file=sys.stderr)
+        else:
+            print("\n".join(self.lines + self.notes))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`fastdqn eval`: every flag checked before any work, the policy loaded, its episodes
+    played; then the comparison, the GIF and the histogram, each where asked for."""
+    gif = _check_eval_flags(args)
+    policy, ckpt, env_id = _eval_policy(args)
+    seed, epsilon = _eval_seed_and_epsilon(args, ckpt, env_id)
+    target, plot = _compare_settings(args, ckpt) if args.compare else (None, None)
+    result = _play(args, policy, env_id, seed, epsilon)
+    report = _Report(result.to_dict(), [
+        f"{env_id}: mean {result.mean:.2f} ± {result.std:.2f}, min {result.min:.2f}, "
+        f"max {result.max:.2f} over {result.episodes} episodes"])
+    comparison = (_compare(args, policy, env_id, seed, epsilon, target, report)
+                  if args.compare else None)
+    if gif is not None:
+        _record_gif(policy, env_id, gif, seed, epsilon, report)
+    if comparison is not None:
+        comparison.plot(plot)
+        report.out["plot"] = str(plot)
+        report.notes.append(f"wrote {plot}: histogram of the returns")
+    report.show(args.json)
+    return 0
+
+
+def _check_eval_flags(args: argparse.Namespace) -> Path | None:
+    """eval's flags, each that means what a training setting means checked by that setting's
+    rules, before the checkpoint is read; returns the --gif file, if asked for."""
     args.episodes = check_value("eval_episodes", args.episodes, "--episodes")
     args.num_envs = check_value("eval_envs", args.num_envs, "--num-envs")
     if args.epsilon is not None:
@@ -294,63 +345,90 @@ def _eval(args: argparse.Namespace) -> int:
         args.seed = check_episode_seed(args.seed, args.episodes)
     if args.plot and not args.compare:
         raise ConfigError("--plot names the --compare histogram; add --compare or drop --plot")
-    gif = _output(args.gif, "--gif", ["gif"]) if args.gif else None
+    return _output(args.gif, "--gif", ["gif"]) if args.gif else None
+
+
+def _eval_policy(args: argparse.Namespace) -> tuple[Policy, dict, str]:
+    """The checkpoint's policy on --device, its checkpoint, and the env it plays (--env, else
+    the checkpoint's), whose spaces must fit its network."""
+    from fastdqn.core.device import resolve_device
+    from fastdqn.evaluation.policies import load_policy
+
     device = resolve_device(check_value("device", args.device))
     policy, ckpt = load_policy(args.checkpoint, str(device))
     env_id = args.env if args.env is not None else checkpoint_env(args.checkpoint, ckpt["env"]["id"])
-    check_fits_env(args.checkpoint, policy.net if policy.net is not None else policy.module, env_id)
+    check_fits_env(args.checkpoint, policy.network, env_id)
+    return policy, ckpt, env_id
+
+
+def _eval_seed_and_epsilon(args: argparse.Namespace, ckpt: dict, env_id: str
+                           ) -> tuple[int, float]:
+    """The first episode's seed (--seed, else the run's TEST stream) and the epsilon it plays
+    with (--epsilon, else the run's own --eval-epsilon)."""
+    from fastdqn.envs.atari import eval_epsilon
+    from fastdqn.evaluation.episodes import eval_seed
+
     seed = args.seed if args.seed is not None else eval_seed(_run_seed(args.checkpoint, ckpt))
     epsilon = args.epsilon
     if epsilon is None:  # the run's own; a checkpoint from before --eval-epsilon has none
         saved = _run_setting(args.checkpoint, ckpt, "eval_epsilon", "a probability")
         epsilon = eval_epsilon(saved, env_id)
-    plot = None
-    target = (_run_setting(args.checkpoint, ckpt, "target_return", "a finite number or none")
-              if args.compare else None)
-    if args.compare:
-        from matplotlib.backend_bases import FigureCanvasBase
+    return seed, epsilon
 
-        formats = ["png", "svg", "pdf", *FigureCanvasBase.get_supported_filetypes()]
-        plot = _output(args.plot or str(Path(args.checkpoint).parent / "compare.png"), "--plot",
-                       list(dict.fromkeys(formats)))
+
+def _compare_settings(args: argparse.Namespace, ckpt: dict) -> tuple[float | None, Path]:
+    """--compare's success threshold (the run's --target-return) and the file its histogram
+    goes to (--plot, else compare.png next to the checkpoint), checked before any episode."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    target = _run_setting(args.checkpoint, ckpt, "target_return", "a finite number or none")
+    formats = ["png", "svg", "pdf", *FigureCanvasBase.get_supported_filetypes()]
+    plot = _output(args.plot or str(Path(args.checkpoint).parent / "compare.png"), "--plot",
+                   list(dict.fromkeys(formats)))
+    return target, plot
+
+
+def _play(args: argparse.Namespace, policy: Policy, env_id: str, seed: int, epsilon: float
+          ) -> EvalResult:
+    """The --episodes episodes: in a live window (--render) or on --num-envs envs at once."""
+    from fastdqn.errors import DisplayError
+    from fastdqn.evaluation.episodes import run_episodes
+    from fastdqn.evaluation.media import render_episodes
+
     try:
         if args.render:
-            result = render_episodes(policy, env_id, args.episodes, seed, epsilon=epsilon)
-        else:
-            result = run_episodes(policy, env_id, args.episodes, seed, args.num_envs,
-                                  epsilon=epsilon)
+            return render_episodes(policy, env_id, args.episodes, seed, epsilon=epsilon)
+        return run_episodes(policy, env_id, args.episodes, seed, args.num_envs, epsilon=epsilon)
     except DisplayError as e:
         raise ConfigError(f"--render: {e.problem}; use --gif FILE to record an episode instead"
                           ) from None
-    out = result.to_dict()
-    lines = [f"{env_id}: mean {result.mean:.2f} ± {result.std:.2f}, min {result.min:.2f}, "
-             f"max {result.max:.2f} over {result.episodes} episodes"]
-    notes = []  # what was written, what is missing: stderr under --json, so stdout stays JSON
-    comparison = None
-    if args.compare:
-        comparison = compare_policies(policy, env_id, args.episodes, seed, args.num_envs,
-                                      target, epsilon=epsilon)
-        out.update(comparison.to_dict())
-        out["success_threshold"] = comparison.threshold
-        lines = [comparison.table()]
-        if comparison.note:
-            (notes if args.json else lines).insert(0, comparison.note)
-    if gif is not None:
-        rec = save_gif(policy, env_id, gif, seed, epsilon=epsilon)
-        out["gif"] = str(rec.path)
-        notes.append(f"wrote {rec.path}: one greedy episode (seed {seed}), {rec.steps} steps, "
-                     f"return {rec.episode_return:.2f}, {rec.frames} frames")
-    if comparison is not None:
-        comparison.plot(plot)
-        out["plot"] = str(plot)
-        notes.append(f"wrote {plot}: histogram of the returns")
-    if args.json:
-        print(json.dumps(out))
-        for note in notes:
-            print(note, file=sys.stderr)
-    else:
-        print("\n".join(lines + notes))
-    return 0
+
+
+def _compare(args: argparse.Namespace, policy: Policy, env_id: str, seed: int, epsilon: float,
+             target: float | None, report: _Report) -> Comparison:
+    """--compare: a random policy and the heuristic controller on the same seeds; its table
+    replaces the report's lines."""
+    from fastdqn.evaluation.compare import compare_policies
+
+    comparison = compare_policies(policy, env_id, args.episodes, seed, args.num_envs, target,
+                                  epsilon=epsilon)
+    report.out.update(comparison.to_dict())
+    report.out["success_threshold"] = comparison.threshold
+    report.lines = [comparison.table()]
+    if comparison.note:
+        (report.notes if args.json else report.lines).insert(0, comparison.note)
+    return comparison
+
+
+def _record_gif(policy: Policy, env_id: str, gif: Path, seed: int, epsilon: float,
+                report: _Report) -> None:
+    """--gif: the first episode, recorded."""
+    from fastdqn.evaluation.media import save_gif
+
+    rec = save_gif(policy, env_id, gif, seed, epsilon=epsilon)
+    report.out["gif"] = str(rec.path)
+    report.notes.append(f"wrote {rec.path}: one greedy episode (seed {seed}), {rec.steps} steps, "
+                        f"return {rec.episode_return:.2f}, {rec.frames} frames")
 
 
 def _run_seed(path: str, ckpt: dict) -> int:
@@ -383,7 +461,7 @@ def check_fits_env(path: str, net, env_id: str) -> None:
     here (same ids can change shape)."""
     import numpy as np
 
-    from fastdqn.envs.vector import probe_env
+    from fastdqn.envs.make import probe_env
 
     obs_space, act_space, _ = probe_env(env_id)
     shape = getattr(net, "obs_shape", None)

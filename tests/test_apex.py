@@ -29,9 +29,10 @@ import torch
 from fastdqn import train
 from fastdqn.algos.apex import Actor, actor_epsilons, actor_weights, ingest, require_ray
 from fastdqn.algos.dqn.agent import DQN
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.seeds import TRAIN, episode_seed
-from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
 from fastdqn.errors import ConfigError
 from fastdqn.learners.reference import ReferenceLearner
 from fastdqn.replay.prioritized import PrioritizedSampler
@@ -171,7 +172,7 @@ def test_apex_settings_are_refused_in_one_line(settings, message):
 
 
 def test_the_frame_replay_is_refused_with_actors():
-    from fastdqn.runtime.train import check_dqn_env
+    from fastdqn.algos.dqn.preflight import check_dqn_env
 
     stacks = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # what --frame-replay auto takes
     with pytest.raises(ConfigError, match="--frame-replay off"):

@@ -14,7 +14,9 @@ import pytest
 from conftest import run_fastdqn
 
 from fastdqn.envs.atari import make_env, register, reports_life_loss
-from fastdqn.envs.vector import life_loss_of, make_vector_env, probe_env
+from fastdqn.envs.autoreset import life_loss_of
+from fastdqn.envs.backends import make_vector_env
+from fastdqn.envs.make import probe_env
 from fastdqn.errors import ConfigError
 
 ale_py = pytest.importorskip("ale_py")

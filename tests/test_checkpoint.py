@@ -21,9 +21,9 @@ from fastdqn.core.checkpoint import (
     save_checkpoint,
 )
 from fastdqn.errors import CheckpointError, ConfigError
-from fastdqn.evaluation.episodes import load_policy
+from fastdqn.evaluation.policies import load_policy
 from fastdqn.nets.mlp import MLP
-from fastdqn.runtime.run import remove_temp_run_files
+from fastdqn.runtime.rundir import remove_temp_run_files
 
 
 def sample_state() -> dict:

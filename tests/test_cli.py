@@ -839,7 +839,8 @@ def test_each_flag_says_which_algorithms_read_it() -> None:
     import argparse
 
     from fastdqn.cli import build_parser
-    from fastdqn.config.settings import ALGOS, CONDITIONS, field_names, reads
+    from fastdqn.config.choices import ALGOS
+    from fastdqn.config.settings import CONDITIONS, field_names, reads
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -859,7 +860,7 @@ def test_a_preset_name_is_the_preset_whatever_the_folder_holds(tmp_path, monkeyp
                                                                 capsys) -> None:
     """A folder, or a file without a suffix, named like a preset does not hide the preset;
     ./NAME names the file, and a folder given as a path is refused as a folder."""
-    from fastdqn.config.settings import load_toml
+    from fastdqn.config.files import load_toml
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "minatar").mkdir()
@@ -899,7 +900,7 @@ def test_a_config_file_is_utf8_text_a_bom_allowed_and_a_broken_link_named(tmp_pa
                                                                           monkeypatch) -> None:
     """An editor's BOM is no setting; other encodings and a dangling symlink (even one named
     like no preset) are one line naming what the file is."""
-    from fastdqn.config.settings import load_toml
+    from fastdqn.config.files import load_toml
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfnum_envs = 3\n")

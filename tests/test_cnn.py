@@ -15,10 +15,10 @@ import torch
 from conftest import run_fastdqn
 
 from fastdqn import train
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 from fastdqn.errors import CheckpointError, ConfigError
-from fastdqn.evaluation.episodes import load_policy
+from fastdqn.evaluation.policies import load_policy
 from fastdqn.learners.reference import RMSPROP, ReferenceLearner
 from fastdqn.nets.cnn import (
     MINATAR,
@@ -30,8 +30,8 @@ from fastdqn.nets.cnn import (
     cnn_for,
     count_params,
     is_image_space,
-    resolve_network,
 )
+from fastdqn.nets.kinds import resolve_network
 from fastdqn.nets.mlp import preprocess
 from fastdqn.replay.rows import Batch, ReplayBuffer
 

@@ -9,15 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdqn.config.settings import (
-    Config,
-    coerce,
-    field_docs,
-    field_names,
-    load_toml,
-    make_config,
-    preset_names,
-)
+from fastdqn.config.files import load_toml, make_config, preset_names
+from fastdqn.config.settings import Config, coerce, field_docs, field_names
 from fastdqn.errors import ConfigError
 
 
@@ -398,7 +391,7 @@ def test_validate_raises_only_config_error(values):
 @pytest.mark.parametrize("name", ["lunarlander-notebook", "udacity-lunarlander",
                                   "hard-target-fixed-eps"])
 def test_shipped_presets_load_and_apply(name):
-    from fastdqn.config.settings import make_config, preset_names
+    from fastdqn.config.files import make_config, preset_names
 
     assert name in preset_names()
     cfg = make_config(name, seed=5)
@@ -527,7 +520,7 @@ def test_every_seed_stream_of_the_largest_seed_is_one_numpy_and_torch_take(seed)
     import numpy as np
     import torch
 
-    from fastdqn.config.settings import MAX_EPISODE_SEED, MAX_SEED
+    from fastdqn.config.limits import MAX_EPISODE_SEED, MAX_SEED
     from fastdqn.core.seeds import FIT, TRAIN, episode_seed
 
     assert make_config(seed=seed).seed == seed <= MAX_SEED
@@ -540,7 +533,8 @@ def test_every_seed_stream_of_the_largest_seed_is_one_numpy_and_torch_take(seed)
 
 
 def test_an_eval_episode_seed_is_checked_against_the_episodes_it_starts():
-    from fastdqn.config.settings import MAX_EPISODE_SEED, check_episode_seed
+    from fastdqn.config.limits import MAX_EPISODE_SEED
+    from fastdqn.config.settings import check_episode_seed
 
     assert check_episode_seed("7", 10) == 7
     assert check_episode_seed(MAX_EPISODE_SEED - 9, 10) == MAX_EPISODE_SEED - 9
@@ -607,7 +601,8 @@ def _table():
 
 
 def test_the_table_covers_every_setting_and_condition():
-    from fastdqn.config.settings import ALGO_DEFAULTS, ALGOS, CONDITIONS, NETWORK_KINDS
+    from fastdqn.config.choices import ALGOS, NETWORK_KINDS
+    from fastdqn.config.settings import ALGO_DEFAULTS, CONDITIONS
 
     table = _table()
     partial = {n for n, row in table.items()
@@ -673,6 +668,45 @@ def test_an_algorithms_own_default_is_not_a_setting_it_ignores():
         make_config(algo="pqn", eps_schedule="per_episode", eps_decay_steps=1000)
 
 
+def test_the_algorithms_own_defaults_come_from_the_fields_as_the_table_kept_by_hand():
+    """ALGO_DEFAULTS is derived from the fields' `algo_defaults` tags: the same table, in the
+    same order, as the one written out by hand before, each default set only on a field its
+    algorithm reads and of the field's type."""
+    from fastdqn.config.settings import ALGO_DEFAULTS
+
+    assert ALGO_DEFAULTS == {
+        "pqn": {"lr": 1e-3, "loss": "mse", "eps_decay_steps": 25_000},
+        "reinforce": {"lr": 1e-3},
+    }
+    assert [list(own) for own in ALGO_DEFAULTS.values()] == [["lr", "loss", "eps_decay_steps"], ["lr"]]
+    table = _table()
+    for algo, own in ALGO_DEFAULTS.items():
+        for name, value in own.items():
+            assert algo in table[name]["algos"], (algo, name)
+            assert coerce(name, value) == value and type(coerce(name, value)) is type(value)
+            assert getattr(make_config(algo=algo), name) == value
+
+
+def test_an_algorithm_default_for_a_field_the_algorithm_does_not_read_is_refused_at_definition():
+    from fastdqn.config.settings import _reads
+
+    with pytest.raises(ValueError, match="reinforce"):
+        _reads(1, algos=("dqn",), algo_defaults={"reinforce": 2})
+
+
+def test_validate_is_short_named_steps_in_a_fixed_order():
+    """Config.validate runs one short step per concern; the first refusal wins, so a config
+    breaking two rules names the earlier step's (here: exploration before the run's own)."""
+    import inspect
+
+    steps = [name for name, _ in inspect.getmembers(Config, inspect.isfunction)
+             if name.startswith("_validate") or name in ("validate", "_coerce_each", "_refuse_unread")]
+    for name in steps:
+        assert len(inspect.getsource(getattr(Config, name)).splitlines()) < 50, name
+    with pytest.raises(ConfigError, match="--temperature"):
+        Config(temperature=0.0, resume=True, overwrite=True).validate()
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     ({"network": "cnn", "hidden": (64,)},
      "--hidden applies to --network mlp only, not --network cnn; drop --hidden or pass "
@@ -690,13 +724,17 @@ def test_a_network_setting_the_network_does_not_read_is_refused(flags, message):
 
 
 def _reads_in(module: str) -> set[str]:
-    """The Config fields module `module` reads as cfg.X, c.X, config.X or self.cfg.X."""
+    """The Config fields module `module` reads as cfg.X, c.X, config.X or self.cfg.X;
+    "path::function" reads that function of the module only."""
     import ast
     from pathlib import Path
 
     import fastdqn
 
+    module, _, function = module.partition("::")
     tree = ast.parse((Path(fastdqn.__file__).parent / module).read_text())
+    if function:
+        tree = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and (
@@ -706,9 +744,22 @@ def _reads_in(module: str) -> set[str]:
     return names & set(field_names())
 
 
-MODULES = {"dqn": ["algos/dqn/agent.py", "algos/apex.py"], "pqn": ["algos/pqn.py"],
-           "reinforce": ["algos/reinforce.py"]}
-SHARED = ["runtime/run.py", "runtime/train.py"]
+def _algorithm_modules() -> dict[str, list[str]]:
+    """Each algorithm's own modules, and the build function of each network kind it trains
+    (nets/kinds.py builds every algorithm's network from the settings)."""
+    from fastdqn.nets.kinds import KINDS
+
+    own = {"dqn": ["algos/dqn/agent.py", "algos/dqn/loop.py", "algos/dqn/checkpoint.py",
+                   "algos/dqn/preflight.py", "algos/apex.py"],
+           "pqn": ["algos/pqn.py"], "reinforce": ["algos/reinforce.py"]}
+    for kind in KINDS.values():
+        if kind.build is not None:
+            own[kind.algo].append(f"nets/kinds.py::{kind.build.__name__}")
+    return own
+
+
+MODULES = _algorithm_modules()
+SHARED = ["runtime/run.py", "runtime/rundir.py", "runtime/train.py"]
 HANDED_ON = {"save_buffer": "run.py hands it to the agent's state_dict(with_buffer), which only "
                             "DQN's replay reads"}
 """Tagged settings an algorithm reads through the run (run.py), not its own module."""
@@ -717,7 +768,7 @@ HANDED_ON = {"save_buffer": "run.py hands it to the agent's state_dict(with_buff
 def test_the_table_matches_the_code_that_reads_each_setting():
     """Each algorithm's module reads every setting tagged as its own, and reads nothing tagged
     as not its own: the table cannot drift from the code."""
-    from fastdqn.config.settings import ALGOS
+    from fastdqn.config.choices import ALGOS
 
     table = _table()
     shared = set().union(*(_reads_in(m) for m in SHARED))
@@ -741,7 +792,7 @@ def test_network_auto_refuses_what_the_network_it_picks_does_not_read():
     import torch
     from gymnasium.spaces import Box
 
-    from fastdqn.runtime.train import check_dqn_env
+    from fastdqn.algos.dqn.preflight import check_dqn_env
 
     with pytest.raises(ConfigError) as info:
         check_dqn_env(make_config(hidden=(64,)), Box(0, 255, (4, 84, 84), np.uint8),

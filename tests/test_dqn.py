@@ -11,7 +11,7 @@ from conftest import episode_length, make_counting_env
 from fastdqn import train
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 from fastdqn.errors import CheckpointError, ConfigError
-from fastdqn.evaluation.episodes import load_policy
+from fastdqn.evaluation.policies import load_policy
 
 GAMMA = 0.9
 

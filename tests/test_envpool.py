@@ -23,8 +23,9 @@ from fastdqn import train
 from fastdqn.cli import main
 from fastdqn.core.device import torch_dtype
 from fastdqn.core.seeds import TRAIN, episode_seed
-from fastdqn.envs.envpool import EnvPoolVectorEnv, check_envpool, envpool_task, pool_seeds
-from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
+from fastdqn.envs.backends.envpool import EnvPoolVectorEnv, check_envpool, envpool_task, pool_seeds
 from fastdqn.errors import ConfigError
 from fastdqn.replay.rows import ReplayBuffer
 

@@ -31,18 +31,17 @@ from scripted_envs import (
 )
 from scripted_envs import env_id as scripted_env_id
 
+from fastdqn import make_config
 from fastdqn.algos.apex import actor_weights
+from fastdqn.config.choices import CHOICES
 from fastdqn.core.device import torch_dtype
-from fastdqn.envs.vector import (
-    ShardedVectorEnv,
-    SyncVectorEnv,
-    check_env_id,
-    check_spaces,
-    default_workers,
-    make_vector_env,
-    probe_env,
-    real_next_obs,
-)
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import BACKENDS, make_vector_env
+from fastdqn.envs.backends.sharded import ShardedVectorEnv
+from fastdqn.envs.backends.sync import SyncVectorEnv
+from fastdqn.envs.make import probe_env
+from fastdqn.envs.spaces import check_env_id, check_spaces
+from fastdqn.envs.workers import default_workers
 from fastdqn.errors import ConfigError, EnvError
 from fastdqn.replay.rows import ReplayBuffer
 
@@ -59,7 +58,7 @@ MODES = {"sync": ("sync", 0), "async": ("async", 0), "sharded-1": ("sharded", 1)
 
 
 def make_envs(mode_id: str, num_envs: int, factory=make_counting_env):
-    mode, workers = MODES[mode_id]
+    mode, workers = MODES.get(mode_id, (mode_id, 2))
     return make_vector_env("x", num_envs, mode, factory=factory, num_workers=workers)
 
 
@@ -197,6 +196,32 @@ def test_real_next_obs_replaces_only_finished_rows():
     assert out.tolist() == [[1.0, 0.0], [9.0, 4.0], [3.0, 0.0]]
     assert next_obs.tolist() == [[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]  # input untouched
     assert real_next_obs(next_obs, {}, out).tolist() == next_obs.tolist()
+
+
+def test_the_backends_are_configs_vector_choices():
+    """A backend is one module and one BACKENDS entry; config's choices, and the settings it
+    reads only with some backends, must say what the entries say."""
+    assert list(BACKENDS) == CHOICES["vector"]
+    for name, backend in BACKENDS.items():
+        for setting, reads in (("num_workers", backend.workers), ("env_timeout", backend.replies)):
+            if reads:
+                make_config(vector=name, **{setting: 3})
+            else:
+                with pytest.raises(ConfigError, match="applies to"):
+                    make_config(vector=name, **{setting: 3})
+
+
+@pytest.mark.parametrize("name", [n for n, b in BACKENDS.items() if b.takes_factory and n != "sync"])
+def test_each_backend_stores_the_transitions_sync_stores(name):
+    """Same scripted envs, seeds and actions: every backend that plays the caller's envs gives
+    sync's transitions (envpool builds its own: tests/test_envpool.py checks it against EnvPool)."""
+    ours, flags, first = collect(name)
+    sync, sync_flags, sync_first = collect("sync")
+    assert np.array_equal(first, sync_first)
+    for key in ("obs", "actions", "rewards", "next_obs", "dones"):
+        assert torch.equal(getattr(ours, key)[:ours.size], getattr(sync, key)[:sync.size]), key
+    for got, want in zip(flags, sync_flags, strict=True):
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
 
 
 def test_make_vector_env_unknown_mode():
@@ -596,7 +621,7 @@ def test_training_and_evaluation_send_the_env_its_own_actions(algo, tmp_path, ca
     `--compare`) reaches a Discrete(3, start=-1) env as index - 1: the env raises on any
     other, and its observation tells which one it received."""
     from fastdqn.cli import main
-    from fastdqn.evaluation.episodes import load_policy
+    from fastdqn.evaluation.policies import load_policy
 
     env_id = scripted_env_id("ShiftedActions-v0")
     run_dir = tmp_path / "run"
@@ -626,7 +651,8 @@ def test_training_and_evaluation_send_the_env_its_own_actions(algo, tmp_path, ca
 
 def test_evaluation_episodes_send_each_policy_action_shifted():
     from fastdqn.algos.dqn.agent import fit_scaler
-    from fastdqn.evaluation.episodes import compare_policies, run_episodes
+    from fastdqn.evaluation.compare import compare_policies
+    from fastdqn.evaluation.episodes import run_episodes
 
     env_id = scripted_env_id("ShiftedActions-v0")
     for index in range(3):  # the reward is the action the env received, every step
@@ -646,7 +672,7 @@ def test_evaluation_episodes_send_each_policy_action_shifted():
 def test_an_apex_actor_sends_its_actions_shifted():
     from fastdqn.algos.apex import Actor
     from fastdqn.algos.dqn.agent import DQN
-    from fastdqn.config.settings import make_config
+    from fastdqn.config.files import make_config
 
     cfg = make_config(env_id="x", vector="sync", num_envs=3, buffer_size=256, batch_size=8,
                       learning_starts=8, actors=1, progress=False)

@@ -12,18 +12,10 @@ import torch
 from conftest import set_layers
 
 from fastdqn.errors import ConfigError, DisplayError
-from fastdqn.evaluation.episodes import (
-    Comparison,
-    EvalResult,
-    HeuristicPolicy,
-    Policy,
-    RandomPolicy,
-    compare_policies,
-    has_heuristic,
-    render_episodes,
-    run_episodes,
-    save_gif,
-)
+from fastdqn.evaluation.compare import Comparison, compare_policies
+from fastdqn.evaluation.episodes import EvalResult, run_episodes
+from fastdqn.evaluation.media import render_episodes, save_gif
+from fastdqn.evaluation.policies import HeuristicPolicy, Policy, RandomPolicy, has_heuristic
 from fastdqn.nets.mlp import MLP, QNetwork
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from fastdqn import train
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
-from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
 from fastdqn.errors import CheckpointError, ConfigError
 from fastdqn.learners.reference import ReferenceLearner
 from fastdqn.replay.frames import FrameReplay, check_state, frame_slots, is_frame_stack

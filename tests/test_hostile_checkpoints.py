@@ -19,6 +19,7 @@ import subprocess
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -88,13 +89,13 @@ def nothing_starts(monkeypatch) -> None:
     """Building an agent or envs fails the test: a refusal must come first. (Without it, the
     settings these tests hand a run would start 100 000 processes or allocate terabytes.)"""
     import fastdqn.runtime.run
-    import fastdqn.runtime.train
+    from fastdqn.algos.registry import ALGOS
 
     def refuse(*args, **kwargs):
         raise AssertionError("the run went on to build its agent or envs")
 
-    for name in ("DQN", "PQN", "Reinforce"):
-        monkeypatch.setattr(fastdqn.runtime.train, name, refuse)
+    for name, algo in ALGOS.items():
+        monkeypatch.setitem(ALGOS, name, replace(algo, make_agent=refuse))
     monkeypatch.setattr(fastdqn.runtime.run, "make_vector_env", refuse)
 
 

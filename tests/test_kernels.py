@@ -265,7 +265,7 @@ def test_cuda_graph_capture_failure_falls_back_to_eager(device, monkeypatch):
 def test_non_cuda_routes_reach_no_cuda_call(monkeypatch):
     """MPS takes the plain torch route: on the CPU, with the fused step off, no torch.cuda
     function may be reached (each one here raises), CUDA graphs asked for or not."""
-    from fastdqn.algos.explore import ActingQ
+    from fastdqn.learners.acting import ActingQ
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a CUDA-only call was reached")

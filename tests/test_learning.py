@@ -35,7 +35,7 @@ def test_cartpole_reaches_475(tmp_path) -> None:
 @pytest.mark.slow
 def test_rainbow_lite_preset_learns_cartpole(tmp_path) -> None:
     """The preset's options (double, dueling, 3-step, prioritized) on the same CartPole setting."""
-    from fastdqn.config.settings import load_toml
+    from fastdqn.config.files import load_toml
 
     preset = load_toml("rainbow-lite")
     assert preset["dueling"] and preset["prioritized"] and preset["n_step"] == 3

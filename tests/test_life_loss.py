@@ -14,10 +14,10 @@ from scripted_envs import env_id as scripted_env_id
 
 from fastdqn import train
 from fastdqn.algos.dqn.agent import DQN
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.checkpoint import load_checkpoint
 from fastdqn.envs.atari import auto_on, eval_epsilon
-from fastdqn.envs.vector import make_vector_env
+from fastdqn.envs.backends import make_vector_env
 from fastdqn.errors import ConfigError
 from fastdqn.evaluation.episodes import run_episodes
 

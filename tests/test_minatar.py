@@ -13,11 +13,12 @@ import torch
 
 from fastdqn import train
 from fastdqn.algos.dqn.agent import DQN
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.seeds import SELECT, episode_seed
 from fastdqn.envs.atari import make_env, register
 from fastdqn.errors import ConfigError
-from fastdqn.evaluation.episodes import RandomPolicy, run_episodes
+from fastdqn.evaluation.episodes import run_episodes
+from fastdqn.evaluation.policies import RandomPolicy
 
 pytest.importorskip("minatar")
 

@@ -1,4 +1,4 @@
-"""The native CPU learner step (csrc/fused_step.cpp via fastdqn/native.py): its build and cache,
+"""The native CPU learner step (csrc/fused_step.cpp via fastdqn/learners/native.py): its build and cache,
 its self-check, and every way it can be unavailable, each falling back to the Numba step with
 one line. That it equals the reference for every option is in test_routes.py."""
 
@@ -21,7 +21,7 @@ import torch
 
 from fastdqn.errors import RouteFallbackWarning
 from fastdqn.learners import native
-from fastdqn.learners.flat import CpuStep, Learner
+from fastdqn.learners.flat import CpuStep, Learner, native_self_check
 from fastdqn.nets.mlp import MLP
 from fastdqn.replay.rows import ReplayBuffer
 
@@ -227,7 +227,7 @@ def test_self_check_leaves_the_run_untouched(cache):
     buf = buffer()
     lr = learner()
     before = {k: v.clone() for k, v in lr.snapshot().items()}
-    assert native.self_check(lr, buf, 32) is None
+    assert native_self_check(lr, buf, 32) is None
     after = lr.snapshot()
     for name, value in before.items():
         assert torch.equal(after[name], value), name
@@ -281,7 +281,7 @@ def dqn_agent(**kw):
     import gymnasium as gym
 
     from fastdqn.algos.dqn.agent import DQN
-    from fastdqn.config.settings import make_config
+    from fastdqn.config.files import make_config
 
     cfg = make_config(env_id="CartPole-v1", num_envs=8, hidden=(16,), seed=0, **kw)
     obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -359,10 +359,10 @@ def test_learner_numba_where_the_run_would_not_take_it_is_refused(kw, why, tmp_p
     """--learner numba is never parsed and ignored: a run on another route refuses it."""
     import gymnasium as gym
 
-    from fastdqn.config.settings import make_config
-    from fastdqn.envs.vector import env_factory
+    from fastdqn.algos.dqn.preflight import check_dqn_env
+    from fastdqn.config.files import make_config
+    from fastdqn.envs.make import env_factory
     from fastdqn.errors import ConfigError
-    from fastdqn.runtime.train import check_dqn_env
 
     device = torch.device(kw.pop("device", "cpu"))
     cfg = make_config(learner="numba", run_dir=str(tmp_path), **kw)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import make_counting_env
 
-from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
 from fastdqn.replay.nstep import NStepWriter
 from fastdqn.replay.rows import ReplayBuffer
 

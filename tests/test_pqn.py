@@ -15,11 +15,12 @@ from conftest import make_counting_env
 from fastdqn import make_config, train
 from fastdqn.algos.pqn import PQN, flatten_parameters, q_lambda_targets, successor_values
 from fastdqn.cli import build_parser, main
-from fastdqn.config.settings import load_toml
-from fastdqn.envs.vector import make_vector_env, real_next_obs
+from fastdqn.config.files import load_toml
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
 from fastdqn.errors import CheckpointError, ConfigError
-from fastdqn.evaluation.episodes import load_policy
-from fastdqn.nets.mlp import LayerNormQNetwork
+from fastdqn.evaluation.policies import load_policy
+from fastdqn.nets.layernorm import LayerNormQNetwork
 
 # ---------------------------------------------------------------------------------------------
 # Q(lambda) targets

@@ -18,7 +18,7 @@ from fastdqn import load_policy, train
 from fastdqn.algos.dqn.agent import DQN, fit_scaler
 from fastdqn.algos.dqn.checkpoint import check_checkpoint
 from fastdqn.cli import main
-from fastdqn.config.settings import load_toml, make_config
+from fastdqn.config.files import load_toml, make_config
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 from fastdqn.core.seeds import FIT, Purpose, episode_seed, torch_generator
 from fastdqn.errors import CheckpointError, ConfigError

@@ -15,16 +15,17 @@ import torch
 from fastdqn.algos.reinforce import (
     EpisodeStorage,
     Reinforce,
-    policy_network_of,
     reinforce_loss,
     returns_to_go,
     sample_categorical,
 )
 from fastdqn.cli import main
-from fastdqn.config.settings import ALGO_DEFAULTS, Config, load_toml, make_config
+from fastdqn.config.files import load_toml, make_config
+from fastdqn.config.settings import ALGO_DEFAULTS, Config
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 from fastdqn.errors import CheckpointError, ConfigError
-from fastdqn.evaluation.episodes import load_policy
+from fastdqn.evaluation.policies import load_policy
+from fastdqn.nets.policy import policy_network_of
 
 # ---------------------------------------------------------------------------------------------
 # Returns-to-go: three envs whose episodes end at different steps, gamma 0.5

@@ -19,7 +19,8 @@ from fastdqn.algos.contract import Counters
 from fastdqn.config.settings import Config
 from fastdqn.errors import ConfigError
 from fastdqn.evaluation.episodes import EvalResult, run_episodes
-from fastdqn.runtime.run import Evaluator, Signals, prepare_run_dir, remove_run_files, resume_checkpoint
+from fastdqn.runtime.run import Evaluator, Signals
+from fastdqn.runtime.rundir import prepare_run_dir, remove_run_files, resume_checkpoint
 
 
 class FakeLogger:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastdqn import train
-from fastdqn.config.settings import make_config
+from fastdqn.config.files import make_config
 from fastdqn.core.seeds import (
     FIT,
     SELECT,
@@ -26,7 +26,8 @@ from fastdqn.core.seeds import (
     split,
     torch_generator,
 )
-from fastdqn.evaluation.episodes import RandomPolicy, eval_seed, run_episodes
+from fastdqn.evaluation.episodes import eval_seed, run_episodes
+from fastdqn.evaluation.policies import RandomPolicy
 from fastdqn.replay.uniform import seed_state
 
 STREAMS = [TRAIN, SELECT, TEST, FIT]

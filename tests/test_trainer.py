@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from scripted_envs import env_id
 
 from fastdqn import train
 from fastdqn.algos.explore import boltzmann
+from fastdqn.algos.registry import ALGOS
+from fastdqn.config.choices import ALGOS as ALGO_CHOICES
+from fastdqn.config.settings import Config
 from fastdqn.core.checkpoint import load_checkpoint
 from fastdqn.core.seeds import SELECT, episode_seed
 from fastdqn.errors import TrainingDiverged
@@ -113,3 +117,38 @@ def test_a_default_run_killed_after_its_first_evaluation_resumes(tmp_path):
                        env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert json.loads(Path(run_dir / "summary.json").read_text())["total_env_steps"] == step + 16
+
+
+def test_the_registry_holds_one_entry_per_algo_choice():
+    """--algo's choices are the registry's keys: an algorithm the config offers that train
+    cannot look up (or an entry no flag reaches) fails here, not in a user's run."""
+    assert list(ALGOS) == list(ALGO_CHOICES)
+    for name, algo in ALGOS.items():
+        assert algo.name == name
+        assert "log" in algo.stages  # the run laps it at every maybe_log
+        assert all(isinstance(h, int) for h in getattr(Config(), algo.hidden_field))
+
+
+def test_train_drives_an_algorithm_through_its_entry(tmp_path, monkeypatch):
+    """train sizes, builds, trains and resumes an algorithm by its registry entry alone: every
+    hook of an entry wrapped in spies is called, in the order a run needs them."""
+    calls = []
+    real = ALGOS["reinforce"]
+
+    def spy(name):
+        def called(*args, **kwargs):
+            calls.append(name)
+            return getattr(real, name)(*args, **kwargs)
+        return called
+
+    hooks = ("check_memory", "make_agent", "check_checkpoint", "loop")
+    monkeypatch.setitem(ALGOS, "reinforce", replace(real, **{h: spy(h) for h in hooks}))
+    kw = dict(algo="reinforce", env_id="CartPole-v1", vector="sync", num_envs=2,
+              policy_hidden=(8,), eval_every=0, eval_episodes=1, solve_episodes=1, eval_envs=1,
+              progress=False, run_dir=str(tmp_path / "run"))
+    train(**kw, total_timesteps=32)
+    assert calls == ["check_memory", "make_agent", "loop"]
+    calls.clear()
+    result = train(**kw, total_timesteps=64, resume=True)
+    assert calls == ["check_memory", "make_agent", "check_checkpoint", "loop"]
+    assert result.summary["total_env_steps"] == 64

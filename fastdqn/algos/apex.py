@@ -37,11 +37,14 @@ import torch
 from fastdqn.algos.contract import EpisodeTally
 from fastdqn.algos.dqn.agent import DQN
 from fastdqn.algos.explore import epsilon_greedy
-from fastdqn.config.settings import Config, make_config
+from fastdqn.config.files import make_config
+from fastdqn.config.settings import Config
 from fastdqn.core.device import stored_dtype, torch_dtype
 from fastdqn.core.seeds import TRAIN, Purpose, episode_seed, torch_generator
 from fastdqn.envs.atari import auto_on
-from fastdqn.envs.vector import EnvFactory, make_vector_env, real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
+from fastdqn.envs.backends import make_vector_env
+from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ActorsLost, ConfigError
 from fastdqn.learners.reference import td_abs
 from fastdqn.nets.mlp import preprocess

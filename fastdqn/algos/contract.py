@@ -8,13 +8,16 @@ drives them. `Counters` is the run's own progress, which both read and a checkpo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from fastdqn.config.settings import Config
-from fastdqn.evaluation.episodes import Policy
+from fastdqn.evaluation.policies import Policy
 
 
 class EpisodeTally:
@@ -68,6 +71,7 @@ class Agent(Protocol):
     """What a run needs from an algorithm's agent."""
 
     def state_dict(self, with_buffer: bool) -> dict: ...
+    def load_state_dict(self, ckpt: dict) -> None: ...
     def greedy(self, obs: np.ndarray) -> np.ndarray: ...
     def pop_stats(self) -> dict[str, float] | None: ...
     def all_finite(self) -> bool: ...
@@ -93,3 +97,37 @@ class RunHandle(Protocol):
     def maybe_log(self, **scalars: float) -> None: ...
     def maybe_evaluate(self) -> bool: ...
     def maybe_checkpoint(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One --algo as the runtime drives it (`algos.registry.ALGOS` holds one for each): `train`
+    looks it up instead of switching on the name, so a new algorithm is its module and one entry.
+
+    `make_agent(cfg, obs_space, act_space, device, q_network=..., env_factory=..., resuming=...)`
+    builds the agent (the keywords are DQN's; an algorithm that reads none takes and drops
+    them); `loop(run, agent)` trains it, timed in `stages`; `check_checkpoint(agent, ckpt, path)`
+    refuses a checkpoint the agent cannot load, before anything is copied into it;
+    `check_memory(cfg, obs_space, n_actions, device)` refuses in one line what the settings
+    would allocate beyond the device's memory, before anything is allocated; `prepare(cfg,
+    device)` starts slow one-time work (a compile) while the run starts.
+    """
+
+    name: str
+    make_agent: Callable[..., Agent]
+    loop: Callable[[RunHandle, Any], None]
+    stages: tuple[str, ...]
+    check_checkpoint: Callable[[Any, dict, Path], None]
+    check_memory: Callable[[Config, Any, int, torch.device], None]
+    hidden_field: str = "hidden"
+    """The Config field that sizes its network's hidden layers (--hidden, --policy-hidden)."""
+    check_env: Callable[[Config, Any, torch.device, Callable[[], Any], bool], None] | None = None
+    """`check_env(cfg, obs_space, device, make_env, custom)`: what it needs of the env beyond
+    its spaces, refused in one line before the run dir exists."""
+    custom_network: bool = False
+    """Whether it trains a `q_network` of the caller's (`train(q_network=...)`)."""
+    prepare: Callable[[Config, torch.device], None] | None = None
+
+    @property
+    def hidden_flag(self) -> str:
+        return "--" + self.hidden_field.replace("_", "-")

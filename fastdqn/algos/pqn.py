@@ -16,21 +16,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastdqn.algos.checks import check_learner_state
 from fastdqn.algos.contract import Counters, RunHandle
 from fastdqn.algos.explore import EpsilonSchedule, epsilon_greedy
 from fastdqn.config.settings import Config
-from fastdqn.core.checkpoint import (
-    check_count,
-    check_generator_state,
-    check_module_state,
-    check_optimizer_state,
-)
-from fastdqn.core.device import torch_dtype
+from fastdqn.core.device import check_fits, torch_dtype
 from fastdqn.core.seeds import Purpose, torch_generator
-from fastdqn.envs.vector import real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
 from fastdqn.errors import CheckpointError
-from fastdqn.evaluation.episodes import Policy
-from fastdqn.nets.mlp import LayerNormQNetwork, preprocess
+from fastdqn.evaluation.policies import Policy
+from fastdqn.nets.layernorm import LayerNormQNetwork
+from fastdqn.nets.mlp import preprocess
 
 STAGES = ("act", "env_wait", "add", "learn", "log")
 """The loop's stages; a subset of DQN's names, so a timer made for DQN's stages times PQN too."""
@@ -242,8 +238,7 @@ class PQN:
                 "route_fallbacks": []}
 
     def net_spec(self) -> dict:
-        return {"kind": "layernorm_mlp", "in_dim": self.net.in_dim,
-                "n_actions": self.net.n_actions, "hidden": list(self.net.hidden)}
+        return self.net.spec()
 
     def state_dict(self, with_buffer: bool) -> dict:
         """Network, optimizer and RNG states (a PQN rollout is never saved half-collected, so
@@ -263,15 +258,8 @@ class PQN:
         if tuple(net.get("hidden", ())) != self.net.hidden:
             raise CheckpointError(f"{path} has hidden layers {net.get('hidden')}, not "
                                   f"{list(self.net.hidden)}; pass --hidden to match")
-        # every value load_state_dict copies, checked first: a wrong one would fail (or a NaN
-        # diverge) only after the run dir was written to
-        learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
-        check_module_state(path, learner.get("online"), self.net, "learner.online", "PQN network")
-        check_optimizer_state(path, learner.get("optimizer"), [self.flat])
-        check_count(path, "learner.steps", learner.get("steps"), "updates")
-        rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
-        check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
-        check_generator_state(path, "rng.shuffle", rng.get("shuffle"), self.shuffle_gen)
+        check_learner_state(path, ckpt, self.net, "PQN network", [self.flat], ("online", "steps"),
+                            {"act": self.act_gen, "shuffle": self.shuffle_gen})
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Everything `state_dict` saved; the optimizer's moments come back, its settings are
@@ -282,3 +270,15 @@ class PQN:
         self.steps = int(ckpt["learner"]["steps"])
         self.act_gen.set_state(ckpt["rng"]["act"])
         self.shuffle_gen.set_state(ckpt["rng"]["shuffle"])
+
+
+def check_memory(cfg: Config, obs_space, n_actions: int, device: torch.device) -> None:
+    """The rollout's rows and one minibatch's activations, against the memory `device` has: a
+    rough bound, there to refuse what cannot fit before anything is allocated."""
+    in_dim = int(np.prod(obs_space.shape))
+    obs_bytes = in_dim * torch_dtype(obs_space.dtype).itemsize
+    width = sum(cfg.hidden) + n_actions + 1
+    steps = cfg.pqn_rollout * cfg.num_envs
+    nbytes = steps * (obs_bytes + 22) + steps // cfg.pqn_minibatches * 4 * (in_dim + 4 * width)
+    check_fits(nbytes, device, f"a PQN rollout of {cfg.pqn_rollout} x {cfg.num_envs} steps",
+               "lower --pqn-rollout or --num-envs")

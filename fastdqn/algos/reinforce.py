@@ -27,7 +27,6 @@ What is not textbook, and why:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,24 +34,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastdqn.algos.checks import check_learner_state
 from fastdqn.algos.contract import RunHandle
 from fastdqn.config.settings import Config
 from fastdqn.core.checkpoint import (
     DAMAGED,
-    check_count,
-    check_declared_size,
-    check_generator_state,
-    check_module_state,
-    check_optimizer_state,
     is_whole,
 )
-from fastdqn.core.device import check_fits
+from fastdqn.core.device import check_fits, torch_dtype
 from fastdqn.core.seeds import Purpose, torch_generator
-from fastdqn.envs.vector import real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
 from fastdqn.errors import CheckpointError
-from fastdqn.evaluation.episodes import Policy
+from fastdqn.evaluation.policies import Policy
 from fastdqn.learners.reference import all_finite
 from fastdqn.nets.mlp import preprocess
+from fastdqn.nets.policy import PolicyNetwork, load_weights, policy_network_of
 
 STAGES = ("act", "env_send", "learn", "env_wait", "record", "log")
 
@@ -140,29 +136,8 @@ def reinforce_loss(logits: torch.Tensor, actions: torch.Tensor, returns: torch.T
 
 
 # ---------------------------------------------------------------------------------------------
-# The network
+# Acting
 # ---------------------------------------------------------------------------------------------
-
-
-def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> torch.nn.Sequential:
-    sizes = [in_dim, *hidden, out_dim]
-    mods: list[torch.nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
-        mods.append(torch.nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            mods.append(torch.nn.Tanh())
-    return torch.nn.Sequential(*mods)
-
-
-def _run(linears: list[torch.nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """The MLP of `linears` (tanh between them) as functional ops: calling each nn.Module costs
-    ~15 us of hook machinery, more than its matrix product at these sizes."""
-    last = len(linears) - 1
-    for i, m in enumerate(linears):
-        x = F.linear(x, m.weight, m.bias)
-        if i < last:
-            x = torch.tanh(x)
-    return x
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -171,89 +146,6 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
     than torch.multinomial on small batches (measured 7 vs 75 us at 16 x 4 on a loaded CPU)."""
     u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=probs.dtype)
     return (probs.cumsum(1) < u).sum(1).clamp_(max=probs.shape[1] - 1)
-
-
-def param_count(in_dim: int, n_actions: int, hidden: tuple[int, ...], value: bool) -> int:
-    """Parameters of a `PolicyNetwork` of this shape (checked against caps before building)."""
-    def count(out_dim: int) -> int:
-        sizes = [in_dim, *hidden, out_dim]
-        return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-    return count(n_actions) + (count(1) if value else 0)
-
-
-class PolicyNetwork(torch.nn.Module):
-    """A softmax policy `in -> hidden (tanh)... -> n_actions logits` (no hidden layer: linear),
-    and with `value` a state-value network of the same hidden sizes.
-
-    `forward` gives the logits, so the greedy policy (their argmax) is evaluated exactly like a
-    Q-network. The value network shares no layer with the policy: its loss is a squared error of
-    returns in the hundreds (LunarLander), which through shared layers would swamp the policy's
-    gradient, and with separate networks Adam scales each one's steps on its own.
-    """
-
-    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...], value: bool) -> None:
-        super().__init__()
-        self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
-        self.pi = _mlp(in_dim, self.hidden, n_actions)
-        self.v = _mlp(in_dim, self.hidden, 1) if value else None
-        # plain lists (the Sequentials own and register the layers): what `_run` iterates
-        self.pi_linears = [m for m in self.pi if isinstance(m, torch.nn.Linear)]
-        self.v_linears = [m for m in self.v if isinstance(m, torch.nn.Linear)] if value else []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.pi_linears, x)
-
-    def value(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.v_linears, x).squeeze(1)
-
-    def init(self, generator: torch.Generator) -> PolicyNetwork:
-        """torch.nn.Linear's default init (uniform +-1/sqrt(fan_in)), from `generator`."""
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, torch.nn.Linear):
-                    bound = 1.0 / math.sqrt(m.in_features)
-                    m.weight.uniform_(-bound, bound, generator=generator)
-                    m.bias.uniform_(-bound, bound, generator=generator)
-        return self
-
-    def spec(self) -> dict:
-        """The checkpoint's "net" entry: what `policy_network_of` rebuilds it from."""
-        return {"kind": "policy", "in_dim": self.in_dim, "n_actions": self.n_actions,
-                "hidden": list(self.hidden), "value": self.v is not None}
-
-
-def policy_network_of(path: str | Path, spec: object) -> PolicyNetwork:
-    """The network a checkpoint's "net" entry declares, every size checked before it is built."""
-    def size(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    hidden = spec.get("hidden") if isinstance(spec, dict) else None
-    if (not isinstance(spec, dict) or not size(spec.get("in_dim")) or not size(spec.get("n_actions"))
-            or not isinstance(hidden, (list, tuple)) or not all(size(h) for h in hidden)
-            or not isinstance(spec.get("value"), bool)):
-        raise CheckpointError(f"{path} lacks fields a fastdqn checkpoint has; it is damaged or "
-                              "from another program")
-    in_dim, n_actions, value = spec["in_dim"], spec["n_actions"], spec["value"]
-    check_declared_size(path, in_dim, hidden, n_actions,
-                        lambda: param_count(in_dim, n_actions, tuple(hidden), value))
-    return PolicyNetwork(in_dim, n_actions, tuple(hidden), value)
-
-
-def load_weights(path: str | Path, net: PolicyNetwork, weights: object) -> None:
-    """Copy a checkpoint's weights into `net`: the same names, shapes and dtype, all finite (a
-    NaN would play one action everywhere and report that as the policy's score), or a one-line
-    error."""
-    want = net.state_dict()
-    if (not isinstance(weights, dict) or set(weights) != set(want)
-            or any(not torch.is_tensor(weights[k]) or weights[k].shape != want[k].shape
-                   for k in want)):
-        raise CheckpointError(f"{path}: its weights do not match its network shape; "
-                              "the file is damaged")
-    check_module_state(path, weights, net, "learner.weights")
-    net.load_state_dict(weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,15 +403,8 @@ class Reinforce:
                                   "value network; pass --reinforce-baseline "
                                   f"{'value' if net.get('value') else 'none or normalize'} to match")
         policy_network_of(path, net)
-        # every value load_state_dict copies, checked first: a wrong one would fail (or a NaN
-        # diverge) only after the run dir was written to
-        learner = ckpt.get("learner") if isinstance(ckpt.get("learner"), dict) else {}
-        check_module_state(path, learner.get("weights"), self.net, "learner.weights",
-                           "policy network")
-        check_optimizer_state(path, learner.get("optimizer"), list(self.net.parameters()))
-        check_count(path, "learner.updates", learner.get("updates"), "updates")
-        rng = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
-        check_generator_state(path, "rng.act", rng.get("act"), self.act_gen)
+        check_learner_state(path, ckpt, self.net, "policy network", list(self.net.parameters()),
+                            ("weights", "updates"), {"act": self.act_gen})
         episodes = ckpt.get("episodes") if isinstance(ckpt.get("episodes"), dict) else {}
         self.store.check_state(episodes, path, self.n_actions)
 
@@ -531,3 +416,11 @@ class Reinforce:
         self.updates = int(learner["updates"])
         self.act_gen.set_state(ckpt["rng"]["act"])
         self.store.load_state_dict(ckpt["episodes"], path, self.n_actions)
+
+
+def check_memory(cfg: Config, obs_space, n_actions: int, device: torch.device) -> None:
+    """The episode storage's first 1024 rows of every env, against the memory `device` has: a
+    rough bound, there to refuse what cannot fit before anything is allocated."""
+    obs_bytes = int(np.prod(obs_space.shape)) * torch_dtype(obs_space.dtype).itemsize
+    check_fits(1024 * cfg.num_envs * (obs_bytes + 33), device,
+               f"the episode storage of {cfg.num_envs:,d} envs", "lower --num-envs")

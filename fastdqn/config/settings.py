@@ -1,87 +1,42 @@
 """Every training setting in one dataclass; CLI flags and TOML presets are generated from it.
 
 Each field's docstring is its help text: `field_docs()` reads them from the source, so the
-documentation, the CLI and the validator cannot drift apart.
+documentation, the CLI and the validator cannot drift apart. Each field's tags (`_reads`) say
+which algorithms, network kinds and conditions read it and which algorithms default it
+otherwise: the refusals of unread settings, the help's marks and `ALGO_DEFAULTS` all derive from
+them.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import inspect
-import math
-import numbers
-import os
-import re
-import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from fastdqn.config.choices import ALGOS
+from fastdqn.config.coerce import check_alone, coerce_as, flag_name, show_value
+from fastdqn.config.limits import MAX_ACTORS, MAX_EPISODE_SEED, MAX_FEATURES, MAX_SCALES
 from fastdqn.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
-
-
-
-MAX_BUFFER_SIZE = 2**30
-"""Largest --buffer-size: a thousand times the 1M-transition replay of the Atari DQN papers.
-The buffer is allocated whole at start, so a bigger value (a typo, or a resumed checkpoint's
-crafted config) would only exhaust memory."""
-
-MAX_SEED = 2**32 - 1
-"""Largest --seed: numpy's legacy and torch's CPU seeds are 32-bit, and every stream derived from
-a run seed below 2**32 stays in range: its episode seeds `(seed << 34) | ...` (seeds.py) stay
-below 2**66, which gymnasium's SeedSequence takes, and its generators' SeedSequence children
-hash it to the 64-bit seeds torch.manual_seed takes."""
-
-MAX_EPISODE_SEED = ((MAX_SEED + 1) << 34) - 1
-"""Largest episode seed a run can give (the last episode of the last stream of MAX_SEED): the
-range of `fastdqn eval --seed`, which names an episode seed, not a run seed."""
-
-MAX_EVAL_EPISODES = 10**7
-"""Most episodes one evaluation plays: its returns, lengths and end flags are arrays allocated
-whole at its start (10^7 episodes take 170 MB; 10^9 would take 17 GB and fail, after the run
-dir exists), and 100 is the usual protocol. A resumed checkpoint's own settings stay far lower
-(checkpoint.check_file_settings)."""
-
-MAX_THREADS = 1024
-"""Largest --num-threads: OpenMP allocates each thread's state as the pool starts (10^5 threads
-fail with a MemoryError inside torch), and no machine has more cores for one learner (a
-resumed checkpoint's own settings stay under this machine's cores: checkpoint.check_file_settings)."""
-
-MAX_ENVS = 2**16
-"""Largest --num-envs and --eval-envs: per-env arrays are allocated at start (10^9 envs fail
-there, after the run dir exists); EnvPool's largest Atari runs use a few thousand."""
-
-MAX_INT_SETTING = 2**53
-"""Largest value of any whole-number setting: beyond any run (10^6 steps a second for 285
-years), exact as a float, and far enough below int64's limit that a counter's sum with it
-(a target-update interval's step count, a schedule's steps) never overflows."""
-
-ALGOS = ("dqn", "pqn", "reinforce")
-NETWORK_KINDS = ("mlp", "cnn", "rbf", "custom")
-"""What trains as the Q-network: fastdqn's MLP, CNN or RBF network, or a `q_network` module of
-your own ("custom", `train(..., q_network=net)`)."""
-
-
-def _reads(default: Any, *, algos: tuple[str, ...] = ALGOS,
-           networks: tuple[str, ...] | None = None, when: tuple[str, ...] = ()) -> Any:
+def _reads(default: Any, *, algos: tuple[str, ...] = ALGOS, networks: tuple[str, ...] | None = None,
+           when: tuple[str, ...] = (), algo_defaults: dict[str, Any] | None = None) -> Any:
     """A field's default plus its row of the one table of what reads it: `algos`, the
     algorithms whose code reads it (tests/test_config.py checks each against the modules);
     `networks`, for a setting of the network's shape, the network kinds that read it; `when`,
-    the `CONDITIONS` it is read under. A setting away from its default where nothing reads it
-    is refused (`Config.unread`), never silently ignored."""
-    return field(default=default, metadata={"algos": algos, "networks": networks, "when": when})
+    the `CONDITIONS` it is read under; `algo_defaults`, the algorithms whose own default it is
+    left at when unset (`ALGO_DEFAULTS`), each one that reads it. A setting away from its
+    default where nothing reads it is refused (`Config.validate`), never silently ignored."""
+    own = dict(algo_defaults or {})
+    if not set(own) <= set(algos):
+        raise ValueError(f"a default for {sorted(set(own) - set(algos))}, which do not read the field")
+    return field(default=default, metadata={"algos": algos, "networks": networks, "when": when,
+                                            "algo_defaults": own})
 
 
 @dataclass
@@ -149,7 +104,7 @@ class Config:
     rbf_fit_steps: int = _reads(5_000, algos=("dqn",), networks=("rbf",))
     """--network rbf: steps of uniformly random play whose observations fit the standardization
     (mean, std per value) before training; it is saved in the checkpoint."""
-    lr: float = 6.3e-4
+    lr: float = _reads(6.3e-4, algo_defaults={"pqn": 1e-3, "reinforce": 1e-3})
     """Learning rate (of Adam; PQN's RAdam; RMSprop with --optimizer rmsprop)."""
     adam_eps: float = _reads(1e-8, when=("adam",))
     """Adam's epsilon (PQN's RAdam's too)."""
@@ -159,7 +114,7 @@ class Config:
     momentum). RMSprop trains on the reference route (the fused learner's step is Adam's)."""
     gamma: float = 0.99
     """Discount factor."""
-    loss: str = _reads("huber", algos=("dqn", "pqn"))
+    loss: str = _reads("huber", algos=("dqn", "pqn"), algo_defaults={"pqn": "mse"})
     """TD loss: huber (smooth L1, delta 1) or mse."""
     clip_rewards: str = _reads("auto", algos=("dqn",))
     """dqn: clip the rewards stored for training to their sign, -1, 0 or 1 (Mnih et al. 2015):
@@ -256,8 +211,9 @@ class Config:
     """Initial epsilon."""
     eps_end: float = _reads(0.05, algos=("dqn", "pqn"), when=("one_machine", "egreedy"))
     """Final epsilon."""
-    eps_decay_steps: int = _reads(50_000,
-                                  algos=("dqn", "pqn"), when=("one_machine", "egreedy", "step_decay"))
+    eps_decay_steps: int = _reads(50_000, algos=("dqn", "pqn"),
+                                  when=("one_machine", "egreedy", "step_decay"),
+                                  algo_defaults={"pqn": 25_000})
     """linear: env steps to go from start to end; exponential: steps per e-fold of decay."""
     eps_episode_decay: float = _reads(0.995,
                                       algos=("dqn", "pqn"), when=("one_machine", "egreedy", "episode_decay"))
@@ -332,73 +288,36 @@ class Config:
     overwrite: bool = False
     """Start afresh in a run_dir that already holds a run (its files are replaced)."""
 
+
     def validate(self) -> Config:
         """Reject nonsensical settings before any work starts, with a fix in the message.
 
-        Each value is first coerced to its field's type by `coerce`, the one path that TOML,
-        flags, `train(...)` keywords and a Config built in Python all take (so `True` is no
-        count and `[1.9]` no layer size anywhere), and checked on its own (`check_value`);
-        then the settings are checked together."""
-        for f in fields(self):
-            value = coerce(f.name, getattr(self, f.name))
-            _check_alone(f.name, value)
-            setattr(self, f.name, value)
-        if not 0 <= self.entropy_coef < float("inf"):
-            raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
-        self._validate_algo_fields()
-        self._validate_apex()
-        if not 0 <= self.per_alpha <= 1:
-            raise ConfigError(f"--per-alpha must be in [0, 1], got {self.per_alpha}")
-        if not 0 <= self.per_beta <= 1:
-            raise ConfigError(f"--per-beta must be in [0, 1], got {self.per_beta}")
-        if not self.per_eps > 0:
-            raise ConfigError(f"--per-eps must be > 0, got {self.per_eps}")
-        self._validate_network()
-        if self.eval_every and self.solve_episodes < self.eval_episodes:
-            raise ConfigError(
-                f"--solve-episodes {self.solve_episodes} is below --eval-episodes "
-                f"{self.eval_episodes}; the confirming evaluation extends the screening one, so "
-                "raise --solve-episodes or lower --eval-episodes")
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
-                "lower the batch or raise the buffer"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not self.adam_eps > 0:
-            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        for name in ["eps_start", "eps_end"]:
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
-        if self.eps_end > self.eps_start:
-            raise ConfigError(
-                f"--eps-end {self.eps_end} is above --eps-start {self.eps_start}; swap them"
-            )
-        if not 0 < self.eps_episode_decay <= 1:
-            raise ConfigError(f"--eps-episode-decay must be in (0, 1], got {self.eps_episode_decay}")
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.env_timeout < float("inf"):
-            raise ConfigError(f"--env-timeout must be a number of seconds >= 0 (0 waits forever), "
-                              f"got {self.env_timeout}")
-        if not self.max_grad_norm >= 0:
-            raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        Each value is first coerced to its field's type (`coerce_as`, the one path that TOML,
+        flags, `train(...)` keywords and a Config built in Python all take, so `True` is no
+        count and `[1.9]` no layer size anywhere) and checked on its own (`check_alone`); then
+        the settings are checked together, a concern a step, in this order: the first refusal
+        is the one reported."""
+        for step in (self._coerce_each, self._validate_algo_values, self._refuse_unread,
+                     self._validate_apex, self._validate_prioritized, self._validate_network,
+                     self._validate_evaluation, self._validate_learning,
+                     self._validate_exploration, self._validate_run):
+            step()
         return self
 
-    def _validate_algo_fields(self) -> None:
-        """A setting that the chosen algorithm does not read, or reads only under conditions
-        that do not hold, is refused when set away from its default, rather than silently
-        ignored: both come from the fields' tags (`_reads`), the one table of what reads what."""
+    def _coerce_each(self) -> None:
+        """Every field as its type, within the bounds it has on its own."""
+        for f in fields(self):
+            value = coerce_as(str(f.type), f.name, getattr(self, f.name))
+            check_alone(f.name, value)
+            setattr(self, f.name, value)
+
+    def _validate_algo_values(self) -> None:
+        """reinforce's and PQN's own bounds, and PQN's minibatches within a rollout."""
+        if not 0 <= self.entropy_coef < float("inf"):
+            raise ConfigError(f"--entropy-coef must be a number >= 0, got {self.entropy_coef}")
         for name in ["pqn_rollout", "pqn_epochs", "pqn_minibatches"]:
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{flag_name(name)} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pqn_lambda <= 1:
             raise ConfigError(f"--pqn-lambda must be in [0, 1], got {self.pqn_lambda}")
         batch = self.pqn_rollout * self.num_envs
@@ -407,16 +326,21 @@ class Config:
                               f"{batch} transitions of a rollout (--pqn-rollout "
                               f"{self.pqn_rollout} x --num-envs {self.num_envs}); lower it or "
                               "raise those")
+
+    def _refuse_unread(self) -> None:
+        """A setting that the chosen algorithm does not read, or reads only under conditions
+        that do not hold, is refused when set away from its default, rather than silently
+        ignored: both come from the fields' tags (`_reads`), the one table of what reads what."""
         for f in fields(self):
             if self.algo not in f.metadata.get("algos", ALGOS) and self.is_set(f.name):
                 owners = [a for a in ALGOS if a in f.metadata["algos"]]
-                raise ConfigError(f"--{_flag(f.name)} applies to --algo {' or '.join(owners)} "
+                raise ConfigError(f"--{flag_name(f.name)} applies to --algo {' or '.join(owners)} "
                                   f"only, not --algo {self.algo}; drop it or pass --algo "
                                   f"{owners[0]}")
         for f in fields(self):
             for when in f.metadata.get("when", ()):
                 if not CONDITIONS[when].holds(self) and self.is_set(f.name):
-                    raise ConfigError(f"--{_flag(f.name)} {CONDITIONS[when].refusal}")
+                    raise ConfigError(f"--{flag_name(f.name)} {CONDITIONS[when].refusal}")
 
     def is_set(self, name: str) -> bool:
         """Whether setting `name` is away from the value it has when left unset: the dataclass
@@ -437,7 +361,7 @@ class Config:
                 continue
             if kind in kinds or (kind == "auto" and {"mlp", "cnn"} & set(kinds)):
                 continue
-            flag = f"--{_flag(f.name)}"
+            flag = f"--{flag_name(f.name)}"
             if kind == "custom":
                 raise ConfigError(f"q_network is a network of your own, {flag} "
                                   f"{show_value(getattr(self, f.name))} sets fastdqn's own network, "
@@ -449,15 +373,13 @@ class Config:
         """--actors' own bounds. It replaces the single-machine exploration schedule and
         vector-env loop: its own settings without --actors, and the settings it replaces with
         it, are refused by their `when` tags ("apex", "one_machine")."""
-        from fastdqn.config.settings import MAX_ACTORS
-
         if not 0 <= self.actors <= MAX_ACTORS:
             raise ConfigError(f"--actors must be in 0..{MAX_ACTORS}, got {self.actors}")
         if not self.actors:
             return
         for name in ["weight_sync_every", "actor_block"]:
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{flag_name(name)} must be >= 1, got {getattr(self, name)}")
         if self.actor_restarts < 0:
             raise ConfigError(f"--actor-restarts must be >= 0, got {self.actor_restarts}")
         if not 0 < self.actor_timeout < float("inf"):
@@ -476,6 +398,15 @@ class Config:
                               f"{self.num_envs}, up to {rows} rows with n-step) exceeds --buffer-size "
                               f"{self.buffer_size}; lower --actor-block or raise --buffer-size")
 
+    def _validate_prioritized(self) -> None:
+        """Prioritized replay's exponents and floor."""
+        if not 0 <= self.per_alpha <= 1:
+            raise ConfigError(f"--per-alpha must be in [0, 1], got {self.per_alpha}")
+        if not 0 <= self.per_beta <= 1:
+            raise ConfigError(f"--per-beta must be in [0, 1], got {self.per_beta}")
+        if not self.per_eps > 0:
+            raise ConfigError(f"--per-eps must be > 0, got {self.per_eps}")
+
     def _validate_network(self) -> None:
         """--network rbf's sizes; then what the named network (or, for auto, either kind it may
         pick) does not read is refused. The trainer checks again once auto has picked."""
@@ -487,8 +418,6 @@ class Config:
 
     def _validate_rbf(self) -> None:
         """--network rbf's own sizes, and no dueling head on its one linear layer."""
-        from fastdqn.config.settings import MAX_FEATURES, MAX_SCALES
-
         if self.dueling:
             raise ConfigError("--dueling needs --network mlp (an rbf network's head is one "
                               "linear layer); drop --dueling")
@@ -505,6 +434,54 @@ class Config:
                               f"{max(k, self.rbf_features - self.rbf_features % k)}")
         if self.rbf_fit_steps < 1:
             raise ConfigError(f"--rbf-fit-steps must be >= 1, got {self.rbf_fit_steps}")
+
+    def _validate_evaluation(self) -> None:
+        """The confirming evaluation extends the screening one, so it is at least as long."""
+        if self.eval_every and self.solve_episodes < self.eval_episodes:
+            raise ConfigError(
+                f"--solve-episodes {self.solve_episodes} is below --eval-episodes "
+                f"{self.eval_episodes}; the confirming evaluation extends the screening one, so "
+                "raise --solve-episodes or lower --eval-episodes")
+
+    def _validate_learning(self) -> None:
+        """A batch the buffer can hold, and the optimizer's and the TD target's numbers."""
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than --buffer-size {self.buffer_size}; "
+                "lower the batch or raise the buffer"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
+
+    def _validate_exploration(self) -> None:
+        """Epsilons in [0, 1] that decay downwards, and a positive Boltzmann temperature."""
+        for name in ["eps_start", "eps_end"]:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{flag_name(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.eps_end > self.eps_start:
+            raise ConfigError(
+                f"--eps-end {self.eps_end} is above --eps-start {self.eps_start}; swap them"
+            )
+        if not 0 < self.eps_episode_decay <= 1:
+            raise ConfigError(f"--eps-episode-decay must be in (0, 1], got {self.eps_episode_decay}")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+
+    def _validate_run(self) -> None:
+        """The env workers' timeout, gradient clipping, and what to do with an existing run."""
+        if not 0 <= self.env_timeout < float("inf"):
+            raise ConfigError(f"--env-timeout must be a number of seconds >= 0 (0 waits forever), "
+                              f"got {self.env_timeout}")
+        if not self.max_grad_norm >= 0:
+            raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-friendly values (tuples become lists)."""
@@ -571,31 +548,6 @@ def reads(name: str) -> dict[str, Any]:
             "when": f.metadata.get("when", ())}
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-CHOICES: dict[str, list[str]] = {
-    "algo": list(ALGOS),
-    "reinforce_baseline": ["none", "normalize", "value"],
-    "vector": ["sharded", "async", "sync", "envpool"],
-    "learner": ["auto", "numba", "reference"],
-    "frame_replay": ["auto", "on", "off"],
-    "loss": ["huber", "mse"],
-    "exploration": ["egreedy", "boltzmann"],
-    "eps_schedule": ["linear", "exponential", "per_episode"],
-    "network": ["auto", "mlp", "cnn", "rbf"],
-    "optimizer": ["adam", "rmsprop"],
-    "clip_rewards": ["auto", "on", "off"],
-    "life_loss_terminal": ["auto", "on", "off"],
-}
-"""The values each text setting takes (checked alone, before the settings are checked together)."""
-
-
-def _choice(name: str, value: str, options: list[str]) -> None:
-    if value not in options:
-        raise ConfigError(f"--{_flag(name)} must be one of {', '.join(options)}, got {value!r}")
-
 
 @cache
 def field_docs() -> dict[str, str]:
@@ -611,140 +563,15 @@ def field_docs() -> dict[str, str]:
 
 
 def field_names() -> list[str]:
+    """The settings' names, in field order (the order of the flags and of validation)."""
     return [f.name for f in fields(Config)]
 
 
 def coerce(name: str, value: Any) -> Any:
-    """Turn a TOML, CLI or Python value into the field's type, or raise ConfigError naming the
-    field: the one coercion path of every setting. A count takes whole numbers only (not a
-    bool, not 2.5, not a list), a float setting finite numbers only (no setting means "no limit"
-    by inf: each has its own 0 or none for that), layer sizes a list or a comma-separated text,
-    never a table."""
-    kind = {f.name: f for f in fields(Config)}[name]
-    default = kind.default
-    raw = value
-    try:
-        if name in ("hidden", "policy_hidden", "rbf_scales"):
-            if isinstance(value, str):
-                text = "" if value.strip().lower() == "none" and name != "rbf_scales" else value
-                value = [v for v in text.replace(" ", ",").split(",") if v]
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = [value]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            if name == "rbf_scales":
-                return tuple(_finite(v) for v in value)
-            return tuple(_whole(v) for v in value)
-        if name in ("target_return", "eval_epsilon"):
-            if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
-                return None
-            return _finite(value)
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if isinstance(default, int):
-            return _whole(value)
-        if isinstance(default, float):
-            return _finite(value)
-        if isinstance(default, str):
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise ConfigError(f"--{_flag(name)}: cannot use {_brief(raw)} (expected {_type_word(name)})")
-
-
-def _whole(value: Any) -> int:
-    """A whole number from an int, an integral float or a text like 1e5; never a bool."""
-    if isinstance(value, str):
-        value = float(value) if any(c in value for c in ".eE") else int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    raise ValueError(value)
-
-
-def _finite(value: Any) -> float:
-    """A finite float from a number or a text; never a bool, an inf or a nan."""
-    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
-        raise ValueError(value)
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(value)
-    return number
-
-
-def _brief(value: Any) -> str:
-    """A value as an error message quotes it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _type_word(name: str) -> str:
-    if name in ("hidden", "policy_hidden"):
-        return "layer sizes like 128,128"
-    if name == "rbf_scales":
-        return "finite numbers like 5,2,1,0.5"
-    if name in ("target_return", "eval_epsilon"):
-        return "a finite number or none"
-    default = {f.name: f.default for f in fields(Config)}[name]
-    return {bool: "true or false", int: "an integer", float: "a finite number",
-            str: "text"}[type(default)]
-
-
-def _check_alone(name: str, value: Any) -> None:
-    """The rules of one setting that need no other setting: `validate` applies them to every
-    field, `check_value` to a flag of `fastdqn eval` that means the same."""
-    flag = f"--{_flag(name)}"
-    if name in ("eval_episodes", "solve_episodes") and value > MAX_EVAL_EPISODES:
-        raise ConfigError(f"{flag} must be <= {MAX_EVAL_EPISODES:,d}, got {value}")
-    if name == "num_threads" and value > MAX_THREADS:
-        raise ConfigError(f"--num-threads must be <= {MAX_THREADS}, got {value}")
-    if name in ("num_envs", "eval_envs") and value > MAX_ENVS:
-        raise ConfigError(f"{flag} must be <= {MAX_ENVS:,d}, got {value}")
-    if name in _AT_LEAST_1 and value < 1:
-        raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if name in _AT_LEAST_0 and value < 0:
-        raise ConfigError(f"{flag} must be >= 0, got {value}")
-    if name == "buffer_size" and value > MAX_BUFFER_SIZE:
-        raise ConfigError(f"--buffer-size must be <= {MAX_BUFFER_SIZE:,d}, got {value}")
-    if name in CHOICES:
-        _choice(name, value, CHOICES[name])
-    if name == "seed" and not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"--seed must be in 0..{MAX_SEED} (the 32-bit seeds numpy and torch "
-                          f"take), got {value}")
-    if name == "device" and not (value in ("auto", "cpu", "mps", "cuda") or (
-            re.fullmatch(r"cuda:(0|[1-9][0-9]{0,2})", value) and int(value[5:]) <= 127)):
-        raise ConfigError(f"unknown --device {value!r}; use auto, cpu, cuda, cuda:N (N <= 127, "
-                          "torch's limit) or mps")
-    if name == "eval_epsilon" and value is not None and not 0 <= value <= 1:
-        raise ConfigError(f"--eval-epsilon must be in [0, 1] (or none), got {value}")
-    if name in ("hidden", "policy_hidden"):
-        from fastdqn.config.settings import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS
-
-        example = "128,128" if name == "hidden" else '64,64 (or "" for a linear policy)'
-        if (name == "hidden" and not value) or any(h < 1 for h in value):
-            raise ConfigError(f"{flag} needs positive layer sizes like {example}, got {value}")
-        weights = sum(a * b for a, b in zip(value, value[1:])) + max(value, default=0)
-        if len(value) > MAX_HIDDEN_LAYERS or weights > MAX_NETWORK_PARAMS:
-            raise ConfigError(f"{flag} {show_value(value)[:40]}: over the {MAX_HIDDEN_LAYERS} layers "
-                              f"or {MAX_NETWORK_PARAMS:,d} parameters a checkpoint may hold; "
-                              "use fewer or smaller layers")
-    if type(value) is int and not -MAX_INT_SETTING <= value <= MAX_INT_SETTING:
-        raise ConfigError(f"{flag} {_brief(value)} is beyond any run (over 2**53 = "
-                          f"{MAX_INT_SETTING:,d}); use a smaller number")
-
-
-_AT_LEAST_1 = ("num_envs", "total_timesteps", "batch_size", "buffer_size", "train_every",
-               "gradient_steps", "target_update_interval", "eval_episodes", "solve_episodes",
-               "eval_envs", "log_every", "num_threads", "n_step", "reinforce_episodes")
-_AT_LEAST_0 = ("learning_starts", "eval_every", "checkpoint_every", "num_workers",
-               "eps_decay_steps", "total_episodes")
+    """`value`, from TOML, a flag or Python, as setting `name`'s type (`coerce_as` on its
+    field's annotation), or a ConfigError naming the setting's flag."""
+    kind = {f.name: f for f in fields(Config)}[name].type
+    return coerce_as(str(kind), name, value)
 
 
 def check_value(name: str, value: Any, flag: str | None = None) -> Any:
@@ -753,9 +580,9 @@ def check_value(name: str, value: Any, flag: str | None = None) -> Any:
     `fastdqn eval` checks the flags it shares with training, with no second copy of the rules."""
     try:
         value = coerce(name, value)
-        _check_alone(name, value)
+        check_alone(name, value)
     except ConfigError as e:
-        own = f"--{_flag(name)}"
+        own = f"--{flag_name(name)}"
         if flag is None or flag == own:
             raise
         raise ConfigError(str(e).replace(own, flag, 1)) from None
@@ -777,158 +604,18 @@ def check_episode_seed(value: Any, episodes: int, flag: str = "--seed") -> int:
     return seed
 
 
-def show_value(value: Any) -> str:
-    """A setting's value as a flag takes it: layer sizes as 128,128, none for None."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or '""'
-    return "none" if value is None else str(value)
+def _algo_defaults() -> dict[str, dict[str, Any]]:
+    """Each algorithm's own defaults, from the fields' `algo_defaults` tags, in field order; an
+    algorithm with none has no entry."""
+    table = {algo: {f.name: f.metadata["algo_defaults"][algo] for f in fields(Config)
+                    if algo in f.metadata.get("algo_defaults", {})} for algo in ALGOS}
+    return {algo: own for algo, own in table.items() if own}
 
 
-def preset_names() -> list[str]:
-    """Names of the presets shipped in fastdqn/config/presets/."""
-    folder = resources.files("fastdqn.config") / "presets"
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-RENAMED_PRESETS = {
-    "pytorch-tutorial": ("lunarlander-notebook", "it is the LunarLander notebooks' configuration, "
-                         "not PyTorch's DQN tutorial itself"),
-}
-"""Old preset names and what they became: a renamed preset is named, never silently missing."""
-
-
-MAX_CONFIG_BYTES = 1 << 20
-"""Largest --config file read: settings take a few hundred bytes; a bigger file is not one."""
-
-
-def _read_config_file(name: str, presets: list[str]) -> str:
-    """The text of TOML file `name`, or a one-line ConfigError saying what it is instead."""
-    path = Path(name)
-    if path.is_dir():
-        raise ConfigError(f"config file {name} is a folder; give a TOML file or a preset name "
-                          f"({', '.join(presets)})")
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"config file {name} is not a regular file; give a TOML file")
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(f"config file {name} is a broken symlink (to {os.readlink(path)}); "
-                          "fix the link or give the file itself")
-    if not path.is_file():
-        hint = (f"; did you mean the preset {path.stem!r} (--config {path.stem})?"
-                if path.stem in presets else "; check the path")
-        raise ConfigError(f"config file {name} does not exist{hint}")
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {name} is over {MAX_CONFIG_BYTES:,d} bytes, which no "
-                              "settings file is; check the path")
-        return data.decode("utf-8-sig")  # the BOM some editors write is no setting
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {name} is not UTF-8 text (byte {e.start}); TOML files "
-                          "are UTF-8: save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"config file {name} cannot be read ({type(e).__name__}); fix the "
-                          "file or its permissions") from None
-
-
-def load_toml(name_or_path: str) -> dict[str, Any]:
-    """Settings from a shipped preset name or a TOML file path, validated key by key.
-
-    A name that is a preset is the preset, whatever the working folder holds (`--config
-    minatar` means the same run everywhere; ./minatar names a file of that name). Anything else
-    with a .toml suffix or a folder in it, or naming something that exists, is a path: a file
-    is read, a folder refused as one; a bare name is a preset or unknown."""
-    names = preset_names()
-    if not name_or_path.strip():
-        raise ConfigError(f"--config {name_or_path!r} names nothing; give a preset name "
-                          f"({', '.join(names)}) or a TOML file, or drop --config")
-    path = Path(name_or_path)
-    if name_or_path not in names and (path.suffix == ".toml" or path.name != name_or_path
-                                      or path.exists() or path.is_symlink()):
-        text = _read_config_file(name_or_path, names)
-        where = str(path)
-    else:
-        if name_or_path in RENAMED_PRESETS:
-            new, why = RENAMED_PRESETS[name_or_path]
-            raise ConfigError(f"preset {name_or_path!r} is now {new!r} ({why}); use --config {new}")
-        if name_or_path not in names:
-            close = difflib.get_close_matches(name_or_path, names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"unknown preset {name_or_path!r}; {hint}presets: {', '.join(names)}"
-            )
-        text = (resources.files("fastdqn.config") / "presets" / f"{name_or_path}.toml").read_text(
-            encoding="utf-8"
-        )
-        where = f"preset {name_or_path}"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where} is not valid TOML ({e}); fix the file") from None
-    except RecursionError:  # arrays nested thousands deep: tomllib recurses once a level
-        raise ConfigError(f"{where} nests arrays or tables too deep for settings; fix the "
-                          "file") from None
-    unknown = sorted(k for k in raw if k.replace("-", "_") not in field_names())
-    if unknown:
-        shown = ", ".join(_brief(k) if not re.fullmatch(r"[\w-]+", k) else k for k in unknown[:8])
-        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        raise ConfigError(f"{where} has unknown keys: {shown}{more}; see `fastdqn train --help` "
-                          "for the settings")
-    spelled: dict[str, str] = {}
-    for key in raw:  # num-envs and num_envs are one setting: given twice, one would be ignored
-        name = key.replace("-", "_")
-        if name in spelled:
-            raise ConfigError(f"{where} sets {name} twice ({spelled[name]} and {key}); keep one")
-        spelled[name] = key
-    return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in raw.items()}
-
-
-ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pqn": {"lr": 1e-3, "loss": "mse", "eps_decay_steps": 25_000},
-    "reinforce": {"lr": 1e-3},
-}
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = _algo_defaults()
 """Per-algorithm defaults of shared settings, where an algorithm's own best values differ from
-the dataclass defaults (which are DQN's). `make_config` applies them to the settings the user
-left unset; the CLI help shows them next to each default. PQN's: MSE as in the paper and
-CleanRL's pqn.py; lr 1e-3 with 16 envs solved CartPole in 20k-90k steps over 3 seeds where
-lr 2.5e-4 (CleanRL's, with 32 envs) took 280k; epsilon decays over 25k steps (measured, the PQN
-section of bench/README.md)."""
-
-
-def make_config(config_file: str | None = None, **overrides: Any) -> Config:
-    """Defaults, then the chosen algorithm's defaults (`ALGO_DEFAULTS`) for what is left unset,
-    then a preset or TOML file, then explicit overrides; validated.
-
-    A Config built directly (`Config(algo="pqn")`) has the dataclass defaults only: build it
-    with make_config, or pass settings to `train(...)`, to get an algorithm's own defaults.
-    """
-    values: dict[str, Any] = {}
-    if config_file is not None:  # "" is refused by name, never read as no file
-        values.update(load_toml(config_file))
-    for k, v in overrides.items():
-        if k not in field_names():
-            close = difflib.get_close_matches(k, field_names(), n=1)
-            hint = f"; did you mean {close[0]!r}" if close else ""
-            raise ConfigError(f"unknown setting {k!r}{hint}")
-        values[k] = coerce(k, v)
-    algo = values.get("algo", Config.algo)
-    for k, v in ALGO_DEFAULTS.get(algo, {}).items():
-        values.setdefault(k, coerce(k, v))
-    return Config(**values).validate()
-
-
-MAX_ACTORS = 256
-
-
-MAX_FEATURES = 2**20
-
-
-MAX_SCALES = 64
-
-
-MAX_NETWORK_PARAMS = 2**28
-
-
-MAX_HIDDEN_LAYERS = 64
+the dataclass defaults (which are DQN's), derived from the fields' tags (`_reads`). `make_config`
+applies them to the settings the user left unset; the CLI help shows them next to each default.
+PQN's: MSE as in the paper and CleanRL's pqn.py; lr 1e-3 with 16 envs solved CartPole in 20k-90k
+steps over 3 seeds where lr 2.5e-4 (CleanRL's, with 32 envs) took 280k; epsilon decays over 25k
+steps (measured, the PQN section of bench/README.md)."""

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from fastdqn.config.settings import MAX_HIDDEN_LAYERS, MAX_INT_SETTING, MAX_NETWORK_PARAMS, Config, reads
+from fastdqn.config.limits import MAX_HIDDEN_LAYERS, MAX_INT_SETTING, MAX_NETWORK_PARAMS
+from fastdqn.config.settings import Config, reads
 from fastdqn.errors import CheckpointError
 
 FORMAT = "fastdqn-checkpoint/1"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdqn.core import cuda_capture
-from fastdqn.core.selfcheck import check_route, warn_fallback
+from fastdqn.core.selfcheck import check_route, disagreement, warn_fallback
 from fastdqn.learners import kernels, native
 from fastdqn.nets.mlp import MLP, preprocess
 from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized
@@ -113,14 +113,16 @@ class FlatAdam:
 
 class Learner:
     """Online and target MLP parameters plus Adam, updated by `update(batch)` or, from the
-    replay buffer, by `learn` (which picks the fastest route for the device)."""
+    replay buffer, by `learn`, on the route its arguments name (`fused` on a CPU, `native`
+    first there, `cuda_graphs` on CUDA, torch ops elsewhere): route.py chooses them for a run."""
 
     def __init__(self, net: MLP, *, lr: float, gamma: float, tau: float,
                  target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
                  max_grad_norm: float = 10.0, adam_eps: float = 1e-8,
                  device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                  init: torch.Tensor | None = None, fused: bool | None = None,
-                 cuda_graphs: bool = True, native: bool = True) -> None:
+                 cuda_graphs: bool = True, native: bool = True,
+                 native_why: str = "--learner numba") -> None:
         self.net = net
         self.device = torch.device(device)
         flat = init if init is not None else net.init(generator or torch.Generator())
@@ -143,11 +145,11 @@ class Learner:
         self.fused = self.device.type == "cpu" if fused is None else fused
         self.cuda_graphs = cuda_graphs
         self._cpu: CpuStep | native.NativeStep | None = None
-        # The fused CPU route runs the native step (csrc/) where it builds and passes its
-        # self-check, else the Numba one; `native_off` says why not (None: it is in use or
-        # has not been tried).
+        # The fused CPU route runs the native step (csrc/) where `native` (route.py) says to
+        # try it and it builds and passes its self-check, else the Numba one; `native_off` says
+        # why not (`native_why` where it is not tried; None: it is in use or not tried yet).
         self.native = native
-        self.native_off: str | None = None if native else "--learner numba"
+        self.native_off: str | None = None if native else native_why
         self._graphs: GraphedSteps | None = None
         self.fused_stats = np.zeros(3)
         # Why the CUDA-graph route failed its self-check (None: it has not); summary.json
@@ -239,7 +241,7 @@ class Learner:
             return step
         if self.native and self.native_off is None:
             try:
-                reason = native.self_check(self, buffer, batch_size)
+                reason = native_self_check(self, buffer, batch_size)
                 if reason is None:
                     self._cpu = native.NativeStep(self, buffer, batch_size)
                     return self._cpu
@@ -607,6 +609,54 @@ class CpuStep:
                 kernels.relu_backward(self.d_np[i - 1], self.h_np[i - 1], self.grad_b[i - 1])
         kernels.clip_adam(*self.adam, *self.adam_args)
         return self.td_abs
+
+
+def native_self_check(learner: Learner, buffer: ReplayBuffer, batch_size: int) -> str | None:
+    """Why the native step must not carry `learner` on `buffer` (None: it may).
+
+    The native and Numba steps run three steps each (a [2, B] block, then one step with
+    importance weights) from the same state on scratch copies of the learner: its parameters,
+    options and network, but Adam's eps raised to 1e-3, because near eps = 1e-8 Adam's first
+    update maps a gradient difference of float rounding (1e-9) onto a large step difference,
+    and two correct routes would disagree. The step counter starts one short of a hard target
+    update, so that update is compared too. The run's own state and random streams are untouched.
+    Raises NativeUnavailable when the library cannot be built or loaded.
+    """
+    if buffer.size == 0:
+        return "the replay buffer is empty"
+
+    def scratch() -> Learner:
+        lr = Learner(learner.net, lr=learner.optimizer.lr, gamma=learner.gamma, tau=learner.tau,
+                     target_update_interval=learner.interval, loss=learner.loss_kind,
+                     double_dqn=learner.double, max_grad_norm=learner.max_grad_norm,
+                     adam_eps=1e-3, init=learner.params.detach().cpu(), native=False)
+        lr.target.copy_(learner.target)
+        lr.steps = learner.interval - 1
+        return lr
+
+    fast, slow = scratch(), scratch()
+    # first: a batch it refuses allocates nothing here
+    step = native.NativeStep(fast, buffer, batch_size)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, buffer.size, (3, batch_size))
+    weights = rng.uniform(0.2, 1.0, batch_size).astype(np.float32)
+    step.steps(idx[:2])
+    td_fast = torch.from_numpy(step.steps(idx[2], weights).copy())
+    ref = CpuStep(slow, buffer, batch_size)
+    for j, row in enumerate(idx):
+        td_slow = torch.from_numpy(ref(row, weights if j == 2 else None).copy())
+        slow.steps += 1
+        if not ref.soft_target:
+            slow.maybe_update_target()
+
+    def state(lr: Learner, td: torch.Tensor) -> dict[str, torch.Tensor]:
+        opt = lr.optimizer
+        return {"params": lr.params, "target": lr.target, "grad": lr.grad,
+                "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq, "td_abs": td,
+                "stats": torch.from_numpy(lr.fused_stats), "steps": torch.tensor(lr.steps)}
+
+    start = state(scratch(), torch.zeros(batch_size))
+    return disagreement(state(fast, td_fast), state(slow, td_slow), start)
 
 
 class GraphedSteps:

@@ -19,7 +19,7 @@ the route off for good with one warning, and the reason goes into summary.json.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -27,18 +27,31 @@ from fastdqn.core import cuda_capture
 from fastdqn.core.selfcheck import check_route, warn_fallback
 from fastdqn.replay.rows import FIELDS, Batch
 
-if TYPE_CHECKING:
-    from fastdqn.learners.reference import ReferenceLearner
-
 WARMUP = 3
 """Eager runs on a side stream before capture (torch's rule for capturing autograd and
 optimizer steps: lazy allocations and cuDNN's algorithm choice must happen outside the graph)."""
 
 
+class GraphedLearner(Protocol):
+    """What the graphs need of their learner (`reference.ReferenceLearner`): its update and its
+    state (to capture, restore and compare), and where a failed self-check turns them off."""
+
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    fallbacks: list[str]
+    graphs: GraphedUpdates | None
+
+    def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor: ...
+
+    def snapshot(self) -> dict[str, torch.Tensor]: ...
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> None: ...
+
+
 class StaticUpdate:
     """A learner's `update` on input tensors that never move: what a graph captures."""
 
-    def __init__(self, learner: ReferenceLearner, batch: Batch,
+    def __init__(self, learner: GraphedLearner, batch: Batch,
                  weights: torch.Tensor | None) -> None:
         self.learner = learner
         self.batch = Batch(*(getattr(batch, f).clone() for f in FIELDS))
@@ -68,7 +81,7 @@ def layout(batch: Batch, weights: torch.Tensor | None) -> tuple:
 class GraphedUpdates:
     """The graphs of one learner, one per batch layout, each proven before it is used."""
 
-    def __init__(self, learner: ReferenceLearner) -> None:
+    def __init__(self, learner: GraphedLearner) -> None:
         self.learner = learner
         self.graphs: dict[tuple, tuple[StaticUpdate, torch.cuda.CUDAGraph]] = {}
         # The warm-up and capture streams, made at the first capture (on the learner's device).

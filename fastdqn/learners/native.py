@@ -1,6 +1,6 @@
 """The native CPU learner step (`csrc/fused_step.cpp`): built once per machine, loaded by ctypes.
 
-Why native: the Numba route (`learner.CpuStep`) is about 20 Python-level calls a step, each a
+Why native: the Numba route (`flat.CpuStep`) is about 20 Python-level calls a step, each a
 few microseconds of dispatch; the native one runs a whole block of K steps in one call, with the
 matrix products going straight to the sgemm_ that torch's CPU build exports (MKL in the pip
 wheels) and the narrow products as loops. Nothing is compiled at install: the source needs no
@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdqn.core.selfcheck import disagreement
 from fastdqn.errors import NativeUnavailable, NativeUnsupported, ReplayCorrupt, RouteFallbackWarning
 
 _HERE = Path(__file__).resolve().parent.parent  # the fastdqn package
@@ -616,7 +615,7 @@ class NativeActor(_Handle):
 
 
 class NativeStep(_Handle):
-    """`learner.CpuStep`'s math as one native call per block of steps, on the learner's tensors
+    """`flat.CpuStep`'s math as one native call per block of steps, on the learner's tensors
     and the replay buffer's storage in place (no copies; the checkpoint format is unchanged)."""
 
     def __init__(self, learner, buffer, batch_size: int) -> None:
@@ -647,55 +646,6 @@ class NativeStep(_Handle):
             raise replay_fault(idx.reshape(k, self.b)[done], size, self.buffer.actions.numpy(),
                                self.learner.net.n_actions)
         return self.td_abs
-
-
-def self_check(learner, buffer, batch_size: int) -> str | None:
-    """Why the native step must not carry `learner` on `buffer` (None: it may).
-
-    The native and Numba steps run three steps each (a [2, B] block, then one step with
-    importance weights) from the same state on scratch copies of the learner: its parameters,
-    options and network, but Adam's eps raised to 1e-3, because near eps = 1e-8 Adam's first
-    update maps a gradient difference of float rounding (1e-9) onto a large step difference,
-    and two correct routes would disagree. The step counter starts one short of a hard target
-    update, so that update is compared too. The run's own state and random streams are untouched.
-    Raises NativeUnavailable when the library cannot be built or loaded.
-    """
-    from fastdqn.learners.flat import CpuStep, Learner
-
-    if buffer.size == 0:
-        return "the replay buffer is empty"
-
-    def scratch() -> Learner:
-        lr = Learner(learner.net, lr=learner.optimizer.lr, gamma=learner.gamma, tau=learner.tau,
-                     target_update_interval=learner.interval, loss=learner.loss_kind,
-                     double_dqn=learner.double, max_grad_norm=learner.max_grad_norm,
-                     adam_eps=1e-3, init=learner.params.detach().cpu(), native=False)
-        lr.target.copy_(learner.target)
-        lr.steps = learner.interval - 1
-        return lr
-
-    fast, slow = scratch(), scratch()
-    step = NativeStep(fast, buffer, batch_size)  # first: a batch it refuses allocates nothing here
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, buffer.size, (3, batch_size))
-    weights = rng.uniform(0.2, 1.0, batch_size).astype(np.float32)
-    step.steps(idx[:2])
-    td_fast = torch.from_numpy(step.steps(idx[2], weights).copy())
-    ref = CpuStep(slow, buffer, batch_size)
-    for j, row in enumerate(idx):
-        td_slow = torch.from_numpy(ref(row, weights if j == 2 else None).copy())
-        slow.steps += 1
-        if not ref.soft_target:
-            slow.maybe_update_target()
-
-    def state(lr: Learner, td: torch.Tensor) -> dict[str, torch.Tensor]:
-        opt = lr.optimizer
-        return {"params": lr.params, "target": lr.target, "grad": lr.grad,
-                "exp_avg": opt.exp_avg, "exp_avg_sq": opt.exp_avg_sq, "td_abs": td,
-                "stats": torch.from_numpy(lr.fused_stats), "steps": torch.tensor(lr.steps)}
-
-    start = state(scratch(), torch.zeros(batch_size))
-    return disagreement(state(fast, td_fast), state(slow, td_slow), start)
 
 
 def warn_unavailable(reason: str) -> None:

@@ -17,7 +17,7 @@ FrameStackObservation of gray frames, [4, 84, 84]). A cube is ambiguous ([10, 10
 MinAtar Seaquest, channels last): the env family decides (MinAtar ids are channels last), and
 else channels first, torch's convention.
 
-Inputs arrive as `networks.preprocess` makes them for every Q-network: float rows, uint8 scaled
+Inputs arrive as `mlp.preprocess` makes them for every Q-network: float rows, uint8 scaled
 by 1/255, bool cast to 0/1 (MinAtar's channels are object masks, not intensities), flattened;
 `forward` views them back in the observation's shape. With `dueling`, the last layer gives
 [V, A_1..A_n] off the fc layer and Q = V + A - mean(A), as the MLP's dueling head does.
@@ -34,9 +34,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from fastdqn.config.settings import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS
+from fastdqn.config.limits import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS
 from fastdqn.core.checkpoint import check_module_state, load_online
 from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.nets.mlp import check_dueling
 
 NATURE = {"convs": [(32, 8, 4), (64, 4, 2), (64, 3, 1)], "fc": [512]}
 """Mnih et al. 2015: (out channels, kernel, stride) per convolution, then the fc layer sizes."""
@@ -238,8 +239,21 @@ def module_from_checkpoint(path: str | Path, ckpt: dict) -> ConvQNetwork:
     return load_online(path, ckpt, ConvQNetwork(**check_spec(path, ckpt.get("net"))), check_state)
 
 
-def resolve_network(network: str, obs_space: gym.Space) -> str:
-    """--network with auto resolved: cnn for an image space, mlp otherwise."""
-    if network != "auto":
-        return network
-    return "cnn" if is_image_space(obs_space) else "mlp"
+def check_obs(shape: tuple[int, ...], env_id: str, channels_last_hint: bool = False) -> None:
+    """--network cnn's observations: an image that one of the architectures takes, or a
+    one-line ConfigError (before the run dir exists)."""
+    if len(shape) != 3:
+        raise ConfigError(f"--network cnn needs image observations (a Box of rank 3, e.g. "
+                          f"[4, 84, 84] or [10, 10, 4]); {env_id} has shape {list(shape)}: "
+                          "use --network mlp")
+    architecture(shape, channels_last_of(shape, channels_last_hint))
+
+
+def check_resume(path: str | Path, saved: dict, want: dict, env_id: str) -> None:
+    """A resumed checkpoint's CNN (`saved`) must be exactly the one this run builds (`want`,
+    its spec): the dueling flag named, anything else refused as damaged or another env's."""
+    check_dueling(path, saved, want)
+    check_spec(path, saved)  # its types too: 16.0 == 16 would pass the comparison
+    if saved != want:
+        raise CheckpointError(f"{path} holds another cnn than this run builds for "
+                              f"{env_id}; it is damaged or from another env")

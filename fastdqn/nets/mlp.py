@@ -125,6 +125,11 @@ class MLP:
         parts = [t.detach().reshape(-1) for lin in module.linears() for t in (lin.weight, lin.bias)]
         return torch.cat(parts)
 
+    def spec(self) -> dict:
+        """The checkpoint's "net" entry: every size `network_of` rebuilds the layout from."""
+        return {"kind": "mlp", "in_dim": self.in_dim, "n_actions": self.n_actions,
+                "hidden": list(self.hidden), "dueling": self.dueling}
+
 
 class QNetwork(torch.nn.Module):
     """The reference Q-network: Linear/ReLU layers as a plain `nn.Module` (autograd, any device).
@@ -164,64 +169,16 @@ def preprocess(obs: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-class LayerNormQNetwork(torch.nn.Module):
-    """PQN's Q-network (Gallici et al. 2024): Linear -> LayerNorm -> ReLU per hidden layer, then
-    a Linear head giving one Q-value per action.
-
-    LayerNorm is what lets PQN drop the target network: the paper shows it keeps off-policy TD
-    with function approximation from diverging, so the bootstrap can use the online network.
-    Linear weights get orthogonal init with gain sqrt(2) (the head gain 1), biases zero, as in
-    CleanRL's pqn.py; `generator` makes the init independent of the global torch seed.
-    """
-
-    def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...],
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.in_dim, self.n_actions, self.hidden = in_dim, n_actions, tuple(hidden)
-        sizes = [in_dim, *self.hidden]
-        mods: list[torch.nn.Module] = []
-        for fan_in, fan_out in zip(sizes, sizes[1:]):
-            mods += [torch.nn.Linear(fan_in, fan_out), torch.nn.LayerNorm(fan_out), torch.nn.ReLU()]
-        mods.append(torch.nn.Linear(sizes[-1], n_actions))
-        self.body = torch.nn.Sequential(*mods)
-        linears = [m for m in self.body if isinstance(m, torch.nn.Linear)]
-        with torch.no_grad():
-            for i, lin in enumerate(linears):
-                gain = 1.0 if i == len(linears) - 1 else math.sqrt(2.0)
-                torch.nn.init.orthogonal_(lin.weight, gain, generator=generator)
-                lin.bias.zero_()
-
-    @staticmethod
-    def count_params(in_dim: int, n_actions: int, hidden: tuple[int, ...]) -> int:
-        """Parameters of a network of this shape, computed without building it (a checkpoint's
-        sizes are checked against its tensors before anything is allocated)."""
-        sizes = [in_dim, *hidden]
-        n = sum(a * b + b + 2 * b for a, b in zip(sizes, sizes[1:]))  # Linear + LayerNorm
-        return n + sizes[-1] * n_actions + n_actions
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Q-values [B, n_actions] of float inputs [B, in_dim]."""
-        return self.body(x)
-
-
 def network_of(path: str | os.PathLike, spec: object) -> MLP:
     """The network a checkpoint's "net" entry declares, checked before anything is sized by it.
 
     An MLP only lays out offsets, but every consumer then allocates num_params floats (or
     compares a tensor with it), so the declared sizes are capped here, in one place for eval
-    and resume alike.
+    and resume alike. Which kind the entry names is the registry's to check (nets.kinds).
     """
     def size(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    if isinstance(spec, dict) and spec.get("kind", "mlp") == "custom":
-        name = spec.get("class") if isinstance(spec.get("class"), str) else "?"
-        raise CheckpointError(
-            f"{path} holds a network of your own ({name[:80]}); fastdqn cannot rebuild it from a "
-            "file: load it in Python with module.load_state_dict(ckpt['learner']['online'])")
-    if isinstance(spec, dict) and spec.get("kind", "mlp") != "mlp":
-        raise CheckpointError(f"{path} holds a network fastdqn does not know; it is damaged or "
-                              "from a newer fastdqn")
     dueling = spec.get("dueling", False) if isinstance(spec, dict) else None
     hidden = spec.get("hidden") if isinstance(spec, dict) else None
     if (not isinstance(spec, dict) or not isinstance(dueling, bool)
@@ -234,3 +191,52 @@ def network_of(path: str | os.PathLike, spec: object) -> MLP:
     check_declared_size(path, in_dim, hidden, n_actions,
                         lambda: sum(a * b + b for a, b in zip(sizes, sizes[1:])))
     return MLP(in_dim, n_actions, tuple(hidden), dueling)
+
+
+@dataclass(frozen=True)
+class FlatQ:
+    """A flat MLP and its parameter vector: what an "mlp" checkpoint holds and rebuilds to."""
+
+    net: MLP
+    params: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Q-values [B, n_actions] of float inputs [B, in_dim]."""
+        return self.net.forward(self.net.views(self.params), x)
+
+    def spec(self) -> dict:
+        return self.net.spec()
+
+
+def flat_from_checkpoint(path: str | os.PathLike, ckpt: dict) -> FlatQ:
+    """The trained MLP of a checkpoint: its layout (`network_of`) and its online parameters,
+    checked before anything reads them. A missing field raises KeyError (TypeError where an
+    entry is not a dict): the caller reports the file as damaged."""
+    net = network_of(path, ckpt["net"])
+    params = ckpt["learner"]["params"]
+    if not (isinstance(params, torch.Tensor) and params.shape == (net.num_params,)):
+        raise CheckpointError(f"{path}: parameter count does not match its network shape; "
+                              "the file is damaged")
+    if params.dtype != torch.float32 or not bool(torch.isfinite(params).all()):
+        # the flat MLP reads them as they are: another dtype fails mid-episode, a NaN
+        # plays action 0 everywhere and reports it as the policy's score
+        raise CheckpointError(f"{path}: learner.params is not a tensor of finite float32 "
+                              "values; the file is damaged")
+    return FlatQ(net, params)
+
+
+def check_dueling(path: str | os.PathLike, saved: dict, want: dict) -> None:
+    """A resumed checkpoint's dueling head must be this run's: the flag that matches it, named."""
+    if bool(saved.get("dueling", False)) != want["dueling"]:
+        flag = "--dueling" if saved.get("dueling") else "--no-dueling"
+        raise CheckpointError(f"{path} was trained with{'' if saved.get('dueling') else 'out'}"
+                              f" a dueling head; pass {flag} to match")
+
+
+def check_resume(path: str | os.PathLike, saved: dict, want: dict, env_id: str) -> None:
+    """A resumed checkpoint's MLP (`saved`) against the one this run builds (`want`, its spec):
+    the flag that would match it, named (its sizes are checked with its parameters)."""
+    if tuple(saved.get("hidden", ())) != tuple(want["hidden"]):
+        raise CheckpointError(f"{path} has hidden layers {saved.get('hidden')}, "
+                              f"not {want['hidden']}; pass --hidden to match")
+    check_dueling(path, saved, want)

@@ -43,17 +43,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastdqn.config.settings import MAX_FEATURES, MAX_SCALES
+from fastdqn.config.limits import MAX_FEATURES, MAX_SCALES
 from fastdqn.core.checkpoint import check_module_state, load_online
 from fastdqn.errors import CheckpointError
+from fastdqn.nets.mlp import MLP
 
-"""Most random features a network may have (the post uses 400): `--rbf-features` and a
-checkpoint's spec are both held to it, before anything is allocated by them."""
 MAX_INPUTS = 2**16
 """Most observation values a checkpoint's RBF network may declare (LunarLander has 8)."""
 MAX_ACTIONS = 2**16
 """Most actions a checkpoint's RBF network may declare."""
-"""Most kernel widths a network may have (the scikit-learn examples use 4)."""
 MAX_TENSOR_VALUES = 2**28
 """Most values of the random projection W (inputs x features), as checkpoint.py's cap on an
 MLP's parameters: 1 GiB of float32."""
@@ -128,8 +126,6 @@ def split_features(n_features: int, n_scales: int) -> int:
     return n_features // n_scales
 
 
-
-
 def check_spec(path: str | Path, spec: object) -> dict:
     """A checkpoint's "rbf" net entry, every size checked against the caps before anything is
     allocated by it; a one-line CheckpointError otherwise. Returns the plain sizes."""
@@ -168,3 +164,29 @@ def check_state(path: str | Path, state: object, module: RBFQNetwork, where: str
 def module_from_checkpoint(path: str | Path, ckpt: dict) -> RBFQNetwork:
     """The trained RBF network of a checkpoint (its online copy), validated field by field."""
     return load_online(path, ckpt, RBFQNetwork(**check_spec(path, ckpt.get("net"))), check_state)
+
+
+def check_resume(path: str | Path, saved: dict, want: dict, env_id: str) -> None:
+    """A resumed checkpoint's RBF network (`saved`) against the one this run builds (`want`,
+    its spec): its sizes checked, the env's spaces compared, the flags that would match named."""
+    sizes = check_spec(path, saved)
+    if (sizes["in_dim"], sizes["n_actions"]) != (want["in_dim"], want["n_actions"]):
+        raise CheckpointError(f"{path} declares an rbf network of {sizes['in_dim']} inputs "
+                              f"and {sizes['n_actions']} actions, but {env_id} has "
+                              f"{want['in_dim']} and {want['n_actions']}; it is damaged or "
+                              "from another env")
+    if (saved.get("n_features"), saved.get("scales")) != (want["n_features"], want["scales"]):
+        raise CheckpointError(
+            f"{path} has {saved.get('n_features')} rbf features over scales "
+            f"{saved.get('scales')}, not {want['n_features']} over {want['scales']}; "
+            "pass --rbf-features and --rbf-scales to match")
+
+
+def linear_head(model: RBFQNetwork) -> tuple[MLP, torch.Tensor, RBFQNetwork]:
+    """The model split where it is linear, for the flat learner: a linear MLP (no hidden layer)
+    over the features, its initial parameters (the head's weights, then its bias), and the
+    model itself as the fixed encoder whose features the replay rows hold."""
+    head = MLP(model.n_features, model.head.out_features, (), False)
+    init = torch.cat([model.head.weight.detach().reshape(-1), model.head.bias.detach()]).cpu()
+    return head, init, model
+

@@ -96,16 +96,18 @@ def is_frame_stack(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return len(shape) == 3 and np.dtype(dtype) == np.uint8 and 1 <= shape[0] <= MAX_STACK
 
 
-def uses_frame_replay(mode: str, network: str, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+def uses_frame_replay(mode: str, network: str, shape: tuple[int, ...], dtype: np.dtype,
+                      replays_observations: bool) -> bool:
     """Whether a DQN run stores its observations in a FrameReplay (--frame-replay, the rule in
-    its help); a one-line ConfigError where `on` cannot apply."""
+    its help); a one-line ConfigError where `on` cannot apply. `replays_observations`: whether
+    the network kind `network` replays observations at all (nets.kinds; RBF's are features)."""
     if mode == "off":
         return False
     if mode == "auto":
-        return network != "rbf" and is_frame_stack(tuple(shape), dtype)
-    if network == "rbf":
-        raise ConfigError("--frame-replay on stores frames, but --network rbf stores its features "
-                          "in the replay; drop --frame-replay on or pick another --network")
+        return replays_observations and is_frame_stack(tuple(shape), dtype)
+    if not replays_observations:
+        raise ConfigError(f"--frame-replay on stores frames, but --network {network} stores its "
+                          "features in the replay; drop --frame-replay on or pick another --network")
     if len(shape) < 2:
         raise ConfigError(f"--frame-replay on needs observations that stack frames on their first "
                           f"axis (rank >= 2); this env's have shape {list(shape)}; use "

@@ -13,17 +13,21 @@ import numpy as np
 import torch
 
 from fastdqn.algos.contract import Counters, divergence_message
-from fastdqn.algos.explore import ActingQ, EpsilonSchedule, boltzmann, epsilon_greedy
+from fastdqn.algos.explore import EpsilonSchedule, boltzmann, epsilon_greedy
 from fastdqn.config.settings import Config
 from fastdqn.core.device import torch_dtype
 from fastdqn.core.seeds import FIT, Purpose, episode_seed, generator_seed, numpy_generator, torch_generator
 from fastdqn.envs.atari import auto_on, is_minatar, sign_rewards
-from fastdqn.envs.vector import EnvFactory, env_factory, life_loss_of, zero_based
+from fastdqn.envs.autoreset import life_loss_of
+from fastdqn.envs.make import EnvFactory, env_factory
+from fastdqn.envs.spaces import zero_based
 from fastdqn.errors import CheckpointError, OldBufferError, TrainingDiverged
-from fastdqn.evaluation.episodes import Policy
+from fastdqn.evaluation.policies import Policy
+from fastdqn.learners.acting import ActingQ
 from fastdqn.learners.flat import Learner
 from fastdqn.learners.reference import ReferenceLearner
-from fastdqn.nets.cnn import cnn_for, resolve_network
+from fastdqn.learners.route import REFERENCE, choose_route
+from fastdqn.nets.kinds import KINDS, NetworkKind, resolve_network
 from fastdqn.nets.mlp import MLP, preprocess
 from fastdqn.nets.rbf import MIN_STD, RBFQNetwork
 from fastdqn.replay.frames import FrameReplay, uses_frame_replay
@@ -53,11 +57,11 @@ class DQN:
 
     The network (`kind`): fastdqn's MLP (--network mlp), a CNN (--network cnn, cnn.py), the
     RBF-feature linear model (--network rbf, rbf.py) or a module passed in from Python
-    ("custom"); --network auto is cnn on image observations, mlp otherwise. The learner route:
-    `Learner` (flat MLP: Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for
-    the MLP, dueling or not, and for the RBF model's linear head; `ReferenceLearner` (nn.Module +
-    autograd; its update as a CUDA graph on CUDA, graphed_update.py) for a CNN, a custom
-    network, --optimizer rmsprop, and --learner reference (never graphed: it is the reference).
+    ("custom"); --network auto is cnn on image observations, mlp otherwise. The learner route
+    (`self.route`, chosen and explained by `learners.route.choose_route`): `Learner` (flat MLP:
+    native or Numba-fused on the CPU, CUDA graphs on CUDA, torch ops elsewhere) for the MLP,
+    dueling or not, and for the RBF model's linear head; `ReferenceLearner` (nn.Module +
+    autograd; its update as a CUDA graph on CUDA, graphed_update.py) for the rest.
 
     Training-only reward shaping (Atari's protocol, `--clip-rewards`, `--life-loss-terminal`):
     the rows stored get sign-clipped rewards, and a step whose infos say a life was lost is
@@ -81,48 +85,64 @@ class DQN:
                  q_network: torch.nn.Module | None = None,
                  env_factory: EnvFactory | None = None, resuming: bool = False) -> None:
         self.cfg, self.device = cfg, device
-        n_envs, n_actions = cfg.num_envs, int(act_space.n)
         self.obs_shape = tuple(obs_space.shape)
-        in_dim = int(np.prod(self.obs_shape))
-        self.net = MLP(in_dim, n_actions, tuple(cfg.hidden), cfg.dueling)
-        self.kind = "custom" if q_network is not None else resolve_network(cfg.network, obs_space)
+        self.kind = resolve_network(cfg.network, obs_space, custom=q_network is not None)
         self.custom = self.kind == "custom"
-        self.rbf: RBFQNetwork | None = None  # the RBF model's features, on the flat route
-        row_shape, row_dtype = self.obs_shape, torch_dtype(obs_space.dtype)
         self.frames = uses_frame_replay(cfg.frame_replay, self.kind, self.obs_shape,
-                                        obs_space.dtype)
+                                        obs_space.dtype, self.net_kind.replays_observations)
+        self.route = choose_route(cfg.learner, cfg.optimizer, self.kind, self.frames, device,
+                                  cfg.cuda_graphs)
+        model = q_network if self.custom else self.build_model(obs_space, int(act_space.n),
+                                                                env_factory, resuming)
+        self.learner: Learner | ReferenceLearner = self.learner_of(model, int(act_space.n))
+        row_shape, row_dtype = self.obs_shape, torch_dtype(obs_space.dtype)
+        if self.rbf is not None:  # the flat route's rows hold the RBF features
+            row_shape, row_dtype = (self.rbf.n_features,), torch.float32
+        self.row_shape = row_shape
+        self.make_replay(row_shape, row_dtype)
+        self.act_gen = torch_generator(cfg.seed, Purpose.ACT, device=device)
+        self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
+                                        cfg.eps_decay_steps, cfg.eps_episode_decay)
+        self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
+        self.make_staging(obs_space)
+        self.acting_q: ActingQ | None = None
+        self.clip_rewards = auto_on(cfg.clip_rewards, cfg.env_id)
+        self.life_loss_terminal = auto_on(cfg.life_loss_terminal, cfg.env_id)
+
+    def build_model(self, obs_space, n_actions: int, make_env: EnvFactory | None,
+                    resuming: bool) -> object:
+        """The network kind's model, seeded from the run seed; the RBF model of a new run fits
+        its scaler on random play first (a resumed one gets it back with the checkpoint)."""
+        cfg = self.cfg
+        model = self.net_kind.build(cfg, obs_space, n_actions, is_minatar(cfg.env_id))
+        if isinstance(model, RBFQNetwork) and not resuming:
+            model.set_scaler(*fit_scaler(make_env or env_factory(cfg.env_id), cfg.rbf_fit_steps,
+                                         cfg.seed))
+        return model
+
+    def learner_of(self, model, n_actions: int) -> Learner | ReferenceLearner:
+        """The learner the route names, training `model`: the flat one on what the kind gives
+        it to train (its MLP, or the RBF model's linear head with the features as an encoder
+        kept in `self.rbf`), the reference one on the model as an nn.Module."""
+        cfg, route = self.cfg, self.route
         opts = dict(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, loss=cfg.loss,
                     target_update_interval=cfg.target_update_interval,
                     double_dqn=cfg.double_dqn, max_grad_norm=cfg.max_grad_norm,
-                    adam_eps=cfg.adam_eps, device=device)
-        flat_opts = dict(cuda_graphs=cfg.cuda_graphs, native=cfg.learner != "numba", **opts)
-        reference = cfg.learner == "reference" or cfg.optimizer != "adam"
-        # The module route runs under CUDA graphs unless the user asked for the plain reference
-        # or brought their own module (whose forward fastdqn cannot promise is capturable).
-        module_opts = dict(optimizer=cfg.optimizer, **opts, cuda_graphs=(
-            cfg.cuda_graphs and cfg.learner != "reference" and q_network is None))
-        if self.kind == "cnn":
-            module = cnn_for(obs_space, n_actions, cfg.dueling,
-                             generator_seed(cfg.seed, Purpose.INIT), is_minatar(cfg.env_id))
-            self.learner: Learner | ReferenceLearner = ReferenceLearner(module, **module_opts)
-        elif self.kind == "rbf" and reference:
-            module = self.rbf_network(in_dim, n_actions, env_factory, resuming)
-            self.learner = ReferenceLearner(module, **module_opts)
-        elif self.kind == "rbf":
-            self.rbf = self.rbf_network(in_dim, n_actions, env_factory, resuming).to(device)
-            self.net = MLP(self.rbf.n_features, n_actions, (), False)
-            init = torch.cat([self.rbf.head.weight.detach().reshape(-1),
-                              self.rbf.head.bias.detach()]).cpu()
-            self.learner = Learner(self.net, init=init, **flat_opts)
-            row_shape, row_dtype = (self.rbf.n_features,), torch.float32
-        elif self.custom or reference or self.frames:
-            init = self.net.init(torch_generator(cfg.seed, Purpose.INIT))
-            module = q_network if self.custom else self.net.to_module(init)
-            self.learner = ReferenceLearner(module, **module_opts)
-        else:
-            init = self.net.init(torch_generator(cfg.seed, Purpose.INIT))
-            self.learner = Learner(self.net, init=init, **flat_opts)
-        self.row_shape = row_shape
+                    adam_eps=cfg.adam_eps, device=self.device, cuda_graphs=route.update_graphs)
+        self.net = MLP(int(np.prod(self.obs_shape)), n_actions, tuple(cfg.hidden), cfg.dueling)
+        self.rbf: RBFQNetwork | None = None
+        if route.learner == REFERENCE:
+            module = model.net.to_module(model.params) if self.net_kind.flat_net else model
+            return ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
+        self.net, init, encoder = self.net_kind.flat(model)
+        self.rbf = encoder.to(self.device) if encoder is not None else None
+        return Learner(self.net, init=init, native=route.native, native_why=route.native_why,
+                       **opts)
+
+    def make_replay(self, row_shape: tuple[int, ...], row_dtype: torch.dtype) -> None:
+        """The replay (rows, or frames stored once), its sampler (uniform, or prioritized: the
+        Numba sum tree on the CPU, on the device elsewhere) and the n-step writer."""
+        cfg, device, n_envs = self.cfg, self.device, self.cfg.num_envs
         self.buffer: ReplayBuffer | FrameReplay = (
             FrameReplay(cfg.buffer_size, row_shape, row_dtype, device, n_envs, cfg.n_step)
             if self.frames else ReplayBuffer(cfg.buffer_size, row_shape, row_dtype, device))
@@ -142,10 +162,11 @@ class DQN:
                                      torch.int64, "cpu")
         elif cfg.n_step > 1:
             self.nstep = NStepWriter(cfg.n_step, cfg.gamma, n_envs, row_shape, row_dtype, device)
-        self.act_gen = torch_generator(cfg.seed, Purpose.ACT, device=device)
-        self.schedule = EpsilonSchedule(cfg.eps_schedule, cfg.eps_start, cfg.eps_end,
-                                        cfg.eps_decay_steps, cfg.eps_episode_decay)
-        self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
+
+    def make_staging(self, obs_space) -> None:
+        """Host buffers each step's arrays pass through on their way to the device (pinned on
+        CUDA), allocated once."""
+        n_envs, device = self.cfg.num_envs, self.device
         self.cuda = device.type == "cuda"
         pin = self.cuda
         obs_dtype = torch_dtype(obs_space.dtype)
@@ -153,26 +174,11 @@ class DQN:
         self.stage_next = torch.empty_like(self.stage_obs, pin_memory=pin)
         self.stage_rew = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
         self.stage_done = torch.empty(n_envs, dtype=torch.float32, pin_memory=pin)
-        self.discounts = torch.full((n_envs,), cfg.gamma, dtype=torch.float32, device=device)
+        self.discounts = torch.full((n_envs,), self.cfg.gamma, dtype=torch.float32, device=device)
         self.real_next = np.empty((n_envs, *self.obs_shape), dtype=obs_space.dtype)
         # the observation acted on, kept on the host: the frame replay finds its new frames there
         self.host_obs = np.empty_like(self.real_next) if self.frames else None
         self.eps_dev = torch.empty(n_envs, device=device)
-        self.acting_q: ActingQ | None = None
-        self.clip_rewards = auto_on(cfg.clip_rewards, cfg.env_id)
-        self.life_loss_terminal = auto_on(cfg.life_loss_terminal, cfg.env_id)
-
-    def rbf_network(self, in_dim: int, n_actions: int, make_env: EnvFactory | None,
-                    resuming: bool) -> RBFQNetwork:
-        """Features drawn from the run seed; a new run fits the scaler on random play first (a
-        resumed one gets it back with the checkpoint's buffers)."""
-        cfg = self.cfg
-        module = RBFQNetwork(in_dim, n_actions, cfg.rbf_features, cfg.rbf_scales,
-                             torch_generator(cfg.seed, Purpose.INIT))
-        if not resuming:
-            module.set_scaler(*fit_scaler(make_env or env_factory(cfg.env_id), cfg.rbf_fit_steps,
-                                          cfg.seed))
-        return module
 
     # -- the loop's steps ----------------------------------------------------------------------
 
@@ -204,9 +210,9 @@ class DQN:
         """The flat MLP's acting Q (built on the first batch: a CUDA graph on CUDA, the native
         actor on a CPU where it builds, each proved against the plain forward pass)."""
         if self.acting_q is None:
-            actor = self.learner.native_actor(obs.dtype) if obs.device.type == "cpu" else None
+            actor = self.learner.native_actor(obs.dtype) if self.route.native else None
             self.acting_q = ActingQ(self.net, self.learner.online_views, obs,
-                                    self.cfg.cuda_graphs, actor)
+                                    self.route.acting_graphs, actor)
         return self.acting_q
 
     def act(self, obs: torch.Tensor, eps: float, step: int) -> torch.Tensor:
@@ -335,10 +341,15 @@ class DQN:
     def all_finite(self) -> bool:
         return self.learner.all_finite()
 
+    @property
+    def net_kind(self) -> NetworkKind:
+        """This run's network kind: its registry entry (nets.kinds)."""
+        return KINDS[self.kind]
+
     def policy(self) -> Policy:
         if self.rbf is not None:
             return Policy.of_module(self.rbf_module(), self.device)
-        if self.kind != "mlp":
+        if not self.net_kind.flat_net:
             return Policy.of_module(self.learner.online, self.device)
         return Policy(self.net, self.flat_params(), self.device)
 
@@ -375,16 +386,14 @@ class DQN:
                 + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
 
     def net_spec(self) -> dict:
-        if self.custom:
-            return {"kind": "custom", "class": type(self.learner.online).__qualname__}
-        if self.kind in ("rbf", "cnn"):
-            return (self.rbf or self.learner.online).spec()
-        return {"kind": "mlp", "in_dim": self.net.in_dim, "n_actions": self.net.n_actions,
-                "hidden": list(self.net.hidden), "dueling": self.net.dueling}
+        """The checkpoint's "net" entry, as the network's kind writes it: of the flat MLP's
+        layout, of the flat route's RBF model, or of the learner's module."""
+        kind = self.net_kind
+        return kind.spec(self.net if kind.flat_net else (self.rbf or self.learner.online))
 
     def state_dict(self, with_buffer: bool) -> dict:
         learner = self.learner.state_dict()
-        if self.kind == "mlp":
+        if self.net_kind.flat_net:
             learner["params"] = self.flat_params().detach().cpu().clone()
         if self.rbf is not None:  # the whole model too, as the reference route saves it
             learner["online"] = {k: v.cpu().clone() for k, v in self.rbf_module().state_dict().items()}

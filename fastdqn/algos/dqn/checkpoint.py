@@ -19,13 +19,9 @@ from fastdqn.core.checkpoint import (
     is_whole,
 )
 from fastdqn.errors import CheckpointError
-from fastdqn.learners.flat import Learner
 from fastdqn.learners.reference import ReferenceLearner
-from fastdqn.nets.cnn import check_spec as check_cnn_spec
-from fastdqn.nets.cnn import check_state as check_module_state
+from fastdqn.nets.kinds import FLAT, kind_of
 from fastdqn.nets.mlp import network_of
-from fastdqn.nets.rbf import check_spec as check_rbf_spec
-from fastdqn.nets.rbf import check_state
 from fastdqn.replay.frames import FrameReplay
 from fastdqn.replay.frames import check_state as check_frame_state
 from fastdqn.replay.rows import row_values_problem
@@ -49,76 +45,35 @@ def check_checkpoint(agent: DQN, ckpt: dict, path) -> None:
                               f"pass --frame-replay {'on' if on else 'off'} to resume it")
     net = ckpt["net"] if isinstance(ckpt["net"], dict) else {}
     learner = ckpt["learner"] if isinstance(ckpt["learner"], dict) else {}
-    want = agent.net_spec()
-    if net.get("kind", "mlp") != want["kind"]:
-        raise CheckpointError(f"{path} holds a {net.get('kind', 'mlp')} network, this run a "
-                              f"{want['kind']} one; resume with the same network")
-    if want["kind"] == "mlp":
-        if tuple(net.get("hidden", ())) != tuple(want["hidden"]):
-            raise CheckpointError(f"{path} has hidden layers {net.get('hidden')}, "
-                                  f"not {want['hidden']}; pass --hidden to match")
-        if bool(net.get("dueling", False)) != want["dueling"]:
-            flag = "--dueling" if net.get("dueling") else "--no-dueling"
-            raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
-                                  f" a dueling head; pass {flag} to match")
-        flat = network_of(path, net)
-        params = learner.get("params")
-        if (not isinstance(params, torch.Tensor) or params.shape != (flat.num_params,)
-                or (flat.in_dim, flat.n_actions) != (agent.net.in_dim, agent.net.n_actions)):
-            raise CheckpointError(f"{path}: its parameters do not fit its network shape; the "
-                                  "file is damaged")
-        if isinstance(agent.learner, Learner):
-            _check_flat_learner(path, learner, params.shape)
-    if isinstance(agent.learner, ReferenceLearner):
-        saved = learner.get("optimizer_kind", "adam")
-        if saved != agent.learner.optimizer_kind:
-            raise CheckpointError(f"{path} was trained with --optimizer {str(saved)[:20]}; pass "
-                                  f"--optimizer {str(saved)[:20]} to resume it")
-        if want["kind"] in ("mlp", "custom"):  # a cnn's and an rbf's are checked below
-            module = agent.learner.online
-            check_module_state(path, learner.get("online"), module, "learner.online")
-            check_module_state(path, learner.get("target"), module, "learner.target")
-    if want["kind"] == "cnn":
-        if bool(net.get("dueling", False)) != want["dueling"]:
-            flag = "--dueling" if net.get("dueling") else "--no-dueling"
-            raise CheckpointError(f"{path} was trained with{'' if net.get('dueling') else 'out'}"
-                                  f" a dueling head; pass {flag} to match")
-        check_cnn_spec(path, net)  # its types too: 16.0 == 16 would pass the comparison
-        if net != want:
-            raise CheckpointError(f"{path} holds another cnn than this run builds for "
-                                  f"{agent.cfg.env_id}; it is damaged or from another env")
-        module = agent.learner.online
-        check_module_state(path, learner.get("online"), module, "learner.online")
-        check_module_state(path, learner.get("target"), module, "learner.target")
-    if want["kind"] == "rbf":
-        sizes = check_rbf_spec(path, net)
-        if (sizes["in_dim"], sizes["n_actions"]) != (want["in_dim"], want["n_actions"]):
-            raise CheckpointError(f"{path} declares an rbf network of {sizes['in_dim']} inputs "
-                                  f"and {sizes['n_actions']} actions, but {agent.cfg.env_id} has "
-                                  f"{want['in_dim']} and {want['n_actions']}; it is damaged or "
-                                  "from another env")
-        if (net.get("n_features"), net.get("scales")) != (want["n_features"], want["scales"]):
-            raise CheckpointError(
-                f"{path} has {net.get('n_features')} rbf features over scales "
-                f"{net.get('scales')}, not {want['n_features']} over {want['scales']}; "
-                "pass --rbf-features and --rbf-scales to match")
-        flat = isinstance(learner.get("params"), torch.Tensor)
-        if flat != (agent.rbf is not None):
-            was, flag = ("the flat", "--learner auto") if flat else ("the reference",
-                                                                   "--learner reference")
-            raise CheckpointError(f"{path} was trained on {was} learner route; pass {flag} "
-                                  "to resume it")
-        check_state(path, learner.get("online"), agent.rbf or agent.learner.online,
-                    "learner.online")
-        if agent.rbf is None:
-            check_state(path, learner.get("target"), agent.learner.online, "learner.target")
-        else:
-            _check_flat_learner(path, learner, (agent.net.num_params,))
+    _check_network(agent, net, learner, path)
     if isinstance(agent.learner, ReferenceLearner):
         check_optimizer_state(path, learner.get("optimizer"), agent.learner.params)
+    saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    rows = _check_replay(agent, ckpt, saved_cfg, path)
+    rngs = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
+    rng = rngs.get("sampler")
+    actors = saved_cfg.get("actors")
+    if isinstance(rng, dict) and not agent.prioritized and is_whole(actors, 1):
+        raise CheckpointError(f"{path} is an Ape-X run ({actors} actors), and a checkpoint "
+                              "never decides where a run connects: pass --actors "
+                              f"{actors} (and --ray-address for a cluster) to resume it on "
+                              "Ray, or --prioritized to resume it on this machine alone")
+    if isinstance(rng, dict) != agent.prioritized:
+        flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
+        raise CheckpointError(f"{path} was trained with{'' if isinstance(rng, dict) else 'out'}"
+                              f" prioritized replay; pass {flag} to match")
+    _check_sampler(path, rng, agent.cfg, rows)
+    check_generator_state(path, "rng.act", rngs.get("act"), agent.act_gen)
+    if "per" in rngs:
+        check_generator_state(path, "rng.per", rngs["per"], agent.learner.per_generator)
+    check_count(path, "learner.steps", learner.get("steps"), "learner steps")
+
+
+def _check_replay(agent: DQN, ckpt: dict, saved_cfg: dict, path) -> int | None:
+    """The saved replay: its capacity this run's --buffer-size (or the flag named), its rows
+    of this run's layout and in range; returns how many rows it holds (None: not saved)."""
     buffer = ckpt.get("buffer", {})
     saved = buffer.get("capacity", agent.cfg.buffer_size) if isinstance(buffer, dict) else None
-    saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     if saved != agent.cfg.buffer_size and (not is_count(saved, 1)
                                           or saved != saved_cfg.get("buffer_size")):
         # not the size its own settings name: no --buffer-size would resume it
@@ -141,24 +96,52 @@ def check_checkpoint(agent: DQN, ckpt: dict, path) -> None:
         problem = row_values_problem(buffer, agent.net.n_actions, observations)
         if problem:
             raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
-    rngs = ckpt.get("rng") if isinstance(ckpt.get("rng"), dict) else {}
-    rng = rngs.get("sampler")
-    actors = saved_cfg.get("actors")
-    if isinstance(rng, dict) and not agent.prioritized and is_whole(actors, 1):
-        raise CheckpointError(f"{path} is an Ape-X run ({actors} actors), and a checkpoint "
-                              "never decides where a run connects: pass --actors "
-                              f"{actors} (and --ray-address for a cluster) to resume it on "
-                              "Ray, or --prioritized to resume it on this machine alone")
-    if isinstance(rng, dict) != agent.prioritized:
-        flag = "--prioritized" if isinstance(rng, dict) else "--no-prioritized"
-        raise CheckpointError(f"{path} was trained with{'' if isinstance(rng, dict) else 'out'}"
-                              f" prioritized replay; pass {flag} to match")
-    rows = buffer["size"] if "buffer" in ckpt else None
-    _check_sampler(path, rng, agent.cfg, rows)
-    check_generator_state(path, "rng.act", rngs.get("act"), agent.act_gen)
-    if "per" in rngs:
-        check_generator_state(path, "rng.per", rngs["per"], agent.learner.per_generator)
-    check_count(path, "learner.steps", learner.get("steps"), "learner steps")
+    return buffer["size"] if "buffer" in ckpt else None
+
+
+def _check_network(agent: DQN, net: dict, learner: dict, path) -> None:
+    """The saved network against this run's: its kind, its sizes (the flags that would match
+    them, named by the kind's `check_resume`), then the tensors the learner restores, as the
+    route that wrote them laid them out."""
+    want = agent.net_spec()
+    if kind_of(net) != want["kind"]:
+        raise CheckpointError(f"{path} holds a {kind_of(net)} network, this run a "
+                              f"{want['kind']} one; resume with the same network")
+    kind = agent.net_kind
+    kind.check_resume(path, net, want, agent.cfg.env_id)
+    shape = _check_flat_params(agent, net, learner, path) if kind.flat_net else None
+    if FLAT in kind.routes and not kind.flat_net:
+        # a module whose flat route trains only its head (the RBF model): saved params say so
+        flat = isinstance(learner.get("params"), torch.Tensor)
+        if flat != (agent.rbf is not None):
+            was, flag = ("the flat", "--learner auto") if flat else ("the reference",
+                                                                   "--learner reference")
+            raise CheckpointError(f"{path} was trained on {was} learner route; pass {flag} "
+                                  "to resume it")
+    if isinstance(agent.learner, ReferenceLearner):
+        saved = learner.get("optimizer_kind", "adam")
+        if saved != agent.learner.optimizer_kind:
+            raise CheckpointError(f"{path} was trained with --optimizer {str(saved)[:20]}; pass "
+                                  f"--optimizer {str(saved)[:20]} to resume it")
+        for where in ("online", "target"):
+            kind.check_state(path, learner.get(where), agent.learner.online, f"learner.{where}")
+    elif shape is None:  # the flat route's RBF model: its features, then its head
+        kind.check_state(path, learner.get("online"), agent.rbf, "learner.online")
+        _check_flat_learner(path, learner, (agent.net.num_params,))
+    else:
+        _check_flat_learner(path, learner, shape)
+
+
+def _check_flat_params(agent: DQN, net: dict, learner: dict, path) -> tuple:
+    """The flat MLP's saved parameters: as many as its spec (sized and capped by `network_of`)
+    lays out, for this env's spaces; returns their shape."""
+    flat = network_of(path, net)
+    params = learner.get("params")
+    if (not isinstance(params, torch.Tensor) or params.shape != (flat.num_params,)
+            or (flat.in_dim, flat.n_actions) != (agent.net.in_dim, agent.net.n_actions)):
+        raise CheckpointError(f"{path}: its parameters do not fit its network shape; the "
+                              "file is damaged")
+    return params.shape
 
 
 def _check_flat_learner(path: Path, learner: dict, shape: tuple) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastdqn.algos.contract import RunHandle
 from fastdqn.algos.dqn.agent import DQN
-from fastdqn.envs.vector import real_next_obs
+from fastdqn.envs.autoreset import real_next_obs
 
 STAGES = ("h2d", "act", "env_send", "sample", "learn", "target", "env_wait", "add", "log")
 

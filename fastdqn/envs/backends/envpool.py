@@ -7,14 +7,14 @@ runs in sync mode (a batch is every env), `step_async` sends the actions and `st
 receives the batch; every env that finished in it is reset at once with EnvPool's partial
 reset (`reset(env_id)`, which restarts those envs only and makes their next step a real one),
 its done-step observation goes to `infos["final_obs"]` and the reset observation replaces it,
-exactly as the gymnasium SAME_STEP vector envs report it (envs.real_next_obs reads both). So
+exactly as the gymnasium SAME_STEP vector envs report it (autoreset.real_next_obs reads both). So
 EnvPool's own autoreset never happens and no reset step reaches the replay.
 
 What EnvPool can and cannot give (the rest of fastdqn is unchanged):
 
 - Seeds. EnvPool seeds each env once, when the pool is made: env i gets an int32 seed and its
   generator (a std::mt19937) runs on through all its episodes. fastdqn seeds every episode of
-  a gymnasium env from disjoint streams (seeds.py); here only the first episode of each env is
+  a gymnasium env from disjoint streams (core/seeds.py); here only the first episode of each env is
   seeded from the run's TRAIN stream: `reset(seed=s)` makes the pool afresh and env i gets
   `s + i` hashed to 31 bits (the episode seeds are 64-bit; taking their low bits would give
   every run seed the same envs). A run is still reproducible: same settings, seed and
@@ -46,6 +46,8 @@ import gymnasium as gym
 import numpy as np
 
 from fastdqn.envs.atari import FRAME_SKIP, FRAME_STACK, NOOP_MAX, SCREEN_SIZE, sticky_probability
+from fastdqn.envs.make import EnvFactory, env_factory
+from fastdqn.envs.workers import default_workers
 from fastdqn.errors import ConfigError, EnvError
 
 INSTALL = 'pip install -e ".[envpool]"'
@@ -251,3 +253,19 @@ class EnvPoolVectorEnv:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+def make(env_id: str, num_envs: int, factory: EnvFactory | None, num_threads: int,
+         timeout: float) -> EnvPoolVectorEnv:
+    """EnvPool's envs for `env_id` on `num_threads` threads (0: default_workers), with the spaces
+    and time limit of gymnasium's env (the one the evaluations play); `timeout` unread."""
+    if factory is not None:
+        raise ConfigError("--vector envpool makes EnvPool's own envs, so it cannot use an env "
+                          "factory; drop one of them")
+    probe = env_factory(env_id)()
+    try:
+        limit = probe.spec.max_episode_steps if probe.spec is not None else None
+        return EnvPoolVectorEnv(env_id, num_envs, num_threads or default_workers(num_envs),
+                                probe.observation_space, probe.action_space, limit)
+    finally:
+        probe.close()

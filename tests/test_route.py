@@ -1,0 +1,169 @@
+"""The learner route's one decision (`learners.route.choose_route`) against hand-written
+expectations for every combination of the settings that decide it, the --learner numba refusals
+included. Deciding reads only the device's type: torch.device("cuda") needs no GPU here."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from fastdqn import make_config
+from fastdqn.algos.dqn.agent import DQN
+from fastdqn.learners.flat import Learner
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.learners.route import Route, choose_route
+
+KINDS = ("mlp", "rbf", "cnn", "custom")
+OPTIMIZERS = ("adam", "rmsprop")
+LEARNERS = ("auto", "numba", "reference")
+FRAMES = (False, True)
+DEVICES = ("cpu", "cuda")
+GRAPHS = (True, False)
+ALL = list(itertools.product(KINDS, OPTIMIZERS, LEARNERS, FRAMES, DEVICES, GRAPHS))
+
+# (kind, optimizer, learner, frames) that train on the flat learner; every other one trains on
+# the reference learner.
+FLAT = {
+    ("mlp", "adam", "auto", False), ("mlp", "adam", "numba", False),
+    ("rbf", "adam", "auto", False), ("rbf", "adam", "numba", False),
+}
+
+# (kind, optimizer, learner, frames, device) where the native step is tried first.
+NATIVE = {("mlp", "adam", "auto", False, "cpu"), ("rbf", "adam", "auto", False, "cpu")}
+
+# (kind, learner) whose update is graphed on CUDA with --cuda-graphs, whatever the optimizer
+# and the replay: all but --learner reference and a custom network.
+UPDATE_GRAPHED = {("mlp", "auto"), ("mlp", "numba"), ("rbf", "auto"), ("rbf", "numba"),
+                  ("cnn", "auto"), ("cnn", "numba")}
+
+CNN = "a cnn network trains on the reference route"
+CUSTOM = "a custom network trains on the reference route"
+FRAME_REPLAY = "the frame replay trains on the reference route"
+RMSPROP = "--optimizer rmsprop trains on the reference route"
+
+# Why --learner numba is refused on a CPU, by (kind, optimizer, frames); None: the run takes it.
+# On CUDA it is refused for the device, whatever the rest.
+NUMBA_ON_CPU = {
+    ("mlp", "adam", False): None, ("mlp", "adam", True): FRAME_REPLAY,
+    ("mlp", "rmsprop", False): RMSPROP, ("mlp", "rmsprop", True): FRAME_REPLAY,
+    ("rbf", "adam", False): None, ("rbf", "adam", True): FRAME_REPLAY,
+    ("rbf", "rmsprop", False): RMSPROP, ("rbf", "rmsprop", True): FRAME_REPLAY,
+    ("cnn", "adam", False): CNN, ("cnn", "adam", True): CNN,
+    ("cnn", "rmsprop", False): CNN, ("cnn", "rmsprop", True): CNN,
+    ("custom", "adam", False): CUSTOM, ("custom", "adam", True): CUSTOM,
+    ("custom", "rmsprop", False): CUSTOM, ("custom", "rmsprop", True): CUSTOM,
+}
+
+
+def route(kind: str, optimizer: str, learner: str, frames: bool, device: str,
+          graphs: bool) -> Route:
+    return choose_route(learner, optimizer, kind, frames, torch.device(device), graphs)
+
+
+def refusal(why: str) -> str:
+    return (f"--learner numba picks the flat MLP's Numba CPU step, which this run does not take "
+            f"({why}); drop it")
+
+
+@pytest.mark.parametrize("case", ALL, ids=["-".join(map(str, c)) for c in ALL])
+def test_every_combination_takes_the_expected_route(case):
+    kind, optimizer, learner, frames, device, graphs = case
+    r = route(*case)
+    flat = (kind, optimizer, learner, frames) in FLAT
+    assert r.learner == ("flat" if flat else "reference")
+    assert r.native == ((kind, optimizer, learner, frames, device) in NATIVE)
+    on_cuda = device == "cuda" and graphs
+    assert r.update_graphs == (on_cuda and (kind, learner) in UPDATE_GRAPHED)
+    assert r.acting_graphs == (on_cuda and flat)
+    if learner != "numba":
+        assert r.refusal is None
+    elif device == "cuda":
+        assert r.refusal == refusal("device cuda")
+    else:
+        why = NUMBA_ON_CPU[(kind, optimizer, frames)]
+        assert r.refusal == (None if why is None else refusal(why))
+    whys = [r.learner_why, r.native_why, r.update_graphs_why, r.acting_graphs_why]
+    assert all(w and "\n" not in w for w in whys)
+
+
+@pytest.mark.parametrize("case", ALL, ids=["-".join(map(str, c)) for c in ALL])
+def test_a_refused_numba_run_names_the_reason_its_learner_gives(case):
+    """On a CPU, the refusal quotes the learner's why: the two never disagree."""
+    kind, optimizer, learner, frames, device, graphs = case
+    r = route(*case)
+    if learner == "numba" and device == "cpu" and r.learner == "reference":
+        assert r.refusal == refusal(r.learner_why)
+
+
+def test_the_defaults_on_a_cpu():
+    assert route("mlp", "adam", "auto", False, "cpu", True) == Route(
+        learner="flat", learner_why="the flat learner trains the MLP with Adam on a row replay",
+        native=True,
+        native_why="tried first, the Numba step where it does not build, load or pass its self-check",
+        update_graphs=False, update_graphs_why="device cpu: CUDA graphs run on CUDA only",
+        acting_graphs=False, acting_graphs_why="device cpu: CUDA graphs run on CUDA only")
+
+
+@pytest.mark.parametrize(("args", "field", "why"), [
+    (("mlp", "adam", "numba", False, "cpu", True), "native_why", "--learner numba"),
+    (("mlp", "adam", "auto", False, "cuda", True), "native_why",
+     "device cuda: the native step runs on the CPU only"),
+    (("cnn", "adam", "auto", False, "cpu", True), "native_why",
+     "the reference learner has no native step"),
+    (("rbf", "adam", "auto", False, "cpu", True), "learner_why",
+     "the flat learner trains the RBF model's linear head with Adam on a row replay"),
+    (("mlp", "adam", "reference", False, "cpu", True), "learner_why", "--learner reference"),
+    (("mlp", "rmsprop", "auto", True, "cpu", True), "learner_why", FRAME_REPLAY),
+    (("cnn", "rmsprop", "auto", True, "cpu", True), "learner_why", CNN),
+    (("mlp", "adam", "auto", False, "cuda", False), "update_graphs_why", "--no-cuda-graphs"),
+    (("cnn", "adam", "reference", False, "cuda", True), "update_graphs_why",
+     "--learner reference: the reference is never graphed"),
+    (("custom", "adam", "auto", False, "cuda", True), "update_graphs_why",
+     "a custom network: fastdqn cannot promise its forward is capturable"),
+    (("cnn", "adam", "auto", False, "cuda", True), "acting_graphs_why",
+     "the reference learner acts with its module's forward pass"),
+    (("mlp", "adam", "auto", False, "cuda", True), "acting_graphs_why",
+     "the acting forward pass is captured once, proven against the plain forward pass first"),
+])
+def test_each_choice_says_why(args, field, why):
+    assert getattr(route(*args), field) == why
+
+
+def test_the_native_step_off_reads_as_summary_json_has_always_said():
+    """Learner quotes native_why in its route: `native step off: --learner numba`."""
+    from fastdqn.nets.mlp import MLP
+
+    r = route("mlp", "adam", "numba", False, "cpu", True)
+    lr = Learner(MLP(4, 2, (8,)), lr=1e-3, gamma=0.99, tau=1.0, target_update_interval=10,
+                 native=r.native, native_why=r.native_why, cuda_graphs=r.update_graphs)
+    assert lr.route(torch.device("cpu")) == (
+        "cpu-fused (torch GEMMs + numba kernels; native step off: --learner numba)")
+
+
+def test_a_route_is_a_value():
+    r = route("mlp", "adam", "auto", False, "cpu", True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.native = False  # type: ignore[misc]
+    assert r == route("mlp", "adam", "auto", False, "cpu", True)
+
+
+@pytest.mark.parametrize(("settings", "learner"), [
+    ({}, "flat"), ({"learner": "numba"}, "flat"), ({"optimizer": "rmsprop"}, "reference"),
+    ({"learner": "reference"}, "reference"),
+])
+def test_the_agent_builds_the_learner_its_route_names(settings, learner):
+    cfg = make_config(**settings)
+    cfg.validate()
+    agent = DQN(cfg, gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2),
+                torch.device("cpu"))
+    assert agent.route == choose_route(cfg.learner, cfg.optimizer, "mlp", False,
+                                       torch.device("cpu"), cfg.cuda_graphs)
+    assert agent.route.learner == learner
+    assert isinstance(agent.learner, Learner if learner == "flat" else ReferenceLearner)
+    if learner == "flat":
+        assert agent.learner.native == agent.route.native
