@@ -1,7 +1,7 @@
 // fastdqn's CPU learner step as one native call: K DQN steps on an MLP (gather, forward of the
 // online and target nets, TD target and loss gradient, backward, gradient clipping, Adam, target
-// update) with no Python between them. The same math as fastdqn/kernels.py + learner.CpuStep,
-// which stays the reference it is checked against (fastdqn/native.py, tests/test_native.py).
+// update) with no Python between them. The same math as fastdqn/learners/kernels.py + flat.CpuStep,
+// which stays the reference it is checked against (fastdqn/learners/native.py, tests/test_native.py).
 //
 // Why it pays: the Numba route makes about 20 calls a step from Python, each a few microseconds
 // of dispatch before any work; here a block of K steps is one ctypes call. The matrix products
@@ -9,7 +9,7 @@
 // no ATen dispatch, no torch headers, so this file compiles in a couple of seconds.
 //
 // Layout: row-major, as the torch views. Parameters are one flat vector, per layer W [out, in]
-// then b [out] (fastdqn/networks.py). The narrow products (an output layer of a few actions, a
+// then b [out] (fastdqn/nets/mlp.py). The narrow products (an output layer of a few actions, a
 // first layer of a few inputs) are written as loops: a BLAS call at N = 4 runs at a few GFLOP/s.
 
 #include <algorithm>
@@ -60,7 +60,7 @@ void read_obs(const void* base, int64_t kind, int64_t r, int64_t n, float* out) 
   }
 }
 
-// Filled by fastdqn/native.py (a ctypes.Structure with the same fields in the same order).
+// Filled by fastdqn/learners/native.py (a ctypes.Structure with the same fields in the same order).
 struct Spec {
   int64_t abi;
   int64_t n_layers;                // weight layers: hidden layers + 1
@@ -434,7 +434,7 @@ extern "C" {
 int64_t fdqn_abi(void) { return kAbi; }
 
 // No exception crosses this C boundary (it would abort the Python process): each entry point
-// catches them and returns null or an error code, which fastdqn/native.py turns into a fallback
+// catches them and returns null or an error code, which fastdqn/learners/native.py turns into a fallback
 // or a Python exception.
 
 // A step object for `spec`, or null when the spec is not one this build can run or its buffers
