@@ -578,19 +578,23 @@ ALT = {  # a valid value other than the default, for every setting that not ever
     "eps_episode_decay": 0.9, "temperature": 2.0, "save_buffer": True, "actors": 2,
     "ray_address": "10.0.0.1:6379", "weight_sync_every": 10, "actor_block": 8,
     "actor_epsilon": 0.3, "actor_alpha": 3.0, "actor_restarts": 1, "actor_timeout": 10.0,
-    "cuda_graphs": False, "num_workers": 1, "env_timeout": 5.0,
+    "cuda_graphs": False, "num_workers": 1, "env_timeout": 5.0, "distributional": "qr",
+    "atoms": 11, "v_min": -5.0, "v_max": 5.0, "noisy": True,
 }
 
 HOLDS = {"adam": {}, "prioritized": {"prioritized": True}, "one_machine": {}, "egreedy": {},
          "boltzmann": {"exploration": "boltzmann"}, "step_decay": {},
          "episode_decay": {"eps_schedule": "per_episode"}, "apex": {"actors": 2},
-         "workers": {}, "worker_replies": {}}
+         "workers": {}, "worker_replies": {}, "distributional": {"distributional": "qr"},
+         "c51": {"distributional": "c51"}, "scalar": {}}
 """Settings under which each condition holds (with the defaults of the others)."""
 BREAKS = {"adam": {"optimizer": "rmsprop"}, "prioritized": {"prioritized": False},
           "one_machine": {"actors": 2}, "egreedy": {"exploration": "boltzmann"},
           "boltzmann": {"exploration": "egreedy"}, "step_decay": {"eps_schedule": "per_episode"},
           "episode_decay": {"eps_schedule": "linear"}, "apex": {"actors": 0},
-          "workers": {"vector": "sync"}, "worker_replies": {"vector": "envpool"}}
+          "workers": {"vector": "sync"}, "worker_replies": {"vector": "envpool"},
+          "distributional": {"distributional": "none"}, "c51": {"distributional": "qr"},
+          "scalar": {"distributional": "c51"}}
 """Settings under which each condition fails."""
 
 
@@ -750,7 +754,7 @@ def _algorithm_modules() -> dict[str, list[str]]:
     from fastdqn.nets.kinds import KINDS
 
     own = {"dqn": ["algos/dqn/agent.py", "algos/dqn/loop.py", "algos/dqn/checkpoint.py",
-                   "algos/dqn/preflight.py", "algos/apex.py"],
+                   "algos/dqn/preflight.py", "algos/apex.py", "nets/kinds.py::head_of_config"],
            "pqn": ["algos/pqn.py"], "reinforce": ["algos/reinforce.py"]}
     for kind in KINDS.values():
         if kind.build is not None:

@@ -8,12 +8,8 @@ import math
 import pytest
 import torch
 
-from fastdqn.learners.distributional import (
-    categorical_loss,
-    project_onto_support,
-    quantile_huber_loss,
-    quantile_midpoints,
-)
+from fastdqn.learners.losses.c51 import categorical_loss, project_onto_support
+from fastdqn.learners.losses.qr import quantile_huber_loss, quantile_midpoints
 
 SUPPORT = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])  # Δz = 1
 

@@ -5,7 +5,7 @@ a CPU copy of the Q-network, actor i with its own fixed epsilon_i = eps ** (1 + 
 (K - 1)) (eps 0.4, alpha 7: the paper's). An actor forms n-step rows with the same
 `NStepWriter` as one machine, applies the same training-only reward shaping, computes each
 row's initial priority |delta| with its copies of the online and target nets (the learner's
-own TD targets, `reference.td_abs`), and returns blocks of rows through Ray's object store.
+own loss, `reference.initial_priorities`), and returns blocks of rows through Ray's object store.
 
 The learner is the driver process and the same DQN agent as on one machine: its replay (rows,
 prioritized), its learner route (fused on the CPU, CUDA graphs on CUDA), its evaluations,
@@ -46,7 +46,7 @@ from fastdqn.envs.autoreset import real_next_obs
 from fastdqn.envs.backends import make_vector_env
 from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ActorsLost, ConfigError
-from fastdqn.learners.reference import td_abs
+from fastdqn.learners.reference import initial_priorities
 from fastdqn.nets.mlp import preprocess
 from fastdqn.replay.nstep import NStepWriter
 from fastdqn.replay.rows import FIELDS, Batch
@@ -186,7 +186,8 @@ class Actor:
                               torch.full((c.num_envs,), c.gamma)))
             self.obs = next_obs
         batch = Batch(*(torch.cat(p) for p in zip(*parts)))
-        priorities = td_abs(self.online, self.target, batch, c.double_dqn)
+        priorities = initial_priorities(self.online, self.target, batch, c.double_dqn,
+                                        c.distributional, c.loss)
         elapsed = time.perf_counter() - start
         return {"index": self.index, "epsilon": self.epsilon, "env_steps": steps * c.num_envs,
                 "sps": steps * c.num_envs / max(elapsed, 1e-9), "ended": ended,

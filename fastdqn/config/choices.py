@@ -7,9 +7,10 @@ from __future__ import annotations
 ALGOS = ("dqn", "pqn", "reinforce")
 """The algorithms --algo picks from; a field read by all of them carries no `algos` tag."""
 
-NETWORK_KINDS = ("mlp", "cnn", "rbf", "custom")
+NETWORK_KINDS = ("mlp", "cnn", "rbf", "custom", "mlp_module")
 """What trains as the Q-network: fastdqn's MLP, CNN or RBF network, or a `q_network` module of
-your own ("custom", `train(..., q_network=net)`)."""
+your own ("custom", `train(..., q_network=net)`); "mlp_module" is the MLP with a distributional
+or noisy head (--network mlp with --distributional or --noisy), which has no flat layout."""
 
 CHOICES: dict[str, list[str]] = {
     "algo": list(ALGOS),
@@ -18,6 +19,7 @@ CHOICES: dict[str, list[str]] = {
     "learner": ["auto", "numba", "reference"],
     "frame_replay": ["auto", "on", "off"],
     "loss": ["huber", "mse"],
+    "distributional": ["none", "c51", "qr"],
     "exploration": ["egreedy", "boltzmann"],
     "eps_schedule": ["linear", "exponential", "per_episode"],
     "network": ["auto", "mlp", "cnn", "rbf"],

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastdqn.config.coerce import brief
 from fastdqn.config.limits import MAX_CONFIG_BYTES
-from fastdqn.config.settings import ALGO_DEFAULTS, Config, coerce, field_names
+from fastdqn.config.settings import ALGO_DEFAULTS, NOISY_DEFAULTS, Config, coerce, field_names
 from fastdqn.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -132,7 +132,8 @@ def load_toml(name_or_path: str) -> dict[str, Any]:
 
 def make_config(config_file: str | None = None, **overrides: Any) -> Config:
     """Defaults, then the chosen algorithm's defaults (`ALGO_DEFAULTS`) for what is left unset,
-    then a preset or TOML file, then explicit overrides; validated.
+    then a preset or TOML file, then explicit overrides; validated. With --noisy, epsilon left
+    unset is 0 (`NOISY_DEFAULTS`): the noise explores.
 
     A Config built directly (`Config(algo="pqn")`) has the dataclass defaults only: build it
     with make_config, or pass settings to `train(...)`, to get an algorithm's own defaults.
@@ -149,4 +150,8 @@ def make_config(config_file: str | None = None, **overrides: Any) -> Config:
     algo = values.get("algo", Config.algo)
     for k, v in ALGO_DEFAULTS.get(algo, {}).items():
         values.setdefault(k, coerce(k, v))
+    if (values.get("noisy") and not values.get("actors")
+            and values.get("exploration", Config.exploration) == "egreedy"):
+        for k, v in NOISY_DEFAULTS.items():
+            values.setdefault(k, v)
     return Config(**values).validate()

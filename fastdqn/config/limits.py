@@ -63,3 +63,7 @@ MAX_HIDDEN_LAYERS = 64
 
 MAX_CONFIG_BYTES = 1 << 20
 """Largest --config file read: settings take a few hundred bytes; a bigger file is not one."""
+
+MAX_ATOMS = 4096
+"""Most atoms per action of a distributional head, set by --atoms or declared by a checkpoint
+(C51 uses 51, QR-DQN 200): C51's projection holds batch x atoms^2 values."""

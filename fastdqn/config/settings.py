@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from fastdqn.config.choices import ALGOS
 from fastdqn.config.coerce import check_alone, coerce_as, flag_name, show_value
-from fastdqn.config.limits import MAX_ACTORS, MAX_EPISODE_SEED, MAX_FEATURES, MAX_SCALES
+from fastdqn.config.limits import MAX_ACTORS, MAX_ATOMS, MAX_EPISODE_SEED, MAX_FEATURES, MAX_SCALES
 from fastdqn.errors import ConfigError
 
 
@@ -114,7 +114,7 @@ class Config:
     momentum). RMSprop trains on the reference route (the fused learner's step is Adam's)."""
     gamma: float = 0.99
     """Discount factor."""
-    loss: str = _reads("huber", algos=("dqn", "pqn"), algo_defaults={"pqn": "mse"})
+    loss: str = _reads("huber", algos=("dqn", "pqn"), when=("scalar",), algo_defaults={"pqn": "mse"})
     """TD loss: huber (smooth L1, delta 1) or mse."""
     clip_rewards: str = _reads("auto", algos=("dqn",))
     """dqn: clip the rewards stored for training to their sign, -1, 0 or 1 (Mnih et al. 2015):
@@ -169,6 +169,27 @@ class Config:
     dueling: bool = _reads(False, algos=("dqn",), networks=("mlp", "cnn"))
     """Dueling head (Wang et al. 2016): Q = V + A - mean(A) from one last hidden layer (the
     MLP's, or a CNN's fc layer; not --network rbf)."""
+    distributional: str = _reads("none", algos=("dqn",), networks=("mlp", "cnn"))
+    """Value head: none (one Q per action), c51 (Bellemare et al. 2017: --atoms probabilities on a
+    fixed support --v-min..--v-max, the projected n-step target, cross-entropy) or qr (Dabney et
+    al. 2018: --atoms quantiles, the quantile Huber loss, kappa 1). Q is the distribution's mean
+    everywhere (acting, double-DQN selection, evaluation, `fastdqn eval`). Trains on the
+    reference route."""
+    atoms: int = _reads(0, algos=("dqn",), when=("distributional",))
+    """--distributional: atoms per action (0: the head's own, 51 for c51 as its paper, 200 for
+    qr as its paper)."""
+    v_min: float | None = _reads(None, algos=("dqn",), when=("c51",))
+    """--distributional c51: the support's lowest value. Unset, each end is chosen from the env:
+    +-10 where rewards are sign-clipped (Atari's, Rainbow's value), else +-mean|r| / (1 - gamma)
+    of 1000 steps of random play (CartPole +-100, LunarLander about +-330); the checkpoint
+    holds the support used."""
+    v_max: float | None = _reads(None, algos=("dqn",), when=("c51",))
+    """--distributional c51: the support's highest value (unset: chosen as --v-min says)."""
+    noisy: bool = _reads(False, algos=("dqn",), networks=("mlp", "cnn"))
+    """Noisy nets (Fortunato et al. 2018): the last two linear layers (the output and the hidden
+    or fc layer feeding it) become factorized Gaussian NoisyLinear layers, sigma0 0.5, a fresh
+    noise sample for each row of every forward pass; epsilon then defaults to 0 (set --eps-start
+    / --eps-end to add it). Evaluation plays the mean weights."""
     learner: str = _reads("auto", algos=("dqn",))
     """Learner route: auto (the fastest route that supports the network and options: on the CPU
     the native step of csrc/, built once per machine, else the Numba-fused one; CUDA graphs on
@@ -299,6 +320,7 @@ class Config:
         is the one reported."""
         for step in (self._coerce_each, self._validate_algo_values, self._refuse_unread,
                      self._validate_apex, self._validate_prioritized, self._validate_network,
+                     self._validate_head,
                      self._validate_evaluation, self._validate_learning,
                      self._validate_exploration, self._validate_run):
             step()
@@ -415,6 +437,16 @@ class Config:
         if self.algo == "dqn":
             self.check_network(self.network, "" if self.network == "auto"
                                else f", not --network {self.network}")
+
+    def _validate_head(self) -> None:
+        """The distributional head's atoms and support, and noisy nets beside Ape-X's actors."""
+        if self.atoms and not 2 <= self.atoms <= MAX_ATOMS:
+            raise ConfigError(f"--atoms must be in 2..{MAX_ATOMS} (0: the head's own), got {self.atoms}")
+        if self.v_min is not None and self.v_max is not None and not self.v_min < self.v_max:
+            raise ConfigError(f"--v-min {self.v_min} must be below --v-max {self.v_max}; swap them")
+        if self.noisy and self.actors:
+            raise ConfigError("--noisy with --actors: Ape-X actors explore by their own fixed "
+                              "epsilons (--actor-epsilon); drop --noisy or --actors")
 
     def _validate_rbf(self) -> None:
         """--network rbf's own sizes, and no dueling head on its one linear layer."""
@@ -534,6 +566,15 @@ CONDITIONS: dict[str, Condition] = {
                                 "--vector sharded or async",
                                 "applies to env worker processes (--vector sharded or async) "
                                 "only; drop it or pass --vector sharded"),
+    "distributional": Condition(lambda c: c.distributional != "none", "--distributional c51 or qr",
+                                "applies to a distributional head only; drop it or pass "
+                                "--distributional c51 (or qr)"),
+    "c51": Condition(lambda c: c.distributional == "c51", "--distributional c51",
+                     "sets C51's support, which only --distributional c51 has (qr's quantiles "
+                     "need none); drop it or pass --distributional c51"),
+    "scalar": Condition(lambda c: c.distributional == "none", "--distributional none",
+                        "sets the TD loss of one Q per action; a distributional head trains with "
+                        "its own (c51: cross-entropy, qr: quantile Huber): drop it"),
     "apex": Condition(lambda c: c.actors > 0, "--actors K",
                       "applies to Ape-X runs only; drop it or pass --actors K"),
 }
@@ -611,6 +652,10 @@ def _algo_defaults() -> dict[str, dict[str, Any]]:
                     if algo in f.metadata.get("algo_defaults", {})} for algo in ALGOS}
     return {algo: own for algo, own in table.items() if own}
 
+
+NOISY_DEFAULTS: dict[str, Any] = {"eps_start": 0.0, "eps_end": 0.0}
+"""With --noisy, the network's noise explores (Fortunato et al. 2018 act greedily on the noisy
+net): epsilon-greedy is off unless a flag, preset or file sets these (`make_config`)."""
 
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = _algo_defaults()
 """Per-algorithm defaults of shared settings, where an algorithm's own best values differ from

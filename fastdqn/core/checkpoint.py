@@ -322,7 +322,7 @@ def file_setting_problem(name: str, value: object) -> str | None:
     def number(v: object) -> bool:
         return type(v) in (int, float)
 
-    if name in ("target_return", "eval_epsilon"):
+    if str(field.type) == "float | None":
         ok = value is None or number(value)
         kind = "a number or none"
     elif isinstance(default, tuple):

@@ -73,6 +73,8 @@ class Purpose(enum.IntEnum):
     BASELINE = 11
     """The random-policy baseline of `fastdqn eval --compare`; keys (stream, j) of its first
     episode."""
+    NOISE = 12
+    """Noisy layers' noise (nets/noisy.py); key 0 the online network's, 1 the target's."""
 
 
 _KEY_LIMIT = 1 << 32  # one uint32 word per key: the spawn key stays an injective encoding

@@ -9,11 +9,14 @@ options. It is also the route for networks users pass in from Python, and for an
 route does not support.
 
 One update on a batch of rows (s, a, R, s', terminated, discount) with importance weights w:
+    loss = mean_i w_i * l_i,  l_i = the value head's loss of row i (learners/losses/):
+    for one Q per action, l(Q_online(s_i, a_i) - y_i) with l = Huber(delta 1) or squared error and
     y = R + discount * (1 - terminated) * Q_target(s', a*),  a* = argmax_a Q_online(s', a) (double)
                                                                   or argmax_a Q_target(s', a)
-    loss = mean_i w_i * l(Q_online(s_i, a_i) - y_i),  l = Huber(delta 1) or squared error
+    (C51: the cross-entropy against the projected target distribution; QR: the quantile Huber loss)
 then the gradient's global norm is clipped, the optimizer steps, and the target net moves
 toward the online one (tau < 1 every step, or a copy every `target_update_interval` steps).
+Noisy layers (nets/noisy.py) draw fresh noise in each of the online, selection and target passes.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fastdqn.learners.graphed_update import GraphedUpdates
+from fastdqn.learners.losses import LOSSES
 from fastdqn.nets.mlp import preprocess
+from fastdqn.nets.noisy import noisy_layers
 from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized
 from fastdqn.replay.rows import Batch, ReplayBuffer
 from fastdqn.replay.uniform import UniformSampler
@@ -50,28 +54,12 @@ def all_finite(tensors, optimizer: torch.optim.Optimizer) -> bool:
 
 
 @torch.no_grad()
-def td_targets(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
-               double: bool) -> torch.Tensor:
-    """y = R + discount * (1 - terminated) * Q_target(s', a*) for each row, a* chosen by the
-    online net (double DQN) or the target net: the learner's targets, and Ape-X actors' for
-    the initial priorities of the rows they ship."""
-    x_next = preprocess(batch.next_obs)
-    q_next_all = target(x_next)
-    chooser = online(x_next) if double else q_next_all
-    q_next = q_next_all.gather(1, chooser.argmax(1, keepdim=True)).squeeze(1)
-    return batch.rewards + batch.discounts * (1.0 - batch.dones) * q_next
-
-
-def q_taken(net: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Q(s, a) of each row's own action (with the graph, where gradients are on)."""
-    return net(preprocess(batch.obs)).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-
-
-@torch.no_grad()
-def td_abs(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
-           double: bool) -> torch.Tensor:
-    """|y - Q_online(s, a)| per row: a row's priority before any learner step has seen it."""
-    return (td_targets(online, target, batch, double) - q_taken(online, batch)).abs()
+def initial_priorities(online: torch.nn.Module, target: torch.nn.Module, batch: Batch,
+                       double: bool, head: str = "none", td_loss: str = "huber") -> torch.Tensor:
+    """Each row's priority before any learner step has seen it, from the loss the learner
+    trains with (|TD error|, or a distributional head's loss): Ape-X actors' for the rows they
+    ship."""
+    return LOSSES[head](online, target, batch, double, td_loss).priority
 
 
 RMSPROP = {"alpha": 0.95, "eps": 0.01, "centered": True}
@@ -87,7 +75,8 @@ class ReferenceLearner:
     def __init__(self, module: torch.nn.Module, *, lr: float, gamma: float, tau: float,
                  target_update_interval: int, loss: str = "huber", double_dqn: bool = True,
                  max_grad_norm: float = 10.0, adam_eps: float = 1e-8, optimizer: str = "adam",
-                 device: torch.device | str = "cpu", cuda_graphs: bool = False) -> None:
+                 device: torch.device | str = "cpu", cuda_graphs: bool = False,
+                 head: str = "none") -> None:
         self.device = torch.device(device)
         self.online = module.to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
@@ -108,6 +97,8 @@ class ReferenceLearner:
                          for g in self.optimizer.param_groups]
         self.gamma, self.tau, self.interval = gamma, tau, target_update_interval
         self.loss_kind, self.double, self.max_grad_norm = loss, double_dqn, max_grad_norm
+        self.head, self.loss_fn = head, LOSSES[head]
+        self.noisy = bool(noisy_layers(self.online))
         self.steps = 0
         self.loss_sum = torch.zeros((), device=self.device)
         self.q_sum = torch.zeros((), device=self.device)
@@ -147,13 +138,20 @@ class ReferenceLearner:
         fell = [f for f in self.fallbacks if f.startswith("learner cuda-graphs")]
         return f"reference ({what}" + (f"; {fell[0]}" if fell else "") + ")"
 
-    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
-        """Online Q-values of a batch of raw observations (no gradient)."""
+    def q_values(self, obs: torch.Tensor, mean_weights: bool = False) -> torch.Tensor:
+        """Online Q-values of a batch of raw observations (no gradient). Noisy layers draw a
+        sample per row, or play their mean weights with `mean_weights` (evaluation)."""
         with torch.no_grad():
-            return self.online(preprocess(obs))
+            if not (mean_weights and self.noisy):
+                return self.online(preprocess(obs))
+            self.online.eval()
+            try:
+                return self.online(preprocess(obs))
+            finally:
+                self.online.train()
 
     def step(self, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """One update on `batch`; returns |TD error| per row (the new PER priorities)."""
+        """One update on `batch`; returns each row's new PER priority."""
         td = self.graphs(batch, weights) if self.graphs is not None else None
         if td is None:
             td = self.update(batch, weights)
@@ -165,11 +163,10 @@ class ReferenceLearner:
 
     def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor:
         """The device work of a step (the target's periodic update aside), with no host sync:
-        what a CUDA graph captures. Returns |TD error| per row."""
-        q_a = q_taken(self.online, batch)
-        y = td_targets(self.online, self.target, batch, self.double)
-        per_row = (F.smooth_l1_loss(q_a, y, reduction="none") if self.loss_kind == "huber"
-                   else F.mse_loss(q_a, y, reduction="none"))
+        what a CUDA graph captures. Returns each row's new priority (|TD error| for one Q per
+        action, the loss itself for a distributional head)."""
+        out = self.loss_fn(self.online, self.target, batch, self.double, self.loss_kind)
+        per_row = out.per_row
         loss = (per_row * weights).mean() if weights is not None else per_row.mean()
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
@@ -178,8 +175,8 @@ class ReferenceLearner:
         self.optimizer.step()
         with torch.no_grad():
             self.loss_sum += loss.detach()
-            self.q_sum += q_a.detach().mean()
-        return (q_a.detach() - y).abs()
+            self.q_sum += out.q_taken.mean()
+        return out.priority
 
     @torch.no_grad()
     def update_target(self) -> None:

@@ -9,6 +9,8 @@ deciding again. For each choice, the first rule that applies wins:
 | choice         | value     | when                                                            |
 |----------------|-----------|-----------------------------------------------------------------|
 | learner        | reference | a cnn or custom network (the flat learner is fastdqn's MLP)     |
+|                | reference | a distributional or noisy head (the "mlp_module" kind: the flat |
+|                |           | MLP's fused step has neither; measured in bench/README.md)      |
 |                | reference | --learner reference                                             |
 |                | reference | the frame replay (the fused CPU step reads a row buffer)        |
 |                | reference | --optimizer rmsprop (the flat learner's optimizer is Adam)      |
@@ -20,6 +22,7 @@ deciding again. For each choice, the first rule that applies wins:
 | update graphs  | no        | a device other than CUDA; --no-cuda-graphs                      |
 |                | no        | --learner reference (the reference is never graphed)            |
 |                | no        | a custom network (its forward may not be capturable)            |
+|                | no        | --noisy (its noise generator is not registered with a capture)  |
 |                | yes       | otherwise, each graph proven against the eager step first       |
 | acting graphs  | no        | the reference learner (it acts with its module's forward)       |
 |                | no        | a device other than CUDA; --no-cuda-graphs                      |
@@ -58,13 +61,13 @@ class Route:
 
 
 def choose_route(learner: str, optimizer: str, kind: str, frames: bool, device: torch.device,
-                 cuda_graphs: bool) -> Route:
+                 cuda_graphs: bool, noisy: bool = False) -> Route:
     """The route for these settings, by the rules table in this module's docstring (deciding
     needs no CUDA: only `device.type` is read)."""
     which, learner_why = _learner(learner, optimizer, kind, frames)
     flat = which == FLAT
     native, native_why = _native(flat, learner, device)
-    update, update_why = _update_graphs(learner, kind, device, cuda_graphs)
+    update, update_why = _update_graphs(learner, kind, device, cuda_graphs, noisy)
     if flat:
         acting, acting_why = _graphs_on(device, cuda_graphs, "the acting forward pass is captured "
                                         "once, proven against the plain forward pass first")
@@ -76,7 +79,7 @@ def choose_route(learner: str, optimizer: str, kind: str, frames: bool, device: 
 
 def _learner(learner: str, optimizer: str, kind: str, frames: bool) -> tuple[str, str]:
     if FLAT not in KINDS[kind].routes:
-        return REFERENCE, f"a {kind} network trains on the reference route"
+        return REFERENCE, KINDS[kind].reference_why or f"a {kind} network trains on the reference route"
     if learner == "reference":
         return REFERENCE, "--learner reference"
     if frames:
@@ -106,8 +109,8 @@ def _graphs_on(device: torch.device, cuda_graphs: bool, why: str) -> tuple[bool,
     return True, why
 
 
-def _update_graphs(learner: str, kind: str, device: torch.device, cuda_graphs: bool
-                   ) -> tuple[bool, str]:
+def _update_graphs(learner: str, kind: str, device: torch.device, cuda_graphs: bool,
+                   noisy: bool) -> tuple[bool, str]:
     on, why = _graphs_on(device, cuda_graphs, "the update is captured once per batch layout, "
                          "each graph proven against the eager step first")
     if not on:
@@ -116,6 +119,9 @@ def _update_graphs(learner: str, kind: str, device: torch.device, cuda_graphs: b
         return False, "--learner reference: the reference is never graphed"
     if kind == "custom":
         return False, "a custom network: fastdqn cannot promise its forward is capturable"
+    if noisy:
+        return False, ("--noisy: its noise comes from the run's own torch.Generator, which the "
+                       "capture does not register (kept eager)")
     return on, why
 
 

@@ -37,7 +37,9 @@ import torch
 from fastdqn.config.limits import MAX_HIDDEN_LAYERS, MAX_NETWORK_PARAMS
 from fastdqn.core.checkpoint import check_module_state, load_online
 from fastdqn.errors import CheckpointError, ConfigError
+from fastdqn.nets.heads import HeadSpec, ValueOutputs, head_from_spec
 from fastdqn.nets.mlp import check_dueling
+from fastdqn.nets.noisy import NoisyLinear
 
 NATURE = {"convs": [(32, 8, 4), (64, 4, 2), (64, 3, 1)], "fc": [512]}
 """Mnih et al. 2015: (out channels, kernel, stride) per convolution, then the fc layer sizes."""
@@ -108,8 +110,11 @@ class ConvQNetwork(torch.nn.Module):
 
     def __init__(self, obs_shape: Sequence[int], n_actions: int,
                  convs: Sequence[Sequence[int]], fc: Sequence[int], dueling: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, head: HeadSpec | None = None) -> None:
         super().__init__()
+        self.head_spec = head or HeadSpec()
+        self.value = (None if self.head_spec.plain
+                      else ValueOutputs(self.head_spec, n_actions, dueling))
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.n_actions, self.dueling = int(n_actions), bool(dueling)
         self.channels_last = bool(channels_last)
@@ -125,11 +130,16 @@ class ConvQNetwork(torch.nn.Module):
         self.map_shape = (c, h, w)
         mlp: list[torch.nn.Module] = []
         prev = c * h * w
-        for size in self.fc_spec:
-            mlp += [torch.nn.Linear(prev, size), torch.nn.ReLU()]
+        noisy = self.head_spec.noisy
+        for i, size in enumerate(self.fc_spec):
+            last = i == len(self.fc_spec) - 1
+            linear = NoisyLinear if noisy and last else torch.nn.Linear
+            mlp += [linear(prev, size), torch.nn.ReLU()]
             prev = size
         self.fc = torch.nn.Sequential(*mlp)
-        self.head = torch.nn.Linear(prev, self.n_actions + 1 if self.dueling else self.n_actions)
+        n_out = (self.value.n_out if self.value is not None
+                 else self.n_actions + 1 if self.dueling else self.n_actions)
+        self.head = (NoisyLinear if noisy else torch.nn.Linear)(prev, n_out)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last fc layer's activations of float observations (flat rows or shaped)."""
@@ -138,8 +148,16 @@ class ConvQNetwork(torch.nn.Module):
             x = x.permute(0, 3, 1, 2)
         return self.fc(self.conv(x).flatten(1))
 
+    def dist(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's atoms per action [B, A, N] (N = 1 for the plain head, nets/heads.py)."""
+        if self.value is not None:
+            return self.value.dist(self.head(self.features(x)))
+        return self.forward(x).unsqueeze(2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self.features(x))
+        if self.value is not None:
+            return self.value(out)
         if not self.dueling:
             return out
         adv = out[:, 1:]
@@ -149,16 +167,18 @@ class ConvQNetwork(torch.nn.Module):
         """The checkpoint's "net" entry: every size needed to rebuild the module."""
         return {"kind": "cnn", "obs_shape": list(self.obs_shape), "n_actions": self.n_actions,
                 "convs": [list(layer) for layer in self.convs_spec], "fc": list(self.fc_spec),
-                "dueling": self.dueling, "channels_last": self.channels_last}
+                "dueling": self.dueling, "channels_last": self.channels_last,
+                **self.head_spec.spec_entry()}
 
     def describe(self) -> str:
         """e.g. "cnn 32x8/4-64x4/2-64x3/1, fc 512" (for summary.json's learner route)."""
         convs = "-".join(f"{o}x{k}/{s}" for o, k, s in self.convs_spec)
-        return f"cnn {convs}, fc {','.join(map(str, self.fc_spec)) or 'none'}"
+        what = f"cnn {convs}, fc {','.join(map(str, self.fc_spec)) or 'none'}"
+        return what if self.head_spec.plain else f"{what}, {self.head_spec.describe()}"
 
 
 def cnn_for(obs_space: gym.spaces.Box, n_actions: int, dueling: bool, seed: int,
-            channels_last_hint: bool = False) -> ConvQNetwork:
+            channels_last_hint: bool = False, head: HeadSpec | None = None) -> ConvQNetwork:
     """The CNN for an image space (architecture by size, layout by shape), initialized with
     torch's defaults from `seed` (a run passes its INIT generator seed, seeds.py) without
     touching the global RNGs: only the CPU generator is seeded, inside a fork that restores it
@@ -168,14 +188,16 @@ def cnn_for(obs_space: gym.spaces.Box, n_actions: int, dueling: bool, seed: int,
     _, layers = architecture(shape, last)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        return ConvQNetwork(shape, n_actions, layers["convs"], layers["fc"], dueling, last)
+        return ConvQNetwork(shape, n_actions, layers["convs"], layers["fc"], dueling, last, head)
 
 
 def count_params(obs_shape: Sequence[int], n_actions: int, convs: Sequence[Sequence[int]],
-                 fc: Sequence[int], dueling: bool, channels_last: bool
-                 ) -> tuple[int, int, int]:
+                 fc: Sequence[int], dueling: bool, channels_last: bool,
+                 head: HeadSpec | None = None) -> tuple[int, int, int]:
     """(parameters, largest feature-map values per observation, final map side) of a CNN
-    spec, computed without building it (side < 1: the convolutions do not fit the image)."""
+    spec, computed without building it (side < 1: the convolutions do not fit the image; a
+    noisy layer has a sigma for each mean)."""
+    head = head or HeadSpec()
     c, h, w = chw(obs_shape, channels_last)
     params, biggest = 0, 0
     for out, kernel, stride in convs:
@@ -185,11 +207,14 @@ def count_params(obs_shape: Sequence[int], n_actions: int, convs: Sequence[Seque
             return params, biggest, min(h, w)
         biggest = max(biggest, c * h * w)
     prev = c * h * w
+    linears = []
     for size in fc:
-        params += prev * size + size
+        linears.append(prev * size + size)
         prev = size
-    outputs = n_actions + 1 if dueling else n_actions
-    return params + prev * outputs + outputs, biggest, min(h, w)
+    outputs = (n_actions + int(dueling)) * head.atoms
+    linears.append(prev * outputs + outputs)
+    noisy = sum(linears[-2:]) if head.noisy else 0
+    return params + sum(linears) + noisy, biggest, min(h, w)
 
 
 def check_spec(path: str | Path, spec: object) -> dict:
@@ -217,7 +242,8 @@ def check_spec(path: str | Path, spec: object) -> dict:
             and isinstance(spec.get("dueling"), bool) and isinstance(spec.get("channels_last"), bool)):
         raise bad
     args = {"obs_shape": shape, "n_actions": spec["n_actions"], "convs": convs, "fc": fc,
-            "dueling": spec["dueling"], "channels_last": spec["channels_last"]}
+            "dueling": spec["dueling"], "channels_last": spec["channels_last"],
+            "head": head_from_spec(path, spec)}
     params, biggest, side = count_params(**args)
     if side < 1:
         raise CheckpointError(f"{path}: its cnn's convolutions do not fit its {shape} "

@@ -24,6 +24,7 @@ from fastdqn.core.checkpoint import check_module_state
 from fastdqn.core.seeds import Purpose, generator_seed, torch_generator
 from fastdqn.errors import CheckpointError
 from fastdqn.nets import cnn, layernorm, mlp, policy, rbf
+from fastdqn.nets.heads import HeadSpec, head_of
 
 FLAT, REFERENCE = "flat", "reference"
 """DQN's learner routes: the fused flat learner (fastdqn's MLP) and the reference one (any
@@ -80,6 +81,15 @@ class NetworkKind:
     """What the flat learner trains of a model (FLAT in `routes`): the flat MLP, its initial
     parameters, and the fixed encoder (or None) that turns each observation into its input
     rows as it arrives."""
+    reference_why: str = ""
+    """Why it trains on the reference route, for summary.json's route (default: its name)."""
+
+
+def head_of_config(cfg: Config) -> HeadSpec:
+    """The value head a DQN run's settings name (C51's support as resolved into `cfg` by the
+    agent, which picks the automatic one)."""
+    support = None if cfg.v_min is None else (cfg.v_min, cfg.v_max)
+    return head_of(cfg.distributional, cfg.atoms, support, cfg.noisy)
 
 
 def _build_mlp(cfg: Config, obs_space: gym.Space, n_actions: int, hint: bool = False) -> mlp.FlatQ:
@@ -87,10 +97,20 @@ def _build_mlp(cfg: Config, obs_space: gym.Space, n_actions: int, hint: bool = F
     return mlp.FlatQ(net, net.init(torch_generator(cfg.seed, Purpose.INIT)))
 
 
+def _build_mlp_module(cfg: Config, obs_space: gym.Space, n_actions: int, hint: bool = False
+                      ) -> mlp.QNetwork:
+    """The MLP with a distributional or noisy head, torch's default init from the INIT seed
+    (inside a fork that restores the global CPU generator, as the CNN's)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(generator_seed(cfg.seed, Purpose.INIT))
+        return mlp.QNetwork(int(np.prod(obs_space.shape)), n_actions, tuple(cfg.hidden),
+                            cfg.dueling, head_of_config(cfg))
+
+
 def _build_cnn(cfg: Config, obs_space: gym.Space, n_actions: int, hint: bool = False
                ) -> cnn.ConvQNetwork:
     return cnn.cnn_for(obs_space, n_actions, cfg.dueling, generator_seed(cfg.seed, Purpose.INIT),
-                       hint)
+                       hint, head_of_config(cfg))
 
 
 def _build_rbf(cfg: Config, obs_space: gym.Space, n_actions: int, hint: bool = False
@@ -155,6 +175,10 @@ KINDS: dict[str, NetworkKind] = {k.name: k for k in (
                 _params, mlp.flat_from_checkpoint,
                 check_resume=mlp.check_resume, flat_net=True, sized_by_hidden=True,
                 flat=_flat_mlp),
+    NetworkKind("mlp_module", "dqn", (REFERENCE,), _build_mlp_module, _spec_of, _online,
+                mlp.module_from_checkpoint, check_resume=mlp.check_resume, sized_by_hidden=True,
+                reference_why="a distributional or noisy head trains on the reference route (the "
+                "flat MLP's fused step has neither)"),
     NetworkKind("cnn", "dqn", (REFERENCE,), _build_cnn, _spec_of, _online,
                 cnn.module_from_checkpoint, check_resume=cnn.check_resume,
                 check_state=cnn.check_state, check_obs=cnn.check_obs),
@@ -192,11 +216,12 @@ def checkpoint_kind(path: PathLike, spec: object) -> NetworkKind:
     return kind
 
 
-def resolve_network(network: str, obs_space: gym.Space, custom: bool = False) -> str:
+def resolve_network(network: str, obs_space: gym.Space, custom: bool = False,
+                    plain_head: bool = True) -> str:
     """The kind a DQN run trains: "custom" for a module of your own, else --network with auto
-    resolved (cnn for an image space, mlp otherwise)."""
+    resolved (cnn for an image space, mlp otherwise); an MLP with a distributional or noisy
+    head (`plain_head` False) is the "mlp_module" kind, which the flat layout cannot hold."""
     if custom:
         return "custom"
-    if network != "auto":
-        return network
-    return "cnn" if cnn.is_image_space(obs_space) else "mlp"
+    kind = network if network != "auto" else "cnn" if cnn.is_image_space(obs_space) else "mlp"
+    return "mlp_module" if kind == "mlp" and not plain_head else kind

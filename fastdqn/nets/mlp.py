@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdqn.core.checkpoint import check_declared_size
+from fastdqn.core.checkpoint import check_declared_size, check_module_state, load_online
 from fastdqn.errors import CheckpointError
+from fastdqn.nets.heads import HeadSpec, ValueOutputs, head_from_spec
+from fastdqn.nets.noisy import NoisyLinear
 
 
 @dataclass(frozen=True)
@@ -136,29 +138,83 @@ class QNetwork(torch.nn.Module):
 
     `body` is an `nn.Sequential`; with `dueling` its last Linear gives [V, A_1..A_n] and
     `forward` returns V + A - mean(A). The flat MLP computes the same function (tests compare).
+
+    With a `head` other than the plain one (nets/heads.py): the last layer gives `atoms` outputs
+    per action (and per V), `dist` returns them as [B, A, N] and `forward` the head's Q; with
+    `head.noisy` the last two Linear layers are NoisyLinear (nets/noisy.py). That network has no
+    flat layout: it is the "mlp_module" kind and trains on the reference route.
     """
 
     def __init__(self, in_dim: int, n_actions: int, hidden: tuple[int, ...],
-                 dueling: bool = False) -> None:
+                 dueling: bool = False, head: HeadSpec | None = None) -> None:
         super().__init__()
         self.dueling = dueling
-        sizes = [in_dim, *hidden, n_actions + 1 if dueling else n_actions]
+        self.in_dim, self.n_actions, self.hidden = int(in_dim), int(n_actions), tuple(hidden)
+        self.head_spec = head or HeadSpec()
+        self.value = None if self.head_spec.plain else ValueOutputs(self.head_spec, n_actions, dueling)
+        n_out = self.value.n_out if self.value is not None else n_actions + 1 if dueling else n_actions
+        sizes = [in_dim, *hidden, n_out]
+        first_noisy = len(sizes) - 3 if self.head_spec.noisy else len(sizes)
         mods: list[torch.nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
-            mods.append(torch.nn.Linear(fan_in, fan_out))
+            mods.append(NoisyLinear(fan_in, fan_out) if i >= first_noisy
+                        else torch.nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
                 mods.append(torch.nn.ReLU())
         self.body = torch.nn.Sequential(*mods)
 
-    def linears(self) -> list[torch.nn.Linear]:
-        return [m for m in self.body if isinstance(m, torch.nn.Linear)]
+    def linears(self) -> list[torch.nn.Linear | NoisyLinear]:
+        return [m for m in self.body if isinstance(m, (torch.nn.Linear, NoisyLinear))]
+
+    def dist(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's atoms per action [B, A, N] (N = 1 for the plain head)."""
+        out = self.body(x)
+        if self.value is not None:
+            return self.value.dist(out)
+        return self.forward(x).unsqueeze(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
+        if self.value is not None:
+            return self.value(out)
         if not self.dueling:
             return out
         adv = out[:, 1:]
         return adv - adv.mean(1, keepdim=True) + out[:, :1]
+
+    def spec(self) -> dict:
+        """The "mlp_module" kind's checkpoint entry: every size, and the head."""
+        return {"kind": "mlp_module", "in_dim": self.in_dim, "n_actions": self.n_actions,
+                "hidden": list(self.hidden), "dueling": bool(self.dueling),
+                "head": self.head_spec.to_spec()}
+
+
+def module_params(in_dim: int, n_actions: int, hidden: list | tuple, dueling: bool,
+                  head: HeadSpec) -> int:
+    """Parameters of `QNetwork(in_dim, n_actions, hidden, dueling, head)`, counted without
+    building it (a noisy layer has a sigma for each mean)."""
+    n_out = (n_actions + int(dueling)) * head.atoms
+    sizes = [in_dim, *hidden, n_out]
+    layers = [a * b + b for a, b in zip(sizes, sizes[1:])]
+    noisy = sum(layers[-2:]) if head.noisy else 0
+    return sum(layers) + noisy
+
+
+def module_from_checkpoint(path: str | os.PathLike, ckpt: dict) -> QNetwork:
+    """The trained "mlp_module" network of a checkpoint: its sizes and head checked against the
+    caps before it is built, then its online tensors against the module's."""
+    spec = ckpt.get("net")
+    net = network_of(path, {k: v for k, v in spec.items() if k != "head"}
+                     if isinstance(spec, dict) else spec)  # sizes, types and caps of the MLP
+    head = head_from_spec(path, spec)
+    if head.plain:
+        raise CheckpointError(f"{path} declares an mlp_module network with a plain head, which "
+                              "fastdqn writes as an mlp; the file is damaged")
+    check_declared_size(path, net.in_dim, net.hidden, net.n_actions,
+                        lambda: module_params(net.in_dim, net.n_actions, net.hidden, net.dueling,
+                                              head))
+    module = QNetwork(net.in_dim, net.n_actions, net.hidden, net.dueling, head)
+    return load_online(path, ckpt, module, check_module_state)
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ envs, signals, logging, evaluation, checkpoints, summary) is `runtime.run.Run`'s
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -21,14 +22,15 @@ from fastdqn.envs.atari import auto_on, is_minatar, sign_rewards
 from fastdqn.envs.autoreset import life_loss_of
 from fastdqn.envs.make import EnvFactory, env_factory
 from fastdqn.envs.spaces import zero_based
-from fastdqn.errors import CheckpointError, OldBufferError, TrainingDiverged
+from fastdqn.errors import CheckpointError, ConfigError, OldBufferError, TrainingDiverged
 from fastdqn.evaluation.policies import Policy
 from fastdqn.learners.acting import ActingQ
 from fastdqn.learners.flat import Learner
 from fastdqn.learners.reference import ReferenceLearner
 from fastdqn.learners.route import REFERENCE, choose_route
-from fastdqn.nets.kinds import KINDS, NetworkKind, resolve_network
+from fastdqn.nets.kinds import KINDS, NetworkKind, head_of_config, resolve_network
 from fastdqn.nets.mlp import MLP, preprocess
+from fastdqn.nets.noisy import noise_generator, seed_noise
 from fastdqn.nets.rbf import MIN_STD, RBFQNetwork
 from fastdqn.replay.frames import FrameReplay, uses_frame_replay
 from fastdqn.replay.nstep import NStepWriter
@@ -84,14 +86,17 @@ class DQN:
     def __init__(self, cfg: Config, obs_space, act_space, device: torch.device,
                  q_network: torch.nn.Module | None = None,
                  env_factory: EnvFactory | None = None, resuming: bool = False) -> None:
+        cfg = with_support(cfg, env_factory)
         self.cfg, self.device = cfg, device
         self.obs_shape = tuple(obs_space.shape)
-        self.kind = resolve_network(cfg.network, obs_space, custom=q_network is not None)
+        self.head = head_of_config(cfg)
+        self.kind = resolve_network(cfg.network, obs_space, custom=q_network is not None,
+                                    plain_head=self.head.plain)
         self.custom = self.kind == "custom"
         self.frames = uses_frame_replay(cfg.frame_replay, self.kind, self.obs_shape,
                                         obs_space.dtype, self.net_kind.replays_observations)
         self.route = choose_route(cfg.learner, cfg.optimizer, self.kind, self.frames, device,
-                                  cfg.cuda_graphs)
+                                  cfg.cuda_graphs, cfg.noisy)
         model = q_network if self.custom else self.build_model(obs_space, int(act_space.n),
                                                                 env_factory, resuming)
         self.learner: Learner | ReferenceLearner = self.learner_of(model, int(act_space.n))
@@ -133,7 +138,11 @@ class DQN:
         self.rbf: RBFQNetwork | None = None
         if route.learner == REFERENCE:
             module = model.net.to_module(model.params) if self.net_kind.flat_net else model
-            return ReferenceLearner(module, optimizer=cfg.optimizer, **opts)
+            learner = ReferenceLearner(module, optimizer=cfg.optimizer, head=cfg.distributional,
+                                       **opts)
+            for key, net in enumerate((learner.online, learner.target)):  # independent streams
+                seed_noise(net, torch_generator(cfg.seed, Purpose.NOISE, key, device=self.device))
+            return learner
         self.net, init, encoder = self.net_kind.flat(model)
         self.rbf = encoder.to(self.device) if encoder is not None else None
         return Learner(self.net, init=init, native=route.native, native_why=route.native_why,
@@ -325,8 +334,9 @@ class DQN:
             return self.q_values_eval(x).argmax(1).cpu().numpy()
 
     def q_values_eval(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q of the policy learned: noisy layers play their mean weights."""
         if isinstance(self.learner, ReferenceLearner):
-            return self.learner.q_values(obs)
+            return self.learner.q_values(obs, mean_weights=True)
         x = preprocess(obs)
         if self.rbf is not None:
             x = self.rbf.features(x.reshape(len(x), -1))
@@ -340,6 +350,13 @@ class DQN:
 
     def all_finite(self) -> bool:
         return self.learner.all_finite()
+
+    def noise_generators(self) -> list[torch.Generator]:
+        """The online and target networks' noise generators (none without noisy layers)."""
+        if not isinstance(self.learner, ReferenceLearner):
+            return []
+        gens = [noise_generator(self.learner.online), noise_generator(self.learner.target)]
+        return [g for g in gens if g is not None]
 
     @property
     def net_kind(self) -> NetworkKind:
@@ -373,6 +390,9 @@ class DQN:
         if self.kind == "cnn":
             route += (f"; {self.learner.online.describe()} (the fused flat learner is MLP-only, so "
                       "a CNN trains here)")
+        if self.kind == "mlp_module":
+            route += (f"; {self.head.describe()} (the fused flat step has no distributional or "
+                      "noisy head, so it trains here)")
         if self.rbf is not None:
             route += f"; its linear head on {self.rbf.n_features} RBF features"
         if self.frames and self.kind == "mlp" and self.cfg.learner == "auto":
@@ -401,6 +421,9 @@ class DQN:
                  "replay": "frames" if self.frames else "rows",
                  "rng": {"sampler": self.sampler.get_state(), "act": self.act_gen.get_state(),
                          "per": self.learner.per_generator.get_state()}}
+        noise = self.noise_generators()
+        if noise:
+            state["rng"]["noise"] = [g.get_state() for g in noise]
         if with_buffer:
             state["buffer"] = self.buffer.state_dict()
         return state
@@ -419,6 +442,8 @@ class DQN:
             sampler = {**sampler, "priorities": sampler["priorities"][:0]}  # priorities, are gone
         self.sampler.set_state(sampler)
         self.act_gen.set_state(ckpt["rng"]["act"])
+        for g, saved in zip(self.noise_generators(), ckpt["rng"].get("noise", [])):
+            g.set_state(saved)
         if "per" in ckpt["rng"]:
             self.learner.per_generator.set_state(ckpt["rng"]["per"])
         if "buffer" in ckpt:
@@ -429,8 +454,59 @@ class DQN:
                                       "(--no-save-buffer) or start a new run") from None
 
 
+SUPPORT_FIT_STEPS = 1_000
+"""Steps of random play whose rewards size C51's automatic support."""
+CLIPPED_SUPPORT = 10.0
+"""C51's support where rewards are sign-clipped: +-10, Bellemare et al. 2017's and Rainbow's."""
 
 
+def with_support(cfg: Config, make_env: EnvFactory | None) -> Config:
+    """`cfg` with C51's support resolved where --v-min or --v-max is unset: +-10 where rewards
+    are sign-clipped (Atari's protocol); else +-mean|r| / (1 - gamma) over SUPPORT_FIT_STEPS
+    steps of uniformly random play (the FIT seed streams, so one run seed gives one support):
+    the scale of a discounted return whose rewards are like the ones random play sees
+    (CartPole +-100, LunarLander about +-330). gamma 1 uses a horizon of 1000 steps; no reward
+    seen, a scale of 1. An end you set is kept."""
+    if cfg.distributional != "c51" or (cfg.v_min is not None and cfg.v_max is not None):
+        return cfg
+    if auto_on(cfg.clip_rewards, cfg.env_id):
+        bound = CLIPPED_SUPPORT
+    else:
+        _, rewards = random_play(make_env or env_factory(cfg.env_id), SUPPORT_FIT_STEPS, cfg.seed)
+        scale = float(np.abs(rewards).mean()) or 1.0
+        horizon = 1.0 / (1.0 - cfg.gamma) if cfg.gamma < 1 else 1_000.0
+        bound = float(np.float32(scale * horizon))
+    lo = cfg.v_min if cfg.v_min is not None else -bound
+    hi = cfg.v_max if cfg.v_max is not None else bound
+    if not lo < hi:
+        given = f"--v-min {cfg.v_min:g}" if cfg.v_min is not None else f"--v-max {cfg.v_max:g}"
+        raise ConfigError(f"{given} leaves an empty support with the automatic other end "
+                          f"({lo:g}..{hi:g}); pass both --v-min and --v-max")
+    return dataclasses.replace(cfg, v_min=lo, v_max=hi)
+
+
+def random_play(make_env: Callable[[], gym.Env], steps: int, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The observations [steps, obs size] seen and the rewards [steps] got over `steps` steps of
+    uniformly random play on one env (episodes reset from the FIT seed stream of run seed
+    `seed`, actions from its FIT_ACTIONS generator): the same run seed plays the same steps."""
+    env = zero_based(make_env())
+    rng = numpy_generator(seed, Purpose.FIT_ACTIONS)
+    n_actions = int(env.action_space.n)
+    seen = np.empty((steps, int(np.prod(env.observation_space.shape))), dtype=np.float64)
+    rewards = np.empty(steps, dtype=np.float64)
+    episode, done = 0, True
+    try:
+        for t in range(steps):
+            if done:
+                obs, _ = env.reset(seed=episode_seed(seed, FIT, episode))
+                episode += 1
+            seen[t] = np.asarray(obs, dtype=np.float64).reshape(-1)
+            obs, rewards[t], terminated, truncated, _ = env.step(int(rng.integers(n_actions)))
+            done = terminated or truncated
+    finally:
+        env.close()
+    return seen, rewards
 
 
 def fit_scaler(make_env: Callable[[], gym.Env], steps: int, seed: int
@@ -443,20 +519,6 @@ def fit_scaler(make_env: Callable[[], gym.Env], steps: int, seed: int
     (LunarLander's velocities) or far wider than what is visited, and the features should be
     fine where the agent actually goes. Stds below MIN_STD become 1.
     """
-    env = zero_based(make_env())
-    rng = numpy_generator(seed, Purpose.FIT_ACTIONS)
-    n_actions = int(env.action_space.n)
-    seen = np.empty((steps, int(np.prod(env.observation_space.shape))), dtype=np.float64)
-    episode, done = 0, True
-    try:
-        for t in range(steps):
-            if done:
-                obs, _ = env.reset(seed=episode_seed(seed, FIT, episode))
-                episode += 1
-            seen[t] = np.asarray(obs, dtype=np.float64).reshape(-1)
-            obs, _, terminated, truncated, _ = env.step(int(rng.integers(n_actions)))
-            done = terminated or truncated
-    finally:
-        env.close()
+    seen, _ = random_play(make_env, steps, seed)
     std = seen.std(0)
     return seen.mean(0).astype(np.float32), np.where(std < MIN_STD, 1.0, std).astype(np.float32)

@@ -20,6 +20,7 @@ from fastdqn.core.checkpoint import (
 )
 from fastdqn.errors import CheckpointError
 from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.nets.heads import check_head
 from fastdqn.nets.kinds import FLAT, kind_of
 from fastdqn.nets.mlp import network_of
 from fastdqn.replay.frames import FrameReplay
@@ -104,6 +105,7 @@ def _check_network(agent: DQN, net: dict, learner: dict, path) -> None:
     them, named by the kind's `check_resume`), then the tensors the learner restores, as the
     route that wrote them laid them out."""
     want = agent.net_spec()
+    check_head(path, net, agent.head)  # before the kind: a head decides mlp or mlp_module
     if kind_of(net) != want["kind"]:
         raise CheckpointError(f"{path} holds a {kind_of(net)} network, this run a "
                               f"{want['kind']} one; resume with the same network")

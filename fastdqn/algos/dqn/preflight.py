@@ -14,7 +14,7 @@ from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ConfigError
 from fastdqn.learners import native
 from fastdqn.learners.route import choose_route
-from fastdqn.nets.kinds import KINDS, resolve_network
+from fastdqn.nets.kinds import KINDS, head_of_config, resolve_network
 from fastdqn.replay.frames import check_frames_fit, uses_frame_replay
 from fastdqn.replay.rows import check_replay_fits
 
@@ -48,10 +48,11 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
     exists: a CNN's image (shape, size, no --hidden), an env that reports life loss for
     --life-loss-terminal on, a possible --frame-replay (not with --actors), --learner numba
     where the run would not take that route, and memory for the replay."""
-    kind = resolve_network(cfg.network, obs_space, custom)
+    picked = resolve_network(cfg.network, obs_space, custom)
     if cfg.network == "auto" and not custom:  # what auto picked reads the network settings
-        cfg.check_network(kind, f", but --network auto trains a {kind} on {cfg.env_id}'s "
-                                "observations")
+        cfg.check_network(picked, f", but --network auto trains a {picked} on {cfg.env_id}'s "
+                                  "observations")
+    kind = resolve_network(cfg.network, obs_space, custom, head_of_config(cfg).plain)
     shape = tuple(obs_space.shape)
     KINDS[kind].check_obs(shape, cfg.env_id, is_minatar(cfg.env_id))
     if cfg.life_loss_terminal == "on":
@@ -66,7 +67,8 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
     dtype = torch_dtype(obs_space.dtype)
     frames = uses_frame_replay(cfg.frame_replay, kind, shape, obs_space.dtype,
                                KINDS[kind].replays_observations)
-    refusal = choose_route(cfg.learner, cfg.optimizer, kind, frames, device, cfg.cuda_graphs).refusal
+    refusal = choose_route(cfg.learner, cfg.optimizer, kind, frames, device, cfg.cuda_graphs,
+                           cfg.noisy).refusal
     if refusal:  # a route choice this run would ignore is refused
         raise ConfigError(refusal)
     if frames and cfg.actors:
