@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--render", action="store_true",
                    help="play the episodes in a live window (needs a display; else use --gif)")
     sub.add_parser("presets", help="list the shipped presets")
+    _add_report_parser(sub)
     return p
 
 
@@ -478,6 +479,78 @@ def check_fits_env(path: str, net, env_id: str) -> None:
         )
 
 
+def _add_report_parser(sub) -> None:
+    """`fastdqn report`'s flags: run dirs in groups, the bootstrap's seed and size, the files."""
+    from fastdqn.evaluation.report import DEFAULT_REPS, DEFAULT_SEED, MAX_REPS, MIN_REPS
+
+    r = sub.add_parser(
+        "report", help="statistics over finished runs: mean, median, IQM, 95%% bootstrap CIs",
+        description="Per run and per group of runs (and env id): the mean, median and "
+                    "interquartile mean of each run's final evaluation and of its steps and "
+                    "seconds to solve (over the runs that solved), each with a 95% stratified "
+                    "bootstrap CI (rliable; pip install \"fastdqn[report]\"). Unfinished runs "
+                    "are skipped with a note. See docs/report.md.")
+    r.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run dirs of the first group, named after their common folder")
+    r.add_argument("--vs", nargs="+", default=[], metavar="RUN_DIR",
+                   help="run dirs of a second group, compared side by side with the first: "
+                        "fastdqn report runs/rainbow/* --vs runs/default/*")
+    r.add_argument("--group", action="append", default=[], metavar="NAME=GLOB",
+                   help="a named group of the run dirs GLOB matches (quote it: fastdqn expands "
+                        "it); repeat for more groups, e.g. --group rainbow='runs/rainbow-*' "
+                        "--group default='runs/default-*'")
+    r.add_argument("--json", default=None, metavar="FILE", help="write every number as JSON")
+    r.add_argument("--png", default=None, metavar="FILE",
+                   help="plot every run's curve (eval mean return vs env steps) with each "
+                        "group's mean curve and its 95%% CI band")
+    r.add_argument("--seed", default=DEFAULT_SEED,
+                   help=f"seed of the bootstrap: the same runs give the same numbers "
+                        f"(default: {DEFAULT_SEED})")
+    r.add_argument("--reps", default=DEFAULT_REPS,
+                   help=f"bootstrap resamples per interval, {MIN_REPS} to {MAX_REPS:,d} "
+                        f"(default: {DEFAULT_REPS})")
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`fastdqn report`: flags and output files checked, runs read, statistics, outputs."""
+    from fastdqn.evaluation.report import (
+        check_reps,
+        check_seed,
+        group_name,
+        load_groups,
+        make_report,
+        parse_group,
+    )
+
+    reps, seed = check_reps(args.reps), check_seed(args.seed)
+    json_path = _output(args.json, "--json", ["json"]) if args.json else None
+    png_path = _output(args.png, "--png", ["png"]) if args.png else None
+    if args.vs and not args.runs:
+        raise ConfigError("--vs compares with the run dirs given first; write "
+                          "fastdqn report A_DIRS... --vs B_DIRS...")
+    specs = [(group_name(args.runs, "runs"), args.runs)] if args.runs else []
+    if args.vs:
+        name = group_name(args.vs, "vs")
+        specs.append((name if name != specs[0][0] else f"{name} (vs)", args.vs))
+    specs += [parse_group(g) for g in args.group]
+    if not specs:
+        raise ConfigError("fastdqn report needs run dirs: fastdqn report RUN_DIR... "
+                          "[--vs RUN_DIR...] or --group NAME=GLOB")
+    groups, skipped = load_groups(specs)
+    report = make_report(groups, skipped, reps, seed)
+    wrote = []
+    if png_path is not None:  # first: it is the one that can still refuse (too many env ids)
+        report.plot(png_path)
+        wrote.append(f"wrote {png_path}: every run's curve, each group's mean and 95% CI band")
+    if json_path is not None:
+        report.write_json(json_path)
+        wrote.append(f"wrote {json_path}: every number")
+    for note in report.notes():
+        print(f"note: {note}", file=sys.stderr)
+    print("\n".join([report.table(), *wrote]))
+    return 0
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """fastdqn's own warnings (a route that falls back) print as one console line: Python's
     default adds the source line that raised it, which tells a user nothing."""
@@ -508,6 +581,8 @@ def _main(argv: list[str] | None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "presets":
             for name in preset_names():
                 print(name)
