@@ -120,3 +120,23 @@ def test_the_quantile_loss_pulls_each_quantile_toward_its_level():
         opt.step()
     want = torch.tensor([12.5, 37.5, 62.5, 87.5])
     torch.testing.assert_close(q.detach()[0], want, atol=1.5, rtol=0)
+
+
+@pytest.mark.parametrize("kappa", [1.0, 0.5, 3.0])
+def test_the_quantile_huber_loss_gradients_are_autograds_of_its_formula(kappa):
+    """The loss's hand-written backward against autograd through the elementwise formula, for
+    both arguments (float64, so any difference is a wrong derivative, not rounding)."""
+    gen = torch.Generator().manual_seed(3)
+    q = (torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    t = (torch.randn(6, 7, generator=gen, dtype=torch.float64) * 2).requires_grad_()
+    u = t.unsqueeze(1) - q.unsqueeze(2)
+    huber = torch.where(u.abs() <= kappa, 0.5 * u.pow(2), kappa * (u.abs() - 0.5 * kappa))
+    tau = quantile_midpoints(5).to(torch.float64).reshape(1, -1, 1)
+    formula = ((tau - (u.detach() < 0).double()).abs() * huber / kappa).mean(2).sum(1)
+    ours = quantile_huber_loss(q, t, kappa)
+    assert torch.allclose(ours, formula, atol=1e-12)
+    w = torch.arange(1.0, 7.0, dtype=torch.float64)  # a different weight per row
+    want = torch.autograd.grad((formula * w).sum(), (q, t))
+    got = torch.autograd.grad((ours * w).sum(), (q, t))
+    for g, h in zip(got, want):
+        assert torch.allclose(g, h, atol=1e-12)

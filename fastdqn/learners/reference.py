@@ -30,7 +30,7 @@ import torch
 from fastdqn.learners.graphed_update import GraphedUpdates
 from fastdqn.learners.losses import LOSSES
 from fastdqn.nets.mlp import preprocess
-from fastdqn.nets.noisy import noisy_layers
+from fastdqn.nets.noisy import noisy_layers, per_row_noise
 from fastdqn.replay.prioritized import PrioritizedSampler, TorchPrioritized
 from fastdqn.replay.rows import Batch, ReplayBuffer
 from fastdqn.replay.uniform import UniformSampler
@@ -139,11 +139,14 @@ class ReferenceLearner:
         return f"reference ({what}" + (f"; {fell[0]}" if fell else "") + ")"
 
     def q_values(self, obs: torch.Tensor, mean_weights: bool = False) -> torch.Tensor:
-        """Online Q-values of a batch of raw observations (no gradient). Noisy layers draw a
-        sample per row, or play their mean weights with `mean_weights` (evaluation)."""
+        """Online Q-values of a batch of raw observations (no gradient): acting's. Noisy layers
+        draw a sample per row, or play their mean weights with `mean_weights` (evaluation)."""
         with torch.no_grad():
-            if not (mean_weights and self.noisy):
+            if not self.noisy:
                 return self.online(preprocess(obs))
+            if not mean_weights:
+                with per_row_noise(self.online):  # each env explores with its own sample
+                    return self.online(preprocess(obs))
             self.online.eval()
             try:
                 return self.online(preprocess(obs))

@@ -88,7 +88,7 @@ class NetworkKind:
 def head_of_config(cfg: Config) -> HeadSpec:
     """The value head a DQN run's settings name (C51's support as resolved into `cfg` by the
     agent, which picks the automatic one)."""
-    support = None if cfg.v_min is None else (cfg.v_min, cfg.v_max)
+    support = None if cfg.v_min is None or cfg.v_max is None else (cfg.v_min, cfg.v_max)
     return head_of(cfg.distributional, cfg.atoms, support, cfg.noisy)
 
 
