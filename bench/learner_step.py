@@ -2,6 +2,9 @@
 
 Ratios between routes measured in one run are the figure to quote (the machine is shared); the
 canonical sizes (obs 8, MLP 128x128, 4 actions, batch 128, K=4 steps per block) are the default.
+With --heads, the reference route also trains each value head (nets/heads.py) on the same
+batches: C51 (51 atoms), QR-DQN (200 quantiles), noisy layers, and Rainbow's head (C51, noisy,
+dueling): what a distributional head costs over plain DQN on the route it takes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import torch
 
 from fastdqn.learners.flat import Learner
 from fastdqn.learners.reference import ReferenceLearner
-from fastdqn.nets.mlp import MLP
+from fastdqn.nets.heads import head_of
+from fastdqn.nets.mlp import MLP, QNetwork
+from fastdqn.nets.noisy import seed_noise
 from fastdqn.replay.prioritized import PrioritizedSampler
 from fastdqn.replay.rows import ReplayBuffer
 
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--heads", action="store_true",
+                   help="also time the reference route with each value head")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(a.device)
@@ -82,11 +89,24 @@ def main(argv: list[str] | None = None) -> int:
         routes["cpu-fused+per"] = {"fused": True, "native": False}
         routes["cpu-native+per"] = {"fused": True}
     routes["reference"] = {}
+    heads = {"reference+c51": ("c51", False, False), "reference+qr": ("qr", False, False),
+             "reference+noisy": ("none", True, False),
+             "reference+rainbow-head": ("c51", True, True)} if a.heads else {}
+    routes.update({name: {} for name in heads})
     us = {}
     opts = dict(lr=6.3e-4, gamma=0.99, tau=0.005, target_update_interval=1, device=device)
     for name, kw in routes.items():
-        learner = (ReferenceLearner(net.to_module(init), **opts) if name == "reference"
-                   else Learner(net, init=init, **opts, **kw))
+        if name in heads:
+            dist, noisy, dueling = heads[name]
+            torch.manual_seed(a.seed)
+            module = QNetwork(8, 4, net.hidden, dueling, head_of(dist, 0, (-10.0, 10.0), noisy))
+            learner = ReferenceLearner(module, head=dist, **opts)
+            for key, copy in enumerate((learner.online, learner.target)):
+                seed_noise(copy, torch.Generator(device).manual_seed(a.seed + key))
+        elif name == "reference":
+            learner = ReferenceLearner(net.to_module(init), **opts)
+        else:
+            learner = Learner(net, init=init, **opts, **kw)
         per = None
         if name.endswith("+per"):
             per = PrioritizedSampler(buffer.capacity, 0.6, 1e-6, a.seed)
@@ -97,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {us[name]:8.1f} us per step")
     fastest = min(us, key=us.get)
     print(f"  {fastest} is {us['torch-ops'] / us[fastest]:.2f}x the speed of torch-ops")
+    for name in heads:
+        print(f"  {name} costs {us[name] / us['reference']:.2f}x the plain reference step, "
+              f"{us[name] / us[fastest]:.2f}x {fastest}'s")
     if "cpu-native" in us:
         print(f"  the native step is {us['cpu-fused'] / us['cpu-native']:.2f}x the speed of the "
               "Numba step")

@@ -167,3 +167,134 @@ def test_the_agent_builds_the_learner_its_route_names(settings, learner):
     assert isinstance(agent.learner, Learner if learner == "flat" else ReferenceLearner)
     if learner == "flat":
         assert agent.learner.native == agent.route.native
+
+
+# ---------------------------------------------------------------------------------------------
+# Value heads (nets/heads.py): the "mlp_module" kind and noisy layers
+# ---------------------------------------------------------------------------------------------
+
+MLP_MODULE = ("a distributional or noisy head trains on the reference route (the flat MLP's "
+              "fused step has neither)")
+NOISY = ("--noisy: its noise comes from the run's own torch.Generator, which the capture does "
+         "not register (kept eager)")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("learner", ["auto", "reference"])
+def test_an_mlp_with_a_head_trains_on_the_reference_route_and_says_why(learner, device):
+    r = choose_route(learner, "adam", "mlp_module", False, torch.device(device), True)
+    assert r.learner == "reference"
+    assert r.learner_why == MLP_MODULE  # the kind's reason comes before --learner's
+    assert not r.native and r.native_why == "the reference learner has no native step"
+    assert r.update_graphs == (device == "cuda" and learner == "auto")
+    assert not r.acting_graphs and r.refusal is None
+
+
+@pytest.mark.parametrize(("device", "why"), [("cpu", MLP_MODULE), ("cuda", "device cuda")])
+def test_learner_numba_is_refused_for_an_mlp_with_a_head(device, why):
+    r = choose_route("numba", "adam", "mlp_module", False, torch.device(device), True)
+    assert r.learner == "reference" and r.refusal == refusal(why)
+
+
+@pytest.mark.parametrize("kind", ["mlp_module", "cnn"])
+def test_noisy_layers_keep_the_update_eager_on_cuda(kind):
+    cuda = torch.device("cuda")
+    r = choose_route("auto", "adam", kind, False, cuda, True, noisy=True)
+    assert not r.update_graphs and r.update_graphs_why == NOISY
+    assert r.learner == "reference" and r.refusal is None
+    assert choose_route("auto", "adam", kind, False, cuda, True).update_graphs  # noise is why
+    # an earlier reason comes first
+    assert choose_route("auto", "adam", kind, False, torch.device("cpu"), True,
+                        noisy=True).update_graphs_why == "device cpu: CUDA graphs run on CUDA only"
+    assert choose_route("auto", "adam", kind, False, cuda, False,
+                        noisy=True).update_graphs_why == "--no-cuda-graphs"
+    assert choose_route("reference", "adam", kind, False, cuda, True, noisy=True
+                        ).update_graphs_why == "--learner reference: the reference is never graphed"
+
+
+@pytest.mark.parametrize(("settings", "head"), [
+    ({"distributional": "c51", "v_min": -10.0, "v_max": 10.0}, "c51 head, 51 atoms on [-10, 10]"),
+    ({"distributional": "qr"}, "qr head, 200 atoms"),
+    ({"noisy": True}, "noisy layers"),
+    ({"distributional": "qr", "atoms": 8, "noisy": True, "dueling": True},
+     "qr head, 8 atoms, noisy layers"),
+])
+def test_the_agent_trains_a_headed_mlp_on_the_route_it_names(settings, head):
+    cfg = make_config(**settings)
+    agent = DQN(cfg, gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2),
+                torch.device("cpu"))
+    assert agent.kind == "mlp_module"
+    assert agent.route == choose_route(cfg.learner, cfg.optimizer, "mlp_module", False,
+                                       torch.device("cpu"), cfg.cuda_graphs, cfg.noisy)
+    assert isinstance(agent.learner, ReferenceLearner)
+    assert agent.learner.head == cfg.distributional
+    assert agent.summary()["learner_route"] == (
+        f"reference (nn.Module + autograd + torch.optim.Adam); {head} (the fused flat step has no "
+        "distributional or noisy head, so it trains here)")
+
+
+@pytest.mark.parametrize("settings", [{"distributional": "qr"}, {"noisy": True}])
+def test_learner_numba_with_a_head_is_refused_before_the_run_dir_exists(tmp_path, settings):
+    from fastdqn import train
+    from fastdqn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        train(env_id="CartPole-v1", run_dir=str(tmp_path / "r"), learner="numba", progress=False,
+              **settings)
+    assert str(e.value) == refusal(MLP_MODULE)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"network": "rbf", "distributional": "c51"},
+     "--distributional applies to --network mlp or cnn only, not --network rbf; drop "
+     "--distributional or pass --network mlp"),
+    ({"network": "rbf", "noisy": True},
+     "--noisy applies to --network mlp or cnn only, not --network rbf; drop --noisy or pass "
+     "--network mlp"),
+    ({"noisy": True, "actors": 2},
+     "--noisy with --actors: Ape-X actors explore by their own fixed epsilons (--actor-epsilon); "
+     "drop --noisy or --actors"),
+    ({"distributional": "qr", "atoms": 1},
+     "--atoms must be in 2..4096 (0: the head's own), got 1"),
+    ({"distributional": "qr", "atoms": 4097},
+     "--atoms must be in 2..4096 (0: the head's own), got 4097"),
+    ({"distributional": "c51", "v_min": 6.0, "v_max": 5.0},
+     "--v-min 6.0 must be below --v-max 5.0; swap them"),
+])
+def test_a_head_setting_that_cannot_work_is_refused_in_one_line(settings, message):
+    from fastdqn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_config(**settings)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("settings", [{"distributional": "qr"}, {"noisy": True},
+                                      {"distributional": "c51", "atoms": 11}])
+def test_a_network_of_your_own_refuses_a_head(tmp_path, settings):
+    from fastdqn import train
+    from fastdqn.errors import ConfigError
+
+    flag = next(iter(settings))
+    with pytest.raises(ConfigError, match=f"^q_network is a network of your own, --{flag} "):
+        train(env_id="CartPole-v1", run_dir=str(tmp_path / "r"), progress=False,
+              q_network=torch.nn.Linear(4, 2), **settings)
+    assert not (tmp_path / "r").exists()
+
+
+def test_one_support_end_set_leaves_the_other_automatic_or_is_refused(tmp_path):
+    """--v-min alone: the automatic +-100 of CartPole is the other end, unless that is no
+    support at all."""
+    from fastdqn import train
+    from fastdqn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        train(env_id="CartPole-v1", run_dir=str(tmp_path / "r"), distributional="c51",
+              v_min=500.0, progress=False)
+    assert str(e.value) == ("--v-min 500 leaves an empty support with the automatic other end "
+                            "(500..100); pass both --v-min and --v-max")
+    cfg = make_config(env_id="CartPole-v1", distributional="c51", v_min=-5.0)
+    agent = DQN(cfg, gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2),
+                torch.device("cpu"))
+    assert (agent.head.v_min, agent.head.v_max) == (-5.0, 100.0)

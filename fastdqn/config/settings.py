@@ -443,7 +443,8 @@ class Config:
         if self.atoms and not 2 <= self.atoms <= MAX_ATOMS:
             raise ConfigError(f"--atoms must be in 2..{MAX_ATOMS} (0: the head's own), got {self.atoms}")
         if self.v_min is not None and self.v_max is not None and not self.v_min < self.v_max:
-            raise ConfigError(f"--v-min {self.v_min} must be below --v-max {self.v_max}; swap them")
+            fix = "swap them" if self.v_min > self.v_max else "the support needs two ends"
+            raise ConfigError(f"--v-min {self.v_min} must be below --v-max {self.v_max}; {fix}")
         if self.noisy and self.actors:
             raise ConfigError("--noisy with --actors: Ape-X actors explore by their own fixed "
                               "epsilons (--actor-epsilon); drop --noisy or --actors")
