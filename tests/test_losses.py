@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CUDA_DEVICES, random_batch
+from test_graphed_update import assert_same_state, weights_of
 
 from fastdqn.errors import RouteFallbackWarning
 from fastdqn.learners.graphed_update import StaticUpdate
@@ -326,20 +327,6 @@ def cnn_batch(gen: torch.Generator, n: int = 8, device: str = "cpu") -> Batch:
               dones=(torch.rand(n, generator=gen) < 0.3).float(),
               discounts=0.99 ** torch.randint(1, 4, (n,), generator=gen).float())
     return Batch(*(getattr(b, f).to(device) for f in FIELDS))
-
-
-def weights_of(gen: torch.Generator, n: int = 8, device: str = "cpu") -> torch.Tensor:
-    return (torch.rand(n, generator=gen) + 0.5).to(device)
-
-
-def assert_same_state(a: ReferenceLearner, b: ReferenceLearner, exact: bool = True) -> None:
-    sa, sb = a.live_state(), b.live_state()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        if exact:
-            assert torch.equal(sa[k], sb[k].to(sa[k].device)), k
-        else:
-            torch.testing.assert_close(sa[k].cpu(), sb[k].cpu(), rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
