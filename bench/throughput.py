@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prioritized", action="store_true", help="prioritized replay")
     p.add_argument("--n-step", type=int, default=1, help="n-step returns")
     p.add_argument("--dueling", action="store_true", help="dueling head")
+    p.add_argument("--distributional", default="none", choices=["none", "c51", "qr"],
+                   help="value head (c51, qr: the reference route, with their default atoms)")
+    p.add_argument("--noisy", action="store_true", help="noisy nets (the reference route)")
     p.add_argument("--learner", default="auto", choices=["auto", "numba", "reference"],
                    help="learner route (numba: the CPU step before the native one)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
@@ -87,8 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 if bad else "--rounds must be >= 1")
     if len(args.vectors) > 1 and (args.peers or args.vs_pqn or args.profile):
         p.error("--vs, --vs-pqn and --profile measure one --vector; pass one")
-    if args.peers and (args.prioritized or args.dueling or args.n_step > 1):
-        p.error("--vs times the peers without prioritized replay, dueling or n-step: drop those flags")
+    if args.peers and (args.prioritized or args.dueling or args.n_step > 1
+                       or args.distributional != "none" or args.noisy):
+        p.error("--vs times the peers without prioritized replay, dueling, n-step or Rainbow's "
+                "heads: drop those flags")
     args.vector = args.vectors[0]
     if args.smoke:
         args.steps, args.warmup, args.learning_starts = 2_000, 1_000, 500
@@ -124,7 +129,7 @@ def bench_config(args: argparse.Namespace, device: torch.device, run_dir: str):
         eval_every=0, checkpoint_every=0, solve_episodes=1, eval_episodes=1, progress=False,
         num_threads=args.num_threads, log_every=5_000, target_return="none",
         prioritized=args.prioritized, n_step=args.n_step, dueling=args.dueling,
-        learner=args.learner,
+        learner=args.learner, distributional=args.distributional, noisy=args.noisy,
     )
 
 
@@ -402,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "profile", "vectors", "peers")},
     }
     extras = [name for name, on in (("prioritized", args.prioritized), ("dueling", args.dueling),
-                                    (f"{args.n_step}-step", args.n_step > 1)) if on]
+                                    (f"{args.n_step}-step", args.n_step > 1),
+                                    (args.distributional, args.distributional != "none"),
+                                    ("noisy", args.noisy)) if on]
     print(f"{args.env}, {args.num_envs} envs ({', '.join(args.vectors)}), device {device}, "
           f"batch {args.batch_size}, MLP {args.hidden}, {args.gradient_steps} update(s) per "
           f"{args.train_every} transitions, {args.steps:,d} timed steps"

@@ -28,6 +28,7 @@ from scripted_envs import env_id as scripted_env_id
 from fastdqn import make_config, train
 from fastdqn.algos.dqn.agent import DQN
 from fastdqn.cli import build_parser, main
+from fastdqn.config.choices import CHOICES
 from fastdqn.config.limits import MAX_ATOMS
 from fastdqn.core.checkpoint import load_checkpoint, save_checkpoint
 from fastdqn.core.seeds import Purpose, torch_generator
@@ -393,7 +394,7 @@ def test_resuming_without_noisy_layers_names_noisy():
 
 
 def test_losses_and_heads_name_the_same_kinds_with_their_papers_atoms():
-    assert set(LOSSES) == set(HEADS) == {"none", "c51", "qr"}
+    assert set(LOSSES) == set(HEADS) == set(CHOICES["distributional"]) == {"none", "c51", "qr"}
     assert head_of("c51", 0, (-1.0, 1.0), False).atoms == 51  # Bellemare et al. 2017
     assert head_of("qr", 0, None, False).atoms == 200  # Dabney et al. 2018
     assert head_of("none", 0, None, True) == HeadSpec(noisy=True)
@@ -513,9 +514,9 @@ def straight(tmp_path_factory) -> dict:
 
 def resumed_run(run_dir: Path, keep_noise: bool = True) -> dict:
     train(**EXACT, total_timesteps=HALF, run_dir=str(run_dir))
-    if not keep_noise:
+    if not keep_noise:  # valid generator states, each the other network's
         state = load_checkpoint(run_dir / "checkpoint.pt")
-        del state["rng"]["noise"]
+        state["rng"]["noise"] = state["rng"]["noise"][::-1]
         save_checkpoint(run_dir / "checkpoint.pt", state)
     train(**EXACT, total_timesteps=2 * HALF, run_dir=str(run_dir), resume=True)
     return load_checkpoint(run_dir / "checkpoint.pt")
@@ -535,12 +536,21 @@ def test_a_noisy_c51_run_resumed_equals_one_trained_straight(tmp_path, straight)
         assert not torch.equal(saved, first)  # the streams were drawn from
 
 
-def test_a_resume_without_the_noise_state_differs(tmp_path, straight):
-    """Guard: the comparison above can fail (the streams restart from their seeds)."""
+def test_a_resume_with_the_noise_streams_swapped_differs(tmp_path, straight):
+    """Guard: the comparison above can fail (the online net then draws the target's noise)."""
     b = resumed_run(tmp_path / "B", keep_noise=False)
     assert b["counters"]["step"] == straight["counters"]["step"]
     assert not torch.equal(b["learner"]["online"]["body.0.weight"],
                            straight["learner"]["online"]["body.0.weight"])
+
+
+def test_a_noisy_checkpoint_without_its_noise_streams_is_refused_in_one_line(tmp_path):
+    train(**EXACT, total_timesteps=HALF, run_dir=str(tmp_path))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["rng"]["noise"]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match=r"lacks the noise generators of its noisy layers"):
+        train(**EXACT, total_timesteps=2 * HALF, run_dir=str(tmp_path), resume=True)
 
 
 # ---------------------------------------------------------------------------------------------

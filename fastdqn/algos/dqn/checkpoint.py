@@ -67,6 +67,12 @@ def check_checkpoint(agent: DQN, ckpt: dict, path) -> None:
     check_generator_state(path, "rng.act", rngs.get("act"), agent.act_gen)
     if "per" in rngs:
         check_generator_state(path, "rng.per", rngs["per"], agent.learner.per_generator)
+    noise = agent.noise_generators()  # noisy layers: the online and target networks' streams
+    if noise and not (isinstance(rngs.get("noise"), list) and len(rngs["noise"]) == len(noise)):
+        raise CheckpointError(f"{path} lacks the noise generators of its noisy layers "
+                              f"(rng.noise); {DAMAGED}")
+    for i, gen in enumerate(noise):
+        check_generator_state(path, f"rng.noise[{i}]", rngs["noise"][i], gen)
     check_count(path, "learner.steps", learner.get("steps"), "learner steps")
 
 
