@@ -181,7 +181,7 @@ class Config:
     v_min: float | None = _reads(None, algos=("dqn",), when=("c51",))
     """--distributional c51: the support's lowest value. Unset, each end is chosen from the env:
     +-10 where rewards are sign-clipped (Atari's, Rainbow's value), else +-mean|r| / (1 - gamma)
-    of 1000 steps of random play (CartPole +-100, LunarLander about +-330); the checkpoint
+    of 1000 steps of random play (CartPole +-100, LunarLander +-300 to +-340 by seed); the checkpoint
     holds the support used."""
     v_max: float | None = _reads(None, algos=("dqn",), when=("c51",))
     """--distributional c51: the support's highest value (unset: chosen as --v-min says)."""

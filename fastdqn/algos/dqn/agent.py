@@ -465,7 +465,7 @@ def with_support(cfg: Config, make_env: EnvFactory | None) -> Config:
     are sign-clipped (Atari's protocol); else +-mean|r| / (1 - gamma) over SUPPORT_FIT_STEPS
     steps of uniformly random play (the FIT seed streams, so one run seed gives one support):
     the scale of a discounted return whose rewards are like the ones random play sees
-    (CartPole +-100, LunarLander about +-330). gamma 1 uses a horizon of 1000 steps; no reward
+    (CartPole +-100, LunarLander +-300 to +-340 by seed). gamma 1 uses a horizon of 1000 steps; no reward
     seen, a scale of 1. An end you set is kept."""
     if cfg.distributional != "c51" or (cfg.v_min is not None and cfg.v_max is not None):
         return cfg
