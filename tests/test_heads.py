@@ -286,7 +286,7 @@ def test_the_plain_heads_mlp_is_the_network_fastdqn_had(dueling):
     keys = ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "body.4.weight",
             "body.4.bias"]
     assert list(plain.state_dict()) == list(exported.state_dict()) == keys
-    assert plain.value is None and plain.body[4].out_features == 3 + dueling
+    assert not plain.value.state_dict() and plain.body[4].out_features == 3 + dueling
     plain.load_state_dict(exported.state_dict())
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -113,8 +113,7 @@ class ConvQNetwork(torch.nn.Module):
                  channels_last: bool = False, head: HeadSpec | None = None) -> None:
         super().__init__()
         self.head_spec = head or HeadSpec()
-        self.value = (None if self.head_spec.plain
-                      else ValueOutputs(self.head_spec, n_actions, dueling))
+        self.value = ValueOutputs(self.head_spec, n_actions, dueling)
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.n_actions, self.dueling = int(n_actions), bool(dueling)
         self.channels_last = bool(channels_last)
@@ -137,9 +136,7 @@ class ConvQNetwork(torch.nn.Module):
             mlp += [linear(prev, size), torch.nn.ReLU()]
             prev = size
         self.fc = torch.nn.Sequential(*mlp)
-        n_out = (self.value.n_out if self.value is not None
-                 else self.n_actions + 1 if self.dueling else self.n_actions)
-        self.head = (NoisyLinear if noisy else torch.nn.Linear)(prev, n_out)
+        self.head = (NoisyLinear if noisy else torch.nn.Linear)(prev, self.value.n_out)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last fc layer's activations of float observations (flat rows or shaped)."""
@@ -150,18 +147,10 @@ class ConvQNetwork(torch.nn.Module):
 
     def dist(self, x: torch.Tensor) -> torch.Tensor:
         """The head's atoms per action [B, A, N] (N = 1 for the plain head, nets/heads.py)."""
-        if self.value is not None:
-            return self.value.dist(self.head(self.features(x)))
-        return self.forward(x).unsqueeze(2)
+        return self.value.dist(self.head(self.features(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.features(x))
-        if self.value is not None:
-            return self.value(out)
-        if not self.dueling:
-            return out
-        adv = out[:, 1:]
-        return adv - adv.mean(1, keepdim=True) + out[:, :1]
+        return self.value(self.head(self.features(x)))
 
     def spec(self) -> dict:
         """The checkpoint's "net" entry: every size needed to rebuild the module."""

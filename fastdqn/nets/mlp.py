@@ -151,9 +151,8 @@ class QNetwork(torch.nn.Module):
         self.dueling = dueling
         self.in_dim, self.n_actions, self.hidden = int(in_dim), int(n_actions), tuple(hidden)
         self.head_spec = head or HeadSpec()
-        self.value = None if self.head_spec.plain else ValueOutputs(self.head_spec, n_actions, dueling)
-        n_out = self.value.n_out if self.value is not None else n_actions + 1 if dueling else n_actions
-        sizes = [in_dim, *hidden, n_out]
+        self.value = ValueOutputs(self.head_spec, n_actions, dueling)
+        sizes = [in_dim, *hidden, self.value.n_out]
         first_noisy = len(sizes) - 3 if self.head_spec.noisy else len(sizes)
         mods: list[torch.nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
@@ -168,19 +167,10 @@ class QNetwork(torch.nn.Module):
 
     def dist(self, x: torch.Tensor) -> torch.Tensor:
         """The head's atoms per action [B, A, N] (N = 1 for the plain head)."""
-        out = self.body(x)
-        if self.value is not None:
-            return self.value.dist(out)
-        return self.forward(x).unsqueeze(2)
+        return self.value.dist(self.body(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        if self.value is not None:
-            return self.value(out)
-        if not self.dueling:
-            return out
-        adv = out[:, 1:]
-        return adv - adv.mean(1, keepdim=True) + out[:, :1]
+        return self.value(self.body(x))
 
     def spec(self) -> dict:
         """The "mlp_module" kind's checkpoint entry: every size, and the head."""
