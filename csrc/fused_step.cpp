@@ -486,4 +486,21 @@ int64_t fdqn_steps(void* handle, const int64_t* idx, int64_t k, const float* wei
   return k;
 }
 
+// The uniform steps of n learners in one call (a population's agents): learner i runs k[i]
+// steps on idx[i] exactly as fdqn_steps(handles[i], idx[i], k[i], null, td_abs[i], stats[i],
+// steps[i], rows[i]) would, and done[i] gets what that returns. Each learner's arithmetic is
+// its own call's, in the same order, so the result equals n separate calls bit for bit.
+// Returns 0, or -1 for arguments it cannot take.
+int64_t fdqn_steps_many(int64_t n, void* const* handles, const int64_t* const* idx,
+                        const int64_t* k, float* const* td_abs, double* const* stats,
+                        const int64_t* steps, const int64_t* rows, int64_t* done) {
+  if (n < 0 || (n > 0 && (!handles || !idx || !k || !td_abs || !stats || !steps || !rows ||
+                          !done)))
+    return -1;
+  for (int64_t i = 0; i < n; ++i)
+    done[i] = fdqn_steps(handles[i], idx[i], k[i], nullptr, td_abs[i], stats[i], steps[i],
+                         rows[i]);
+  return 0;
+}
+
 }  // extern "C"

@@ -30,6 +30,7 @@ from fastdqn.config.settings import (
     coerce,
     field_docs,
     field_names,
+    parse_seeds,
     reads,
 )
 from fastdqn.core.checkpoint import (
@@ -206,10 +207,14 @@ def _train(args: argparse.Namespace) -> int:
     from fastdqn.runtime.train import train
 
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    if explicit.get("resume") and _holds_population(explicit.get("run_dir", "")):
+        return _train_population(_resumed_population(args, explicit))
     if explicit.get("resume"):
         cfg = _resumed_config(args, explicit)
     else:
         cfg = make_config(args.config, **explicit)
+    if cfg.population():
+        return _train_population(cfg)
     if not cfg.run_dir:  # fixed here so that every message can name it
         cfg.run_dir = str(default_run_dir(cfg))
     try:
@@ -220,6 +225,60 @@ def _train(args: argparse.Namespace) -> int:
         sys.stderr.write(f"interrupted: stopped at once, {_kept(cfg)}\n")
         return 130
     return _ended(cfg, result)
+
+
+def _holds_population(run_dir: str) -> bool:
+    return bool(run_dir) and (Path(run_dir) / "population.json").is_file()
+
+
+def _resumed_population(args: argparse.Namespace, explicit: dict) -> Config:
+    """A resumed population's settings: those of its first agent that is not finished (read
+    and checked as a resumed run's are), with the population's seeds and dir."""
+    from fastdqn.runtime.population import finished, read_population, seeds_text
+
+    root = Path(explicit["run_dir"])
+    seeds = read_population(root)["seeds"]
+    if explicit.get("seeds") and explicit["seeds"] != seeds_text(seeds):
+        parse_seeds(explicit["seeds"])
+    todo = [k for k in seeds if not finished(root / f"seed-{k}")] or seeds
+    member = {**explicit, "run_dir": str(root / f"seed-{todo[0]}"), "seeds": ""}
+    cfg = _resumed_config(args, member)
+    cfg.seeds, cfg.run_dir = explicit.get("seeds") or seeds_text(seeds), str(root)
+    cfg.validate()
+    return cfg
+
+
+def _train_population(cfg: Config) -> int:
+    """`fastdqn train --seeds ...`: the population, then one line for it (and the command that
+    resumes it after a Ctrl-C)."""
+    from fastdqn.runtime.population import population_dir, train_population
+
+    cfg.run_dir = str(population_dir(cfg))
+    try:
+        result = train_population(cfg)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: stopped at once; resume with: "
+                         f"{_resume_command(cfg.run_dir, cfg.env_id)}\n")
+        return 130
+    s = result.summary
+    if result.signal is not None:
+        sys.stderr.write(f"interrupted; every agent's checkpoint saved. Resume with: "
+                         f"{_resume_command(result.run_dir, cfg.env_id)}\n")
+        return 128 + int(result.signal)
+    stats = s.get("statistics") or {}
+    final = (stats.get("final_return") or {}).get("iqm")
+    steps = (stats.get("steps_to_solve") or {}).get("iqm")
+    parts = [f"{len(s['seeds'])} agents on {s['env_id']} in {s['wall_time_s']:.1f} s",
+             f"solved {s['solved']}"]
+    if steps is not None:
+        parts.append(f"IQM steps to solve {steps:,.0f}")
+    if final is not None:
+        parts.append(f"IQM final eval {final:.1f}")
+    diverged = [a["seed"] for a in s["agents"] if a.get("diverged")]
+    if diverged:
+        parts.append(f"diverged: seed {', '.join(map(str, diverged))}")
+    print(f"{'; '.join(parts)}; run dir {result.run_dir} (population.json)")
+    return 0
 
 
 def _resumed_config(args: argparse.Namespace, explicit: dict) -> Config:

@@ -579,14 +579,15 @@ ALT = {  # a valid value other than the default, for every setting that not ever
     "ray_address": "10.0.0.1:6379", "weight_sync_every": 10, "actor_block": 8,
     "actor_epsilon": 0.3, "actor_alpha": 3.0, "actor_restarts": 1, "actor_timeout": 10.0,
     "cuda_graphs": False, "num_workers": 1, "env_timeout": 5.0, "distributional": "qr",
-    "atoms": 11, "v_min": -5.0, "v_max": 5.0, "noisy": True,
+    "atoms": 11, "v_min": -5.0, "v_max": 5.0, "noisy": True, "seeds": "1-3",
+    "wandb_group": "sweep",
 }
 
 HOLDS = {"adam": {}, "prioritized": {"prioritized": True}, "one_machine": {}, "egreedy": {},
          "boltzmann": {"exploration": "boltzmann"}, "step_decay": {},
          "episode_decay": {"eps_schedule": "per_episode"}, "apex": {"actors": 2},
          "workers": {}, "worker_replies": {}, "distributional": {"distributional": "qr"},
-         "c51": {"distributional": "c51"}, "scalar": {}}
+         "c51": {"distributional": "c51"}, "scalar": {}, "wandb": {"wandb": "proj"}}
 """Settings under which each condition holds (with the defaults of the others)."""
 BREAKS = {"adam": {"optimizer": "rmsprop"}, "prioritized": {"prioritized": False},
           "one_machine": {"actors": 2}, "egreedy": {"exploration": "boltzmann"},
@@ -594,7 +595,7 @@ BREAKS = {"adam": {"optimizer": "rmsprop"}, "prioritized": {"prioritized": False
           "episode_decay": {"eps_schedule": "linear"}, "apex": {"actors": 0},
           "workers": {"vector": "sync"}, "worker_replies": {"vector": "envpool"},
           "distributional": {"distributional": "none"}, "c51": {"distributional": "qr"},
-          "scalar": {"distributional": "c51"}}
+          "scalar": {"distributional": "c51"}, "wandb": {"wandb": ""}}
 """Settings under which each condition fails."""
 
 
@@ -763,9 +764,10 @@ def _algorithm_modules() -> dict[str, list[str]]:
 
 
 MODULES = _algorithm_modules()
-SHARED = ["runtime/run.py", "runtime/rundir.py", "runtime/train.py"]
+SHARED = ["runtime/run.py", "runtime/rundir.py", "runtime/train.py", "runtime/population.py"]
 HANDED_ON = {"save_buffer": "run.py hands it to the agent's state_dict(with_buffer), which only "
-                            "DQN's replay reads"}
+                            "DQN's replay reads",
+             "seeds": "runtime/population.py trains DQN agents, one per seed (--seeds)"}
 """Tagged settings an algorithm reads through the run (run.py), not its own module."""
 
 

@@ -67,3 +67,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_ATOMS = 4096
 """Most atoms per action of a distributional head, set by --atoms or declared by a checkpoint
 (C51 uses 51, QR-DQN 200): C51's projection holds batch x atoms^2 values."""
+
+MAX_POPULATION = 1024
+"""Most agents one --seeds population may hold: each has its own replay, learner and run dir
+(1024 x the defaults' 16 envs is a quarter of MAX_ENVS); beyond that, more processes."""

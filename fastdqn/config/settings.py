@@ -20,7 +20,15 @@ from typing import Any, NamedTuple
 
 from fastdqn.config.choices import ALGOS
 from fastdqn.config.coerce import check_alone, coerce_as, flag_name, show_value
-from fastdqn.config.limits import MAX_ACTORS, MAX_ATOMS, MAX_EPISODE_SEED, MAX_FEATURES, MAX_SCALES
+from fastdqn.config.limits import (
+    MAX_ACTORS,
+    MAX_ATOMS,
+    MAX_EPISODE_SEED,
+    MAX_FEATURES,
+    MAX_POPULATION,
+    MAX_SCALES,
+    MAX_SEED,
+)
 from fastdqn.errors import ConfigError
 
 
@@ -73,6 +81,12 @@ class Config:
     seed: int = 1
     """Seed of envs, network init, sampling and exploration, in 0..4294967295 (32 bits); same
     seed on CPU gives the same run."""
+    seeds: str = _reads("", algos=("dqn",))
+    """A population: train one independent agent per seed, all in this process, e.g. 1-8 or
+    3,5,9 (empty: the one agent of --seed). Agent K is the run --seed K would be (its envs,
+    weights, replay, exploration and evaluations drawn from seed K's streams), written to
+    RUN/seed-K/; RUN/population.json and population.png sum them up across seeds. The agents'
+    N x --num-envs envs step as one vector env and their learner steps run in one loop."""
     device: str = "auto"
     """Training device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
     run_dir: str = ""
@@ -301,6 +315,12 @@ class Config:
     elsewhere: the CPU uses its native or Numba-fused step, MPS plain torch ops."""
     progress: bool = True
     """Show the console progress line."""
+    wandb: str = ""
+    """Weights & Biases project to send the run's TensorBoard scalars, config and summary to
+    (pip install "fastdqn[wandb]"; WANDB_MODE=offline keeps them under the run dir for `wandb
+    sync`); empty: TensorBoard only. A --seeds population logs one wandb run per agent, grouped."""
+    wandb_group: str = _reads("", when=("wandb",))
+    """The wandb group of the run (a population's agents are grouped by its run dir's name)."""
     resume: bool = False
     """Continue the run in run_dir from its checkpoint.pt, with its settings (flags and --config
     override them), except where the run connects: --actors and --ray-address come from the
@@ -515,6 +535,16 @@ class Config:
             raise ConfigError(f"--max-grad-norm must be >= 0 (0 disables), got {self.max_grad_norm}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        self.population()
+
+    def population(self) -> list[int]:
+        """The run seeds of --seeds, in the order given ([] without --seeds); a one-line error
+        for text that is not a list of seeds and ranges, a repeated seed or too many agents."""
+        seeds = parse_seeds(self.seeds, self.vector)
+        if seeds and self.actors:
+            raise ConfigError("--seeds with --actors: Ape-X spreads one agent over Ray actors, a "
+                              "population trains many agents in one process; drop one of them")
+        return seeds
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-friendly values (tuples become lists)."""
@@ -523,6 +553,37 @@ class Config:
         d["policy_hidden"] = list(self.policy_hidden)
         d["rbf_scales"] = list(self.rbf_scales)
         return d
+
+
+def parse_seeds(text: str, vector: str = "sharded") -> list[int]:
+    """`--seeds` text (`1-8`, `3,5,9`, `1-4,10`) as a list of run seeds."""
+    if not text.strip():
+        return []
+    seeds: list[int] = []
+    example = "e.g. --seeds 1-8 or --seeds 3,5,9"
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            raise ConfigError(f"--seeds takes seeds and ranges of seeds, {example}; got "
+                              f"{text!r}") from None
+        if not 0 <= first <= last <= MAX_SEED:
+            raise ConfigError(f"--seeds: {part.strip()!r} is not a range of seeds in "
+                              f"0..{MAX_SEED} (low-high, low <= high); {example}")
+        if last - first + 1 + len(seeds) > MAX_POPULATION:
+            raise ConfigError(f"--seeds {text!r} names more than {MAX_POPULATION} agents; "
+                              "train fewer per process")
+        seeds.extend(range(first, last + 1))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds names seed {repeated[0]} twice; two agents of one seed "
+                          "would be the same run")
+    if vector == "async":
+        raise ConfigError("--seeds with --vector async: a population steps its agents' envs "
+                          "as one vector env, which async cannot step in part; use --vector "
+                          "sharded, sync or envpool")
+    return seeds
 
 
 class Condition(NamedTuple):
@@ -536,6 +597,8 @@ class Condition(NamedTuple):
 
 
 CONDITIONS: dict[str, Condition] = {
+    "wandb": Condition(lambda c: bool(c.wandb), "--wandb PROJECT",
+                       "applies with --wandb PROJECT only; drop it or pass --wandb"),
     "adam": Condition(lambda c: c.optimizer == "adam", "--optimizer adam",
                       "applies to --optimizer adam (rmsprop's eps is the MinAtar paper's 0.01); "
                       "drop it or pass --optimizer adam"),

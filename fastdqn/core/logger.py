@@ -13,10 +13,13 @@ class RunLogger:
     """TensorBoard writer plus a throttled one-line console progress display."""
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool = True,
-                 purge_step: int | None = None) -> None:
+                 purge_step: int | None = None, label: str = "",
+                 tracker: WandbTracker | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        self.label = label  # a population's "seed K: " before each message
+        self.tracker = tracker
         self.total = total_steps
         self.progress_on = progress
         self.tty = sys.stderr.isatty()
@@ -26,10 +29,14 @@ class RunLogger:
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
+        if self.tracker is not None:
+            self.tracker.log({tag: value}, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        if self.tracker is not None:
+            self.tracker.log(values, step)
 
     def progress_due(self) -> bool:
         """Whether `progress` would print now (lets the caller skip preparing its figures)."""
@@ -58,18 +65,63 @@ class RunLogger:
     def message(self, text: str) -> None:
         if self.progress_on and self.tty:
             sys.stderr.write("\r\033[K")
-        sys.stderr.write(text + "\n")
+        sys.stderr.write(self.label + text + "\n")
         sys.stderr.flush()
 
     def show_plot(self, path: Path) -> None:
         """Show (then refresh in place) the returns plot in the notebook cell that is training."""
         self.inline.show(path)
 
-    def close(self) -> None:
+    def close(self, summary: dict | None = None) -> None:
         if self.progress_on and self.tty:
             sys.stderr.write("\n")
         self.writer.flush()
         self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close(summary)
+
+
+WANDB_INSTALL = 'pip install "fastdqn[wandb]"'
+
+
+def check_wandb() -> None:
+    """--wandb needs the wandb package: one line saying how to get it, before any run starts."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        from fastdqn.errors import ConfigError
+
+        raise ConfigError(f"--wandb needs the wandb package: {WANDB_INSTALL} (or drop --wandb)"
+                          ) from None
+
+
+class WandbTracker:
+    """A run's copy of its TensorBoard scalars, its config and its summary in Weights & Biases
+    (--wandb PROJECT). Every scalar is logged against `global_step` (the env step TensorBoard
+    uses), declared as the step metric, so the episode returns written in a batch at log time,
+    stamped with earlier steps, keep their own x. Each run is its own wandb run (`create_new`:
+    a population's agents log at once from one process), named after its run dir and grouped
+    by `group`. WANDB_MODE=offline writes it under the run dir for `wandb sync` later; a
+    resumed run starts a new wandb run of the same name and group."""
+
+    def __init__(self, project: str, run_dir: Path, config: dict, group: str | None = None,
+                 resumed_at: int | None = None) -> None:
+        import wandb
+
+        name = run_dir.name if resumed_at is None else f"{run_dir.name} (resumed at {resumed_at})"
+        self.run = wandb.init(project=project, dir=str(run_dir), name=name, group=group,
+                              config=config, reinit="create_new")
+        self.run.define_metric("global_step")
+        self.run.define_metric("*", step_metric="global_step")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log({**values, "global_step": step})
+
+    def close(self, summary: dict | None = None) -> None:
+        if summary is not None:
+            self.run.summary.update({k: v for k, v in summary.items()
+                                     if isinstance(v, (int, float, str, bool)) or v is None})
+        self.run.finish()
 
 
 class InlineImage:

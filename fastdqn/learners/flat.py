@@ -252,6 +252,14 @@ class Learner:
         self._cpu = CpuStep(self, buffer, batch_size)
         return self._cpu
 
+    def native_block(self, buffer: ReplayBuffer, batch_size: int) -> native.NativeStep | None:
+        """The native step that uniform [K, B] blocks on `buffer` run on here, or None where
+        they take another route (Numba, a device, torch ops)."""
+        if self._route(buffer.device) != "cpu-fused":
+            return None
+        step = self.cpu_step(buffer, batch_size)
+        return step if isinstance(step, native.NativeStep) else None
+
     def native_actor(self, obs_dtype: torch.dtype) -> native.NativeActor | None:
         """The native actor for observations of `obs_dtype` on the live parameters, or None
         where the native route is off or unavailable (that warns once, as for the step)."""

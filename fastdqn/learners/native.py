@@ -503,6 +503,8 @@ def load() -> ctypes.CDLL:
     lib.fdqn_steps.restype = ctypes.c_int64
     lib.fdqn_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.fdqn_steps_many.restype = ctypes.c_int64
+    lib.fdqn_steps_many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 8
     lib.fdqn_act.restype = ctypes.c_int64
     lib.fdqn_act.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
@@ -646,6 +648,45 @@ class NativeStep(_Handle):
             raise replay_fault(idx.reshape(k, self.b)[done], size, self.buffer.actions.numpy(),
                                self.learner.net.n_actions)
         return self.td_abs
+
+
+def steps_many(steps: list[NativeStep], blocks: list[np.ndarray]) -> None:
+    """Learner i's steps on the [K_i, B] index block blocks[i], for every learner in one native
+    call (a population's agents): each learner's steps are exactly the ones `steps[i].steps`
+    would run, in the same order on its own tensors, so the result is the separate calls' bit
+    for bit; the call saves their Python and ctypes overhead. A refused row raises as
+    `NativeStep.steps` does, after the learners before it have stepped."""
+    n = len(steps)
+    if n == 0:
+        return
+    if len(blocks) != n:
+        raise ValueError(f"{len(blocks)} index blocks for {n} learners")
+    blocks = [np.ascontiguousarray(b, dtype=np.int64) for b in blocks]
+    ks = np.empty(n, dtype=np.int64)
+    for i, (st, b) in enumerate(zip(steps, blocks)):
+        ks[i] = 1 if b.ndim == 1 else b.shape[0]
+        if b.size != ks[i] * st.b:
+            raise ValueError(f"learner {i}: an index block of {st.b} columns, got {list(b.shape)}")
+        if st.lib is not steps[0].lib:
+            raise ValueError("the learners' steps come from different native libraries")
+    ptr = ctypes.c_void_p * n
+    handles = ptr(*[st.handle for st in steps])
+    idx = ptr(*[b.ctypes.data for b in blocks])
+    td = ptr(*[st.td_abs.ctypes.data for st in steps])
+    stats = ptr(*[st.learner.fused_stats.ctypes.data for st in steps])
+    counts = np.array([st.learner.steps for st in steps], dtype=np.int64)
+    rows = np.array([st.buffer.size for st in steps], dtype=np.int64)
+    done = np.empty(n, dtype=np.int64)
+    code = steps[0].lib.fdqn_steps_many(n, handles, idx, ks.ctypes.data, td, stats,
+                                        counts.ctypes.data, rows.ctypes.data, done.ctypes.data)
+    if code != 0 or (done < 0).any():
+        raise RuntimeError("the native step refused its arguments")
+    for st, d in zip(steps, done):
+        st.learner.steps += int(d)
+    for st, b, k, d in zip(steps, blocks, ks, done):
+        if d < k:
+            raise replay_fault(b.reshape(int(k), st.b)[d], int(st.buffer.size),
+                               st.buffer.actions.numpy(), st.learner.net.n_actions)
 
 
 def warn_unavailable(reason: str) -> None:

@@ -121,15 +121,19 @@ def frame_slots(capacity: int, num_envs: int, stack: int, n_step: int = 1) -> in
 
 
 def check_frames_fit(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                     device: torch.device, num_envs: int, n_step: int = 1) -> None:
-    """FrameReplay's memory (the frame store, the two pointer tables and the row fields)
-    against what `device` has free; a one-line ConfigError before anything is allocated."""
+                     device: torch.device, num_envs: int, n_step: int = 1,
+                     agents: int = 1) -> None:
+    """FrameReplay's memory (the frame store, the two pointer tables and the row fields),
+    times the `agents` of a population, against what `device` has free; a one-line
+    ConfigError before anything is allocated."""
     k, frame = obs_shape[0], int(np.prod(obs_shape[1:]))
     frame_bytes = frame * torch.empty((), dtype=obs_dtype).element_size()
     nbytes = (frame_slots(capacity, num_envs, k, n_step) * frame_bytes
               + capacity * (2 * k * 8 + ROW_BYTES))
-    check_fits_memory(nbytes, device, f"a frame replay of {capacity:,d} rows (frames of "
-                      f"{list(obs_shape[1:])}, each stored once)", capacity)
+    each = "" if agents == 1 else f"{agents} agents' "
+    check_fits_memory(agents * nbytes, device, f"{each}frame replay{'s' if agents > 1 else ''} "
+                      f"of {capacity:,d} rows (frames of {list(obs_shape[1:])}, each stored "
+                      "once)", capacity, agents)
 
 
 def _host(x: Array) -> np.ndarray:

@@ -175,20 +175,26 @@ ROW_BYTES = 8 + 4 + 4 + 4
 
 
 def check_replay_fits(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                      device: torch.device) -> None:
-    """ReplayBuffer's memory (obs and next_obs stored apart, plus ROW_BYTES a row) against what
-    `device` has free; a one-line ConfigError before anything is allocated otherwise."""
+                      device: torch.device, agents: int = 1) -> None:
+    """ReplayBuffer's memory (obs and next_obs stored apart, plus ROW_BYTES a row), times the
+    `agents` of a population (one partition each), against what `device` has free; a one-line
+    ConfigError before anything is allocated otherwise."""
     obs_bytes = int(np.prod(obs_shape)) * torch.empty((), dtype=obs_dtype).element_size()
-    check_fits_memory(capacity * (2 * obs_bytes + ROW_BYTES), device,
-                      f"a replay buffer of {capacity:,d} rows (obs and next_obs of "
-                      f"{list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)",
-                      capacity)
+    what = (f"a replay buffer of {capacity:,d} rows (obs and next_obs of "
+            f"{list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)")
+    if agents > 1:
+        what = f"{agents} agents' replay buffers of {capacity:,d} rows each (obs and next_obs " \
+               f"of {list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)"
+    check_fits_memory(agents * capacity * (2 * obs_bytes + ROW_BYTES), device, what, capacity,
+                      agents)
 
 
-def check_fits_memory(nbytes: int, device: torch.device, what: str, rows: int) -> None:
+def check_fits_memory(nbytes: int, device: torch.device, what: str, rows: int,
+                      agents: int = 1) -> None:
     """Refuse, in one line, a preallocation that cannot fit: torch.zeros of more than the
     machine has may still succeed (pages are only committed when touched) and then kill the run
-    hours later, when the ring fills."""
+    hours later, when the ring fills. `rows` is one agent's --buffer-size, `nbytes` all the
+    `agents`' memory: the --buffer-size named in the refusal fits them all."""
     free = available_memory(device)
     if free is None or nbytes <= free:
         return

@@ -26,7 +26,7 @@ import torch
 from fastdqn.algos.contract import Agent, Counters, EpisodeTally, divergence_message
 from fastdqn.config.settings import Config
 from fastdqn.core.checkpoint import atomic_write_json, save_checkpoint
-from fastdqn.core.logger import RunLogger, StageTimer, plot_returns
+from fastdqn.core.logger import RunLogger, StageTimer, WandbTracker, plot_returns
 from fastdqn.core.seeds import SELECT, TRAIN, episode_seed
 from fastdqn.envs.atari import eval_epsilon
 from fastdqn.envs.backends import make_vector_env
@@ -242,8 +242,11 @@ class Run:
         # Envs first: async workers are forked, which must happen before any thread starts.
         self.envs = envs if envs is not None else make_vector_env(
             cfg.env_id, cfg.num_envs, cfg.vector, env_factory, cfg.num_workers, cfg.env_timeout)
+        resumed_at = self.c.step if ckpt is not None else None
+        tracker = (WandbTracker(cfg.wandb, run_dir, cfg.to_dict(), cfg.wandb_group or None,
+                                resumed_at) if cfg.wandb else None)
         self.logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
-                                purge_step=self.c.step if ckpt is not None else None)
+                                purge_step=resumed_at, tracker=tracker)
         self.start = time.perf_counter() - self.c.wall_time
         self.evaluator = Evaluator(cfg, self.c, target_return, self._play, self.logger,
                                    lambda: time.perf_counter() - self.start)
@@ -490,7 +493,7 @@ class Run:
         }
         atomic_write_json(self.run_dir / "summary.json", summary)
         self._plot()
-        self.logger.close()
+        self.logger.close(summary)
         if self.diverged is not None:
             raise self.diverged
         return TrainResult(self.run_dir, summary, agent.policy(), c.returns, c.end_steps,

@@ -19,7 +19,7 @@ from fastdqn.algos.registry import ALGOS
 from fastdqn.config.settings import Config
 from fastdqn.core.checkpoint import load_checkpoint
 from fastdqn.core.device import resolve_device
-from fastdqn.core.logger import StageTimer
+from fastdqn.core.logger import StageTimer, check_wandb
 from fastdqn.core.seeds import Purpose, generator_seed
 from fastdqn.envs.backends import BACKENDS
 from fastdqn.envs.make import EnvFactory, probe_env
@@ -198,6 +198,8 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     cfg = settings_of(cfg, overrides)
     algo = ALGOS[cfg.algo]
     check_custom_network(cfg, algo, q_network)
+    if cfg.wandb:
+        check_wandb()
     device = resolve_device(cfg.device)
     env = probe(cfg, env_factory)
     check_against_env(cfg, algo, env, device, env_factory, custom=q_network is not None)

@@ -242,14 +242,27 @@ class DQN:
     def learn(self, c: Counters, lap, new: int | None = None) -> None:
         """The learner steps due for the `new` transitions just collected (default: one vector
         step's): --gradient-steps per --train-every transitions, K per call."""
+        k = self.due_steps(c, new)
+        if k:
+            beta = beta_at(c.step, self.cfg.total_timesteps, self.cfg.per_beta)
+            self.learner.learn(self.buffer, self.sampler, k, self.cfg.batch_size, beta, lap)
+
+    def due_steps(self, c: Counters, new: int | None = None) -> int:
+        """How many learner steps the `new` transitions just collected make due (none before
+        --learning-starts); the remainder carries over in `c.due`."""
         cfg = self.cfg
         if self.buffer.size < self.learning_starts:
-            return
+            return 0
         c.due += (cfg.num_envs if new is None else new) * cfg.gradient_steps
         k, c.due = divmod(c.due, cfg.train_every)
-        if k:
-            beta = beta_at(c.step, cfg.total_timesteps, cfg.per_beta)
-            self.learner.learn(self.buffer, self.sampler, k, cfg.batch_size, beta, lap)
+        return k
+
+    def native_block_step(self):
+        """The native step this agent's uniform K-step blocks run on, or None where they take
+        another route (prioritized replay, Numba, the reference learner, a device)."""
+        if not isinstance(self.learner, Learner) or not isinstance(self.sampler, UniformSampler):
+            return None
+        return self.learner.native_block(self.buffer, self.cfg.batch_size)
 
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: np.ndarray,
             next_obs: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,

@@ -75,10 +75,11 @@ def check_dqn_env(cfg: Config, obs_space, device: torch.device, make_env: EnvFac
         raise ConfigError("--actors ships whole observations as rows; the frame replay is "
                           "single-machine: pass --frame-replay off (with a --buffer-size that "
                           "fits)")
+    agents = max(1, len(cfg.population()))  # a population's partitions, one per agent
     if frames:
-        check_frames_fit(cfg.buffer_size, shape, dtype, device, cfg.num_envs, cfg.n_step)
+        check_frames_fit(cfg.buffer_size, shape, dtype, device, cfg.num_envs, cfg.n_step, agents)
     elif KINDS[kind].replays_observations:  # an RBF replay holds features: not sized so
-        check_replay_fits(cfg.buffer_size, shape, dtype, device)
+        check_replay_fits(cfg.buffer_size, shape, dtype, device, agents)
 
 
 def prepare(cfg: Config, device: torch.device) -> None:

@@ -185,12 +185,14 @@ class EnvPoolVectorEnv:
             self.task, num_envs=self.num_envs, batch_size=self.num_envs,
             num_threads=self.num_threads, seed=seeds, **self.kwargs)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         """Every env starts an episode: a seeded reset makes the pool anew (env i seeded from
         `seed + i`); an unseeded one resets the pool's envs, their generators running on."""
         if options:
             raise ValueError("EnvPoolVectorEnv.reset takes no options")
-        if seed is not None or self.pool is None:
+        if isinstance(seed, list):  # a population's: env j seeded from seed[j]
+            self._make([pool_seeds(s, 1)[0] for s in seed])
+        elif seed is not None or self.pool is None:
             base = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**62)
             self._make(pool_seeds(base, self.num_envs))
         obs, info = self.pool.reset(self.all_ids)
@@ -199,7 +201,9 @@ class EnvPoolVectorEnv:
             self.lives[:] = info["lives"][order]
         return np.ascontiguousarray(obs[order]), {}
 
-    def step_async(self, actions: np.ndarray) -> None:
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Every env steps: EnvPool's synchronous pool answers for all of its envs at once,
+        so a population's stopped agents' envs step on (their results are dropped)."""
         self.pool.send(np.asarray(actions), self.all_ids)
 
     def step_wait(self):

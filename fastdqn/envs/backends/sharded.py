@@ -58,9 +58,11 @@ def _serve(env, conn, arrays: dict, lo: int, hi: int, lives: bool) -> None:
     """Answer the trainer's commands, one reply each, until "close" (or an unknown one)."""
     while True:
         cmd, arg = conn.recv()
-        if cmd == "step":
+        if cmd == "step" and arg is None:
             conn.send(("ok", _write_step(env.step(arrays["actions"][lo:hi]), arrays, lo, hi,
                                          lives)))
+        elif cmd == "step":
+            conn.send(("ok", _write_some(env, arg, arrays, lo, lives)))
         elif cmd == "reset":
             obs, _ = env.reset(seed=arg)
             arrays["obs"][lo:hi] = obs
@@ -88,6 +90,24 @@ def _write_step(result: tuple, arrays: dict, lo: int, hi: int, lives: bool) -> d
     if mask is None:
         return {}
     return {lo + int(i): infos["final_obs"][i] for i in np.flatnonzero(mask)}
+
+
+def _write_some(env, active: list[int], arrays: dict, lo: int, lives: bool) -> dict:
+    """Step only the shard's envs `active` (indices within the shard), with SAME_STEP autoreset
+    as the whole vector step does; the others stand still, their rows untouched."""
+    final = {}
+    for i in active:
+        obs, rew, term, trunc, info = env.envs[i].step(arrays["actions"][lo + i])
+        if term or trunc:
+            final[lo + i] = obs
+            obs, _ = env.envs[i].reset()
+        arrays["obs"][lo + i] = obs
+        arrays["rewards"][lo + i] = rew
+        arrays["terminated"][lo + i] = term
+        arrays["truncated"][lo + i] = trunc
+        if lives:
+            arrays["life_loss"][lo + i] = bool(info.get("life_loss", False))
+    return final
 
 
 class ShardedVectorEnv:
@@ -200,10 +220,14 @@ class ShardedVectorEnv:
                 final.update(payload)
         return final
 
-    def reset(self, seed: int | None = None):
+    def reset(self, seed: int | list[int] | None = None):
+        """Reset every env: env j with `seed + j`, or with `seed[j]` given a list (a
+        population's agents each seed their own envs)."""
         for i, conn in enumerate(self._conns):
             lo, hi = self._bounds[i]
-            conn.send(("reset", None if seed is None else [seed + j for j in range(lo, hi)]))
+            seeds = (None if seed is None else list(seed[lo:hi]) if isinstance(seed, list)
+                     else [seed + j for j in range(lo, hi)])
+            conn.send(("reset", seeds))
         self._collect()
         return self._arrays["obs"].copy(), {}
 
@@ -219,10 +243,17 @@ class ShardedVectorEnv:
             conn.send(("set_attr", (name, list(values[lo:hi]))))
         self._replies()
 
-    def step_async(self, actions: np.ndarray) -> None:
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Step every env, or only those `active` marks (a population's agents that stopped
+        stop stepping): the others keep their rows, with no reward and no episode end."""
         self._arrays["actions"][:] = actions
-        for conn in self._conns:
-            conn.send(("step", None))
+        if active is not None:
+            a = self._arrays
+            a["rewards"][~active] = 0.0
+            a["terminated"][~active] = a["truncated"][~active] = a["life_loss"][~active] = False
+        for (lo, hi), conn in zip(self._bounds, self._conns):
+            some = None if active is None else np.flatnonzero(active[lo:hi]).tolist()
+            conn.send(("step", some))
 
     def step_wait(self):
         final = self._collect()

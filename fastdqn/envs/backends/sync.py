@@ -12,11 +12,46 @@ from fastdqn.envs.make import EnvFactory, env_makers
 class SyncVectorEnv(gym.vector.SyncVectorEnv):
     """gymnasium's SyncVectorEnv with the async pair, so the loop has one shape for both modes."""
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._pending = actions
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Step every env, or only those `active` marks (the others stand still, with no
+        reward and no episode end)."""
+        self._pending, self._active = actions, active
 
     def step_wait(self):
-        return self.step(self._pending)
+        if self._active is None:
+            return self.step(self._pending)
+        return self._step_some(self._pending, self._active)
+
+    def _step_some(self, actions: np.ndarray, active: np.ndarray):
+        n = self.num_envs
+        rewards, term, trunc = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        final_obs, mask = np.empty(n, dtype=object), np.zeros(n, dtype=bool)
+        obs = getattr(self, "_last_obs", None)
+        rows = []
+        for i in range(n):
+            if not active[i]:
+                rows.append(None if obs is None else obs[i])
+                continue
+            o, rewards[i], term[i], trunc[i], _ = self.envs[i].step(actions[i])
+            if term[i] or trunc[i]:
+                final_obs[i], mask[i] = o, True
+                o, _ = self.envs[i].reset()
+            rows.append(o)
+        shape = next(r for r in rows if r is not None)
+        out = np.stack([r if r is not None else np.zeros_like(shape) for r in rows])
+        self._last_obs = out
+        infos = {"final_obs": final_obs, "_final_obs": mask} if mask.any() else {}
+        return out, rewards, term, trunc, infos
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, actions):
+        obs, *rest = super().step(actions)
+        self._last_obs = obs
+        return (obs, *rest)
 
 
 def make(env_id: str, num_envs: int, factory: EnvFactory | None, num_workers: int,
