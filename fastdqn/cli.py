@@ -165,7 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="play the episodes in a live window (needs a display; else use --gif)")
     sub.add_parser("presets", help="list the shipped presets")
     _add_report_parser(sub)
+    _add_tune_parser(sub)
     return p
+
+
+def _add_tune_parser(sub) -> None:
+    u = sub.add_parser(
+        "tune", help="search hyperparameters with Optuna, each trial a population of seeds",
+        description="Hyperparameter search with Optuna (TPE, constant_liar; a median pruner on "
+                    "the evaluation curve). Each trial trains its configuration on --seeds "
+                    "(default 1-3) as one population and scores it by --objective. Train's own "
+                    "flags and --config fix what is not searched. The study lives in --storage "
+                    "(running the command again adds --trials more); Ctrl-C keeps completed "
+                    "trials and marks running ones failed. Needs: " + 'pip install "fastdqn[tune]"')
+    u.add_argument("--config", default=None, metavar="PRESET_OR_TOML",
+                   help="preset or TOML file of the fixed settings; flags override it")
+    u.add_argument("--trials", default="20", help="trials this invocation adds (default: 20)")
+    u.add_argument("--storage", default=None,
+                   help="Optuna storage URL, e.g. sqlite:///tune.db (default: sqlite:///RUN/"
+                        "study.db, RUN being --run-dir)")
+    u.add_argument("--study", default="fastdqn", help="study name in the storage (default: "
+                                                      "fastdqn)")
+    u.add_argument("--objective", default="steps", choices=["steps", "final"],
+                   help="steps: mean env steps to solve over the seeds, minimized (an unsolved "
+                        "seed counts as 2 x --total-timesteps); final: mean final evaluation, "
+                        "maximized (default: steps)")
+    u.add_argument("--space", default=None, metavar="TOML",
+                   help="search space: [tune.NAME] tables with low, high (log, step) or choices "
+                        "(default: lr, gamma, tau, batch_size, hidden, learning_starts, "
+                        "train_every, eps_decay_steps; see docs/tune.md)")
+    u.add_argument("--concurrent", default="1",
+                   help="trials trained at once, all their agents in one population (default: 1)")
+    u.add_argument("--pruner", default="median", choices=["median", "none"],
+                   help="median: stop a trial whose evaluation curve falls below the median of "
+                        "earlier trials at the same step, after 5 trials (default); none")
+    u.add_argument("--sampler-seed", default=None, help="seed of the TPE sampler (default: "
+                                                        "none, a fresh one)")
+    u.add_argument("--out", default=None, metavar="TOML",
+                   help="where the best configuration goes, as a preset for fastdqn train "
+                        "--config (default: RUN/best.toml)")
+    _add_config_flags(u)
 
 
 def _resume_command(run_dir, env_id: str) -> str:
@@ -246,6 +285,61 @@ def _resumed_population(args: argparse.Namespace, explicit: dict) -> Config:
     cfg.seeds, cfg.run_dir = explicit.get("seeds") or seeds_text(seeds), str(root)
     cfg.validate()
     return cfg
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """`fastdqn tune`: the fixed settings, the space, the study; the trials' table and the
+    best configuration's preset."""
+    import dataclasses
+
+    from fastdqn.runtime.tune import load_space, trials_table, tune
+
+    explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    if explicit.get("resume"):
+        raise ConfigError("fastdqn tune continues its study by itself: drop --resume")
+    explicit.setdefault("seeds", "1-3")
+    cfg = make_config(args.config, **explicit)
+    trials = _whole_number(args.trials, "--trials", 1, 100_000)
+    concurrent = _whole_number(args.concurrent, "--concurrent", 1, 256)
+    sampler_seed = (None if args.sampler_seed is None
+                    else _whole_number(args.sampler_seed, "--sampler-seed", 0, 2**32 - 1))
+    if not cfg.run_dir:
+        cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / f"tune-{args.study}"))
+    params = load_space(args.space)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{Path(cfg.run_dir) / 'study.db'}"
+    out = args.out if args.out is not None else str(Path(cfg.run_dir) / "best.toml")
+    _output(out, "--out", ["toml"])
+    try:
+        result = tune(cfg, params, trials=trials, storage=storage, study=args.study,
+                      objective=args.objective, concurrent=concurrent, out=out,
+                      pruner=args.pruner, sampler_seed=sampler_seed)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: stopped at once; running trials marked failed; run the "
+                         f"same command to continue study {args.study!r}\n")
+        return 130
+    print(trials_table(result.study))
+    if result.best is None:
+        print(f"no trial completed; study {args.study!r} in {storage}")
+    else:
+        print(f"best: trial {result.best['trial']}, {args.objective} {result.best['value']:,.2f}"
+              f"; {result.added} trials added in {result.seconds:.0f} s; preset {result.out} "
+              f"(fastdqn train --config {result.out}); study {args.study!r} in {storage}")
+    if result.signal is not None:
+        sys.stderr.write(f"interrupted; completed trials kept, running ones marked failed; run "
+                         f"the same command to continue study {args.study!r}\n")
+        return 128 + int(result.signal)
+    return 0
+
+
+def _whole_number(value: str, flag: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} takes a whole number, got {value!r}") from None
+    if not low <= n <= high:
+        raise ConfigError(f"{flag} must be in {low}..{high}, got {n}")
+    return n
 
 
 def _train_population(cfg: Config) -> int:
@@ -642,6 +736,8 @@ def _main(argv: list[str] | None) -> int:
             return _eval(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "presets":
             for name in preset_names():
                 print(name)

@@ -130,6 +130,18 @@ def load_toml(name_or_path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in raw.items()}
 
 
+def load_toml_table(path: str, table: str) -> dict[str, Any]:
+    """The [`table`] table of TOML file `path` (a search space's [tune.NAME] tables), read as
+    a --config file is; a one-line ConfigError if the file holds anything else."""
+    text = _read_config_file(path, preset_names())
+    raw = _parse(text, path)
+    other = sorted(k for k in raw if k != table)
+    if other or not isinstance(raw.get(table), dict):
+        raise ConfigError(f"{path} holds {', '.join(map(brief, other)) or 'no tables'}; a search "
+                          f"space is [{table}.NAME] tables only (settings go in --config or flags)")
+    return raw[table]
+
+
 def make_config(config_file: str | None = None, **overrides: Any) -> Config:
     """Defaults, then the chosen algorithm's defaults (`ALGO_DEFAULTS`) for what is left unset,
     then a preset or TOML file, then explicit overrides; validated. With --noisy, epsilon left

@@ -103,6 +103,7 @@ def seeds_text(seeds: list[int]) -> str:
 class Member:
     """One agent of the population, its run, and its block of the population's envs."""
 
+    key: str
     seed: int
     cfg: Config
     agent: DQN
@@ -183,56 +184,69 @@ def finished(run_dir: Path) -> bool:
 
 
 def train_population(cfg: Config | None = None, env_factory: EnvFactory | None = None,
-                     eval_env_factory: EnvFactory | None = None,
-                     on_eval: Callable[[dict[int, dict]], bool] | None = None,
-                     **overrides) -> PopulationResult:
-    """Train one agent per seed of `cfg.seeds` in this process and sum them up.
-
-    `on_eval(latest)` (for `fastdqn tune`'s pruner) is called after a step at which some agent
-    evaluated, with each agent's newest evaluation entry by seed; True stops the population
-    (its agents end as an interrupted run does, resumable)."""
+                     eval_env_factory: EnvFactory | None = None, **overrides
+                     ) -> PopulationResult:
+    """Train one agent per seed of `cfg.seeds` in this process and sum them up (RUN is
+    cfg.run_dir, else a new dir under runs/)."""
     cfg = settings_of(cfg, overrides)
     seeds = cfg.population()
     if not seeds:
         raise ConfigError("train_population needs --seeds (e.g. 1-8)")
-    algo = ALGOS[cfg.algo]
+    env, device = check_population(cfg)
+    root = prepare_population(cfg, seeds)
+    cfgs = {f"seed {k}": member_config(cfg, k, root) for k in seeds}
+    todo = {key: c for key, c in cfgs.items()
+            if not (cfg.resume and finished(Path(c.run_dir)))}
+    with Signals() as signals:
+        start = time.perf_counter()
+        members = train_agents(cfg, todo, env, device, signals, env_factory, eval_env_factory)
+        summary = write_population(root, cfg, seeds, members, time.perf_counter() - start,
+                                   env.target_return)
+        results = {m.seed: m.result for m in members if m.result is not None}
+        return PopulationResult(root, summary, results, signals.received)
+
+
+def check_population(cfg: Config, env_factory: EnvFactory | None = None
+                     ) -> tuple[EnvProbe, torch.device]:
+    """What a population needs, refused in one line before any dir exists: the wandb extra,
+    the env and device, and memory for every agent's replay."""
     if cfg.wandb:
         check_wandb()
     device = resolve_device(cfg.device)
     env = probe(cfg, env_factory)
-    check_against_env(cfg, algo, env, device, env_factory, custom=False)
-    root = prepare_population(cfg, seeds)
-    cfgs = {k: member_config(cfg, k, root) for k in seeds}
-    todo = [k for k in seeds if not (cfg.resume and finished(Path(cfgs[k].run_dir)))]
-    signals = Signals().__enter__()
-    start = time.perf_counter()
-    members: list[Member] = []
-    results: dict[int, TrainResult] = {}
-    try:
-        with torch_settings(cfgs[seeds[0]], device):
-            if todo:
-                members = start_members(todo, cfgs, env, device, env_factory, eval_env_factory,
-                                        signals)
-                timer = StageTimer(STAGES)
-                envs = make_vector_env(cfg.env_id, len(members) * cfg.num_envs, cfg.vector,
-                                       env_factory, cfg.num_workers, cfg.env_timeout)
-                try:
-                    for m in members:
-                        m.run.envs = EnvBlock(envs, m.lo, m.hi)
-                    train_members(members, envs, timer, on_eval,
-                                  Progress(cfg.progress, cfg.total_timesteps * len(members)))
-                    close_members(members, envs)
-                finally:
-                    envs.close()
-                for m in members:
-                    finish_member(m)
-                    if m.result is not None:
-                        results[m.seed] = m.result
-        summary = write_population(root, cfg, seeds, members, time.perf_counter() - start,
-                                   env.target_return)
-    finally:
-        signals.__exit__()
-    return PopulationResult(root, summary, results, signals.received)
+    check_against_env(cfg, ALGOS[cfg.algo], env, device, env_factory, custom=False)
+    return env, device
+
+
+def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
+                 signals: Signals, env_factory: EnvFactory | None = None,
+                 eval_env_factory: EnvFactory | None = None,
+                 on_eval: Callable[[dict[str, dict]], set[str]] | None = None) -> list[Member]:
+    """Train the agents `cfgs` (by label; each its own run dir and settings, the vector env's
+    of `base`) in one loop until each ends, and finish each one's run.
+
+    `on_eval(latest)` (`fastdqn tune`'s pruner) is called after a step at which some agent
+    evaluated, with each agent's newest evaluation entry by label; the labels it returns stop
+    (their runs end as stopped ones do)."""
+    if not cfgs:
+        return []
+    first = next(iter(cfgs.values()))
+    with torch_settings(first, device):
+        members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
+        timer = StageTimer(STAGES)
+        envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
+                               base.num_workers, base.env_timeout)
+        try:
+            for m in members:
+                m.run.envs = EnvBlock(envs, m.lo, m.hi)
+            total = sum(m.cfg.total_timesteps for m in members)
+            train_members(members, envs, timer, on_eval, Progress(base.progress, total))
+            close_members(members, envs)
+        finally:
+            envs.close()
+        for m in members:
+            finish_member(m)
+    return members
 
 
 def prepare_population(cfg: Config, seeds: list[int]) -> Path:
@@ -260,13 +274,12 @@ def prepare_population(cfg: Config, seeds: list[int]) -> Path:
     return root
 
 
-def start_members(seeds: list[int], cfgs: dict[int, Config], env: EnvProbe,
-                  device: torch.device, env_factory: EnvFactory | None,
-                  eval_env_factory: EnvFactory | None, signals: Signals) -> list[Member]:
-    """Each agent and its run (run dir, resumed checkpoint), its env block in seed order."""
-    algo, members = ALGOS["dqn"], []
-    for i, k in enumerate(seeds):
-        c = cfgs[k]
+def start_members(cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
+                  env_factory: EnvFactory | None, eval_env_factory: EnvFactory | None,
+                  signals: Signals) -> list[Member]:
+    """Each agent and its run (run dir, resumed checkpoint), its block of the envs in order."""
+    algo, members, lo = ALGOS["dqn"], [], 0
+    for key, c in cfgs.items():
         run_dir, ckpt = prepare_run(c, env)
         agent = start_agent(c, algo, env, device, run_dir, ckpt, env_factory=env_factory)
         run = Run(c, run_dir=run_dir, device=device, target_return=env.target_return,
@@ -275,9 +288,10 @@ def start_members(seeds: list[int], cfgs: dict[int, Config], env: EnvProbe,
                   eval_env_factory=eval_env_factory or env_factory, envs=_NoEnvs(),
                   signals=SharedSignals(signals))  # type: ignore[arg-type]
         run.attach(agent)
-        run.logger.label = f"seed {k}: "
+        run.logger.label = f"{key}: "
         run.logger.progress_on = False  # the population prints one line for all (Progress)
-        members.append(Member(k, c, agent, run, i * c.num_envs, (i + 1) * c.num_envs))
+        members.append(Member(key, c.seed, c, agent, run, lo, lo + c.num_envs))
+        lo += c.num_envs
     return members
 
 
@@ -297,7 +311,7 @@ def reset_members(members: list[Member], envs) -> np.ndarray:
         envs.set_attr("restart_from", [x for s in starts for x in s])
         return envs.reset()[0]
     seeds = [episode_seed(m.seed, TRAIN, m.run.c.step) + i
-             for m in members for i in range(m.cfg.num_envs)]
+             for m in members for i in range(m.hi - m.lo)]
     return envs.reset(seed=seeds)[0]
 
 
@@ -308,7 +322,7 @@ def guarded(m: Member, step: Callable[..., None], *args: Any) -> None:
     except TrainingDiverged as e:
         m.run.diverged = e
         m.live = False
-        m.run.logger.message(f"seed {m.seed}: {e}")
+        m.run.logger.message(str(e))
 
 
 class Progress:
@@ -381,12 +395,12 @@ def train_members(members: list[Member], envs, timer: StageTimer,
             evaluated |= len(m.run.c.evals) > before
         lap("add")
         timer.iteration_done(sum(m.run.c.step for m in members))
-        if evaluated and on_eval is not None and on_eval(
-                {m.seed: m.run.c.evals[-1] for m in members if m.run.c.evals}):
+        if evaluated and on_eval is not None:
+            pruned = on_eval({m.key: m.run.c.evals[-1] for m in members if m.run.c.evals})
             for m in members:
-                m.run.stop("the tuner pruned this trial")
-                m.live = False
-            return
+                if m.live and m.key in pruned:
+                    m.run.stop("the tuner pruned this trial")
+                    m.live = False
 
 
 def _failed(live: list[Member]) -> Callable[[int, BaseException], None]:
