@@ -116,6 +116,8 @@ class Member:
     eps: float = 0.0
     result: TrainResult | None = None
     error: str | None = None
+    stage_us: dict[str, float] = field(default_factory=dict)
+    """The population loop's time per iteration in each stage (all agents together)."""
 
 
 class EnvBlock:
@@ -192,7 +194,7 @@ def train_population(cfg: Config | None = None, env_factory: EnvFactory | None =
     seeds = cfg.population()
     if not seeds:
         raise ConfigError("train_population needs --seeds (e.g. 1-8)")
-    env, device = check_population(cfg)
+    env, device = check_population(cfg, env_factory)
     root = prepare_population(cfg, seeds)
     cfgs = {f"seed {k}": member_config(cfg, k, root) for k in seeds}
     todo = {key: c for key, c in cfgs.items()
@@ -246,6 +248,7 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
             envs.close()
         for m in members:
             finish_member(m)
+            m.stage_us = timer.us_per_iteration()
     return members
 
 
@@ -479,6 +482,8 @@ def write_population(root: Path, cfg: Config, seeds: list[int], members: list[Me
         "solved": f"{sum(bool(a.get('solved')) for a in agents)}/{len(seeds)}",
         "wall_time_s": round(wall, 3), "env_steps_this_process": steps,
         "sps": round(steps / wall, 1) if wall > 0 else 0.0,
+        "stage_us_per_iter": {k: round(v, 1) for k, v in
+                              (members[0].stage_us if members else {}).items()},
         "agents": agents, "statistics": None, "config": cfg.to_dict(), "version": __version__,
     }
     if records:

@@ -97,7 +97,7 @@ def parse_space(table: dict[str, Any], where: str) -> list[Param]:
     """The `[tune.NAME]` tables as Params, each checked: a setting a trial may change, a range
     (low < high, both the setting's type; log only above 0) or 1..MAX_CHOICES choices, every
     value one the setting takes."""
-    from fastdqn.config.settings import coerce, field_names
+    from fastdqn.config.settings import check_value, field_names
 
     if not isinstance(table, dict) or not table:
         raise ConfigError(f"{where}: no [tune.NAME] tables; write e.g. [tune.lr] low = 1e-4, "
@@ -123,14 +123,14 @@ def parse_space(table: dict[str, Any], where: str) -> list[Param]:
                     1 <= len(choices) <= MAX_CHOICES):
                 raise ConfigError(f"{where}: [tune.{name}] choices must be a list of 1 to "
                                   f"{MAX_CHOICES} values, alone")
-            values = tuple(_value(coerce, name, c, where) for c in choices)
+            values = tuple(_value(check_value, name, c, where) for c in choices)
             params.append(Param(name, choices=values))
             continue
         kind = types[name]
         if kind not in ("int", "float") or "low" not in spec or "high" not in spec:
             raise ConfigError(f"{where}: [tune.{name}] needs low and high (a number setting) "
                               "or choices")
-        low, high = (_value(coerce, name, spec[k], where) for k in ("low", "high"))
+        low, high = (_value(check_value, name, spec[k], where) for k in ("low", "high"))
         log, step = spec.get("log", False), spec.get("step")
         if not isinstance(log, bool) or not low < high or (log and low <= 0) or (
                 step is not None and (log or not isinstance(step, (int, float))
@@ -143,9 +143,9 @@ def parse_space(table: dict[str, Any], where: str) -> list[Param]:
     return params
 
 
-def _value(coerce, name: str, value: Any, where: str) -> Any:
+def _value(check, name: str, value: Any, where: str) -> Any:
     try:
-        return coerce(name, value)
+        return check(name, value)
     except ConfigError as e:
         raise ConfigError(f"{where}: [tune.{name}]: {e}") from None
 
