@@ -17,8 +17,12 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <vector>
 
+// The calling thread's OpenMP team size, where torch's BLAS threads with OpenMP (weak: null
+// where no OpenMP runtime is loaded).
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
                        const int* k, const float* alpha, const float* a, const int* lda,
                        const float* b, const int* ldb, const float* beta, float* c,
@@ -489,17 +493,52 @@ int64_t fdqn_steps(void* handle, const int64_t* idx, int64_t k, const float* wei
 // The uniform steps of n learners in one call (a population's agents): learner i runs k[i]
 // steps on idx[i] exactly as fdqn_steps(handles[i], idx[i], k[i], null, td_abs[i], stats[i],
 // steps[i], rows[i]) would, and done[i] gets what that returns. Each learner's arithmetic is
-// its own call's, in the same order, so the result equals n separate calls bit for bit.
-// Returns 0, or -1 for arguments it cannot take.
+// its own call's, in the same order on its own buffers, so the result equals n separate calls
+// bit for bit, whichever thread runs it. With threads > 1 the learners are split into that many
+// contiguous groups of about equal steps, each run on its own thread (sgemm_ is reentrant; no
+// learner is touched by two threads); a thread that cannot start leaves its group to the
+// caller's thread. Returns 0, or -1 for arguments it cannot take.
 int64_t fdqn_steps_many(int64_t n, void* const* handles, const int64_t* const* idx,
                         const int64_t* k, float* const* td_abs, double* const* stats,
-                        const int64_t* steps, const int64_t* rows, int64_t* done) {
+                        const int64_t* steps, const int64_t* rows, int64_t* done,
+                        int64_t threads) {
   if (n < 0 || (n > 0 && (!handles || !idx || !k || !td_abs || !stats || !steps || !rows ||
                           !done)))
     return -1;
-  for (int64_t i = 0; i < n; ++i)
-    done[i] = fdqn_steps(handles[i], idx[i], k[i], nullptr, td_abs[i], stats[i], steps[i],
-                         rows[i]);
+  auto run = [&](int64_t lo, int64_t hi) {
+    // A new thread's BLAS would otherwise start its own OpenMP team (its default: one thread
+    // per core) and fight the other groups for the cores: 1.6x slower, measured.
+    if (omp_set_num_threads) omp_set_num_threads(1);
+    for (int64_t i = lo; i < hi; ++i)
+      done[i] = fdqn_steps(handles[i], idx[i], k[i], nullptr, td_abs[i], stats[i], steps[i],
+                           rows[i]);
+  };
+  threads = std::max<int64_t>(1, std::min<int64_t>({threads, n, 256}));
+  if (threads == 1) {
+    run(0, n);
+    return 0;
+  }
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) total += std::max<int64_t>(k[i], 0) + 1;
+  std::vector<int64_t> bounds{0};  // group g is learners bounds[g] .. bounds[g + 1] - 1
+  int64_t acc = 0;
+  for (int64_t i = 0; i < n && (int64_t)bounds.size() < threads; ++i) {
+    acc += std::max<int64_t>(k[i], 0) + 1;
+    if (acc * threads >= total * (int64_t)bounds.size()) bounds.push_back(i + 1);
+  }
+  if (bounds.back() != n) bounds.push_back(n);
+  std::vector<std::thread> pool;
+  size_t g = 1;
+  for (; g + 1 < bounds.size(); ++g) {
+    try {
+      pool.emplace_back(run, bounds[g], bounds[g + 1]);
+    } catch (...) {
+      break;
+    }
+  }
+  run(bounds[0], bounds[1]);
+  for (; g + 1 < bounds.size(); ++g) run(bounds[g], bounds[g + 1]);
+  for (auto& t : pool) t.join();
   return 0;
 }
 

@@ -56,7 +56,8 @@ SOURCE = next((p for p in (_HERE / "_csrc" / "fused_step.cpp",
 root in a checkout or an editable install."""
 ABI = 4
 MAX_LAYERS = 8
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-Wl,-z,defs"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread",
+         "-Wl,-z,defs"]
 """-march=native: the library is built on the machine that runs it, and its name hashes the CPU
 flags; -z defs: a torch without sgemm_ fails at link time, not at the first step."""
 BUILD_TIMEOUT = 600.0
@@ -504,7 +505,7 @@ def load() -> ctypes.CDLL:
     lib.fdqn_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.fdqn_steps_many.restype = ctypes.c_int64
-    lib.fdqn_steps_many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 8
+    lib.fdqn_steps_many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 8 + [ctypes.c_int64]
     lib.fdqn_act.restype = ctypes.c_int64
     lib.fdqn_act.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                              ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
@@ -650,12 +651,12 @@ class NativeStep(_Handle):
         return self.td_abs
 
 
-def steps_many(steps: list[NativeStep], blocks: list[np.ndarray]) -> None:
+def steps_many(steps: list[NativeStep], blocks: list[np.ndarray], threads: int = 1) -> None:
     """Learner i's steps on the [K_i, B] index block blocks[i], for every learner in one native
-    call (a population's agents): each learner's steps are exactly the ones `steps[i].steps`
-    would run, in the same order on its own tensors, so the result is the separate calls' bit
-    for bit; the call saves their Python and ctypes overhead. A refused row raises as
-    `NativeStep.steps` does, after the learners before it have stepped."""
+    call (a population's agents), on up to `threads` threads: each learner's steps are exactly
+    the ones `steps[i].steps` would run, in the same order on its own tensors, so the result
+    is the separate calls' bit for bit, however many threads share them. A refused row raises
+    as `NativeStep.steps` does (the other learners have stepped)."""
     n = len(steps)
     if n == 0:
         return
@@ -678,7 +679,8 @@ def steps_many(steps: list[NativeStep], blocks: list[np.ndarray]) -> None:
     rows = np.array([st.buffer.size for st in steps], dtype=np.int64)
     done = np.empty(n, dtype=np.int64)
     code = steps[0].lib.fdqn_steps_many(n, handles, idx, ks.ctypes.data, td, stats,
-                                        counts.ctypes.data, rows.ctypes.data, done.ctypes.data)
+                                        counts.ctypes.data, rows.ctypes.data, done.ctypes.data,
+                                        max(1, int(threads)))
     if code != 0 or (done < 0).any():
         raise RuntimeError("the native step refused its arguments")
     for st, d in zip(steps, done):

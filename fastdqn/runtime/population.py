@@ -32,18 +32,20 @@ import torch
 
 from fastdqn.algos.contract import divergence_message
 from fastdqn.algos.dqn.agent import DQN
-from fastdqn.algos.dqn.loop import STAGES
 from fastdqn.algos.dqn.population import learn_all
 from fastdqn.algos.registry import ALGOS
 from fastdqn.config.settings import Config
 from fastdqn.core.checkpoint import atomic_write_json
 from fastdqn.core.device import resolve_device
 from fastdqn.core.logger import StageTimer, check_wandb
-from fastdqn.core.seeds import TRAIN, episode_seed
+from fastdqn.core.seeds import SELECT, TRAIN, episode_seed
+from fastdqn.envs.atari import eval_epsilon
 from fastdqn.envs.autoreset import real_next_obs
 from fastdqn.envs.backends import make_vector_env
 from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ConfigError, TrainingDiverged
+from fastdqn.evaluation.episodes import EvalResult
+from fastdqn.evaluation.pool import EvalPool, pool_workers
 from fastdqn.runtime.run import Run, Signals, TrainResult
 from fastdqn.runtime.rundir import default_run_dir
 from fastdqn.runtime.train import (
@@ -58,6 +60,8 @@ from fastdqn.runtime.train import (
 from fastdqn.version import __version__
 
 POPULATION_FILES = ("population.json", "population.png")
+STAGES = ("act", "env_send", "sample", "learn", "target", "env_wait", "add", "hooks")
+"""The population loop's stages (hooks: every agent's logging, evaluations and checkpoints)."""
 MAX_POPULATION_BYTES = 1 << 20
 """Largest population.json a resume reads (it lists the seeds: a few hundred bytes)."""
 
@@ -117,6 +121,14 @@ class Member:
     result: TrainResult | None = None
     error: str | None = None
     stage_us: dict[str, float] = field(default_factory=dict)
+    prefetched: dict[tuple[int, int], EvalResult] = field(default_factory=dict)
+    """Evaluations played on the pool ahead of the evaluator's asking, by (episodes, first)."""
+
+    def play(self, episodes: int, first: int) -> EvalResult:
+        """The evaluator's episodes first .. first+episodes-1 of the SELECT stream: played on
+        the pool already, else here (`Run._play`)."""
+        got = self.prefetched.pop((episodes, first), None)
+        return got if got is not None else self.run._play(episodes, first)
     """The population loop's time per iteration in each stage (all agents together)."""
 
 
@@ -236,20 +248,88 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
     with torch_settings(first, device):
         members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
         timer = StageTimer(STAGES)
-        envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
-                               base.num_workers, base.env_timeout)
+        evals = eval_pool(base, len(members), eval_env_factory or env_factory)
         try:
+            envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
+                                   base.num_workers, base.env_timeout)
+            try:
+                for m in members:
+                    m.run.envs = EnvBlock(envs, m.lo, m.hi)
+                    m.run.evaluator.play = m.play
+                total = sum(m.cfg.total_timesteps for m in members)
+                train_members(members, envs, timer, on_eval, Progress(base.progress, total),
+                              evals)
+                close_members(members, envs)
+            finally:
+                envs.close()
+            if evals is not None:
+                prefetch_final(members, evals, signals)
             for m in members:
-                m.run.envs = EnvBlock(envs, m.lo, m.hi)
-            total = sum(m.cfg.total_timesteps for m in members)
-            train_members(members, envs, timer, on_eval, Progress(base.progress, total))
-            close_members(members, envs)
+                finish_member(m)
+                m.stage_us = timer.us_per_iteration()
         finally:
-            envs.close()
-        for m in members:
-            finish_member(m)
-            m.stage_us = timer.us_per_iteration()
+            if evals is not None:
+                evals.close()
     return members
+
+
+def eval_pool(base: Config, agents: int, make_env: EnvFactory | None) -> EvalPool | None:
+    """Worker processes for the agents' evaluations, where there are several agents and cores
+    (each agent's evaluation is one task; they run side by side)."""
+    workers = pool_workers(agents)
+    if agents < 2 or workers < 2:
+        return None
+    return EvalPool(workers, base.env_id, base.eval_envs, make_env,
+                    eval_epsilon(base.eval_epsilon, base.env_id))
+
+
+def prefetch_screens(due: list[Member], evals: EvalPool) -> None:
+    """The screening evaluations of the agents `due`, all at once on the pool; then, for those
+    whose screen reached the target, the confirming episodes, all at once. Each agent's
+    evaluator then reads its results as if it had played them (`Member.play`)."""
+    if len(due) < 2:
+        return
+    screens = {m.key: evals.submit(m.agent.policy(), m.cfg.eval_episodes,
+                                   episode_seed(m.seed, SELECT, 0)) for m in due}
+    confirms = {}
+    for m in due:
+        result = m.prefetched[(m.cfg.eval_episodes, 0)] = screens[m.key].get()
+        rest = m.cfg.solve_episodes - m.cfg.eval_episodes
+        target = m.run.target_return
+        if (target is not None and rest > 0 and result.episodes == m.cfg.eval_episodes
+                and result.mean >= target):
+            confirms[m.key] = evals.submit(m.agent.policy(), rest,
+                                           episode_seed(m.seed, SELECT, m.cfg.eval_episodes))
+    for m in due:
+        if m.key in confirms:
+            rest = m.cfg.solve_episodes - m.cfg.eval_episodes
+            m.prefetched[(rest, m.cfg.eval_episodes)] = confirms[m.key].get()
+
+
+def prefetch_final(members: list[Member], evals: EvalPool, signals: Signals) -> None:
+    """The final evaluations `Run.finish` will play, all at once on the pool: --solve-episodes
+    episodes, or the rest of an evaluation made at the last step (`Evaluator.final`)."""
+    if signals.received is not None:
+        return
+    jobs = {}
+    for m in members:
+        run = m.run
+        if run.final_eval is not None or run.diverged is not None or run.stopped is not None:
+            continue
+        have, c = run.evaluator.latest, run.c
+        last = c.evals[-1] if c.evals else None
+        first = 0
+        if have is not None and last is not None and last["step"] == c.step and not last.get(
+                "final"):
+            first = have.episodes
+        count = m.cfg.solve_episodes - first
+        if count > 0:
+            jobs[m.key] = (m, (count, first), evals.submit(
+                m.agent.policy(), count, episode_seed(m.seed, SELECT, first)))
+    if len(jobs) < 2:
+        return
+    for m, key, job in jobs.values():
+        m.prefetched[key] = job.get()
 
 
 def prepare_population(cfg: Config, seeds: list[int]) -> Path:
@@ -358,8 +438,8 @@ class Progress:
 
 
 def train_members(members: list[Member], envs, timer: StageTimer,
-                  on_eval: Callable[[dict[int, dict]], bool] | None,
-                  progress: Progress | None = None) -> None:
+                  on_eval: Callable[[dict[str, dict]], set[str]] | None,
+                  progress: Progress | None = None, evals: EvalPool | None = None) -> None:
     """The population's loop: every live agent acts, the envs step (only live agents' blocks)
     while every live agent learns, then each adds its transitions and runs its run's hooks."""
     lap, total = timer.lap, envs.num_envs
@@ -389,14 +469,19 @@ def train_members(members: list[Member], envs, timer: StageTimer,
         learn_all([(m.agent, m.run.c) for m in live], lap, _failed(live))
         next_obs, rewards, terminated, truncated, infos = envs.step_wait()
         lap("env_wait")
+        for m in live:
+            if m.live:  # else its learner diverged
+                guarded(m, add_member, m, next_obs, rewards, terminated, truncated, infos, total)
+        lap("add")
+        if evals is not None:
+            prefetch_screens([m for m in live if m.live and m.run.evaluator.due()], evals)
         evaluated = False
         for m in live:
-            if not m.live:  # its learner diverged
-                continue
-            before = len(m.run.c.evals)
-            guarded(m, step_member, m, next_obs, rewards, terminated, truncated, infos, total)
-            evaluated |= len(m.run.c.evals) > before
-        lap("add")
+            if m.live:
+                before = len(m.run.c.evals)
+                guarded(m, hooks, m)
+                evaluated |= len(m.run.c.evals) > before
+        lap("hooks")
         timer.iteration_done(sum(m.run.c.step for m in members))
         if evaluated and on_eval is not None:
             pruned = on_eval({m.key: m.run.c.evals[-1] for m in members if m.run.c.evals})
@@ -415,17 +500,23 @@ def _failed(live: list[Member]) -> Callable[[int, BaseException], None]:
     return failed
 
 
-def step_member(m: Member, next_obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
-                truncated: np.ndarray, infos: dict, total: int) -> None:
-    """One agent's part of a vector step after the envs answered: what the solo loop
-    (algos/dqn/loop.py) does after env_wait, on its block of the envs."""
-    lo, hi, agent, run = m.lo, m.hi, m.agent, m.run
+def add_member(m: Member, next_obs: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+               truncated: np.ndarray, infos: dict, total: int) -> None:
+    """One agent's transitions of a vector step, on its block of the envs: what the solo loop
+    (algos/dqn/loop.py) does after env_wait, up to its run's hooks (`hooks`)."""
+    lo, hi, agent = m.lo, m.hi, m.agent
     mine = slice_infos(infos, lo, hi, total)
     nxt, rew, term, trunc = next_obs[lo:hi], rewards[lo:hi], terminated[lo:hi], truncated[lo:hi]
     agent.add(m.obs, m.actions, rew, real_next_obs(nxt, mine, agent.real_next), term, trunc,
               mine)
     m.obs = agent.observe(nxt)
-    run.count_step(rew, term, trunc)
+    m.run.count_step(rew, term, trunc)
+
+
+def hooks(m: Member) -> None:
+    """One agent's run's hooks after a step: logging, its evaluation when due (a solved agent
+    stops), its checkpoint when due."""
+    run = m.run
     run.maybe_log(epsilon=m.eps)
     if run.maybe_evaluate():
         m.live = False

@@ -45,7 +45,8 @@ evaluation's mean return."""
 FIXED = ("algo", "env_id", "vector", "num_workers", "env_timeout", "seed", "seeds", "device",
          "run_dir", "resume", "overwrite", "progress", "total_timesteps", "total_episodes",
          "actors", "ray_address", "wandb", "wandb_group", "target_return", "eval_every",
-         "eval_episodes", "solve_episodes", "eval_envs", "num_threads", "save_buffer")
+         "eval_episodes", "solve_episodes", "eval_envs", "eval_epsilon", "num_threads",
+         "save_buffer")
 """Settings a trial may not change: the population's shared vector env, the budget and the
 yardstick every trial is scored by, and where and how the run is kept."""
 MAX_CHOICES = 64

@@ -6,6 +6,7 @@ its own replay partition, and its loss, gradient norm, priorities and beta are i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -39,5 +40,14 @@ def learn_all(agents: list[tuple[DQN, Counters]], lap: Callable[[str], None],
         except TrainingDiverged as e:
             failed(i, e)
     lap("sample")
-    native.steps_many(steps, blocks)
+    native.steps_many(steps, blocks, learner_threads(len(steps)))
     lap("learn")
+
+
+def learner_threads(agents: int) -> int:
+    """Threads for the agents' native steps: one per core this process may run on (at most
+    one per agent). A solo run's learner takes one core while the env workers step on the
+    others; a population's learner work is N times as large, and on a 2-core machine one
+    thread left the second core idle most of each step (the envs' share of it is small)."""
+    return max(1, min(agents, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
