@@ -4,7 +4,8 @@
 # Runs, each under `timeout` inside one time budget: the CUDA tests (`pytest -m cuda`: every
 # test skipped without CUDA), bench/learner_step.py --device cuda, bench/throughput.py
 # --device cuda against --device cpu (shortened), and a LunarLander-v3 run to solved on
-# --device cuda (CartPole-v1, labelled so, where LunarLander-v3 cannot be made). Then it prints
+# --device cuda (CartPole-v1, labelled so, where LunarLander-v3 cannot be made), and a 4-agent
+# `--seeds` population on CartPole-v1 on --device cuda (each agent's CUDA learner). Then it prints
 # one table: what ran, PASS / FAIL / TIMEOUT / NOT RUN, the figures, and why anything did not run.
 #
 #   bench/device_check.sh                 # on the GPU machine, from anywhere in the checkout
@@ -33,11 +34,11 @@ WHEELS=$REPO/bench/wheels
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYGAME_HIDE_SUPPORT_PROMPT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 START=$SECONDS
-TRAIN_RESERVE=120  # seconds kept back for the LunarLander run, the last step
+TRAIN_RESERVE=150  # seconds kept back for the LunarLander run and the population after it
 
 CHECKS=("install (gymnasium, Box2D, pytest)" "CUDA tests (pytest -m cuda)"
         "learner_step.py --device cuda" "throughput.py --device cuda" "throughput.py --device cpu"
-        "LunarLander-v3 to solved, --device cuda")
+        "LunarLander-v3 to solved, --device cuda" "--seeds 1-4 population, --device cuda")
 NAMES=() RESULTS=() FIGURES=()
 row() { NAMES+=("$1"); RESULTS+=("$2"); FIGURES+=("$3"); }
 
@@ -201,8 +202,15 @@ add_row "${CHECKS[4]}" throughput "$OUTDIR/throughput_cpu.log" "$OUTDIR/throughp
 # --- a run to solved ---------------------------------------------------------------------------
 RUN=$OUTDIR/train_$ENV
 rm -rf "$RUN"
-run_step 200 0 "$OUTDIR/train.log" "$PY" -m fastdqn train --device cuda --env "$ENV" --seed 1 \
+run_step 200 30 "$OUTDIR/train.log" "$PY" -m fastdqn train --device cuda --env "$ENV" --seed 1 \
     --total-timesteps 500000 --run-dir "$RUN" --no-progress
 add_row "${CHECKS[5]}" train "$OUTDIR/train.log" "$RUN/summary.json"
 [[ -n ${NO_LUNAR:-} ]] && FIGURES[5]="$NO_LUNAR; ${FIGURES[5]}"
+
+# --- a population on the GPU: 4 agents' CUDA-graph learners in one process -------------------
+POP=$OUTDIR/population
+rm -rf "$POP"
+run_step 60 0 "$OUTDIR/population.log" "$PY" -m fastdqn train --device cuda --seeds 1-4 \
+    --env CartPole-v1 --num-envs 4 --total-timesteps 20000 --run-dir "$POP" --no-progress
+add_row "${CHECKS[6]}" population "$OUTDIR/population.log" "$POP/population.json"
 finish

@@ -100,7 +100,23 @@ def train(status: str, log: Path, summary: Path) -> tuple[str, str]:
     return status, text
 
 
-KINDS = {"tests": tests, "learner_step": learner_step, "throughput": throughput, "train": train}
+def population(status: str, log: Path, summary: Path) -> tuple[str, str]:
+    """A --seeds population on CUDA: every agent finished on the CUDA route, none diverged or
+    fell back (each agent's summary.json says)."""
+    d = json.loads(summary.read_text())
+    agents = [json.loads((Path(a["run_dir"]) / "summary.json").read_text()) for a in d["agents"]]
+    routes = sorted({a["learner_route"].split(" (")[0] for a in agents})
+    fallbacks = [f for a in agents for f in a["route_fallbacks"]]
+    bad = [a for a in agents if a["diverged"] or a["interrupted"]]
+    text = (f"{len(agents)} agents, solved {d['solved']}, {d['sps']:,.0f} SPS together; "
+            f"routes: {', '.join(routes)}; fallbacks: {fallbacks or 'none'}")
+    if status == "PASS" and (bad or fallbacks or not d["finished"]):
+        status = "FAIL"
+    return status, text
+
+
+KINDS = {"tests": tests, "learner_step": learner_step, "throughput": throughput, "train": train,
+         "population": population}
 
 
 def report(kind: str, status: str, log: Path, files: list[Path]) -> tuple[str, str]:

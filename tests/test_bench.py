@@ -123,6 +123,23 @@ def test_learner_step_smoke_times_every_cpu_route(tmp_path) -> None:
     assert all(v > 0 for v in us.values())
 
 
+def test_population_smoke_reports_both_sides_and_the_bound(tmp_path) -> None:
+    out = tmp_path / "pop.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "population.py"), "--smoke",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())
+    runs = fig["whole_runs"]
+    assert len(runs["population_s"]) == len(runs["separate_s"]) == 1 and runs["ratio"] > 0
+    assert len(runs["separate"]) == 2 and runs["population"]["solved"].endswith("/2")
+    bound = runs["two_core_bound"]
+    assert bound["agent_env_steps"] == 2 * 2000 and bound["bound_s"] > 0
+    assert [row["agents"] for row in fig["learner_step"]] == [1, 2]
+    for row in fig["learner_step"]:
+        assert row["native_one_call_1_thread_us"] > 0 and row["native_separate_us"] > 0
+        assert row["reference_separate_us"] > 0
+
+
 def test_notebooks_smoke_runs_every_row_for_its_episode_budget(tmp_path) -> None:
     out = tmp_path / "nb.json"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "notebooks.py"), "--smoke",

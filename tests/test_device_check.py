@@ -35,7 +35,8 @@ def test_without_cuda_nothing_runs_every_row_says_why_and_it_exits_2(tmp_path):
     assert [ln.split(" | ")[0].strip() for ln in rows] == [
         "install (gymnasium, Box2D, pytest)", "CUDA tests (pytest -m cuda)",
         "learner_step.py --device cuda", "throughput.py --device cuda",
-        "throughput.py --device cpu", "LunarLander-v3 to solved, --device cuda"]
+        "throughput.py --device cpu", "LunarLander-v3 to solved, --device cuda",
+        "--seeds 1-4 population, --device cuda"]
     for ln in rows:
         assert ln.split(" | ")[1:] == ["NOT RUN ", "no CUDA device: nothing was run"], ln
     assert "torch.cuda.is_available() is False" in r.stdout

@@ -46,7 +46,7 @@ from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ConfigError, TrainingDiverged
 from fastdqn.evaluation.episodes import EvalResult
 from fastdqn.evaluation.pool import EvalPool, pool_workers
-from fastdqn.runtime.run import Run, Signals, TrainResult
+from fastdqn.runtime.run import PLOT_EVERY_S, Run, Signals, TrainResult
 from fastdqn.runtime.rundir import default_run_dir
 from fastdqn.runtime.train import (
     EnvProbe,
@@ -248,7 +248,7 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
     with torch_settings(first, device):
         members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
         timer = StageTimer(STAGES)
-        evals = eval_pool(base, len(members), eval_env_factory or env_factory)
+        evals = eval_pool(base, len(members), eval_env_factory or env_factory, device)
         try:
             envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
                                    base.num_workers, base.env_timeout)
@@ -273,11 +273,13 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
     return members
 
 
-def eval_pool(base: Config, agents: int, make_env: EnvFactory | None) -> EvalPool | None:
+def eval_pool(base: Config, agents: int, make_env: EnvFactory | None, device: torch.device
+              ) -> EvalPool | None:
     """Worker processes for the agents' evaluations, where there are several agents and cores
-    (each agent's evaluation is one task; they run side by side)."""
+    (each agent's evaluation is one task; they run side by side). On a GPU the agents evaluate
+    in this process, one after another: a forked worker cannot use CUDA."""
     workers = pool_workers(agents)
-    if agents < 2 or workers < 2:
+    if agents < 2 or workers < 2 or device.type != "cpu":
         return None
     return EvalPool(workers, base.env_id, base.eval_envs, make_env,
                     eval_epsilon(base.eval_epsilon, base.env_id))
@@ -373,6 +375,10 @@ def start_members(cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
         run.attach(agent)
         run.logger.label = f"{key}: "
         run.logger.progress_on = False  # the population prints one line for all (Progress)
+        # one process draws every agent's returns.png: each as often as a solo run's would
+        # leave its share of the time (N x PLOT_EVERY_S), not N plots a minute
+        run.plot_every = PLOT_EVERY_S * len(cfgs)
+        run.next_plot = time.perf_counter() + run.plot_every
         members.append(Member(key, c.seed, c, agent, run, lo, lo + c.num_envs))
         lo += c.num_envs
     return members

@@ -255,7 +255,8 @@ class Run:
         self.window = (time.perf_counter(), self.c.step)
         self.sps = 0.0
         self.logged_episodes = self.c.episodes
-        self.next_plot = time.perf_counter() + PLOT_EVERY_S
+        self.plot_every = PLOT_EVERY_S  # a population of N draws each agent's every N x this
+        self.next_plot = time.perf_counter() + self.plot_every
         self.solved_at: tuple[int, float] | None = None
         self.final_eval: EvalResult | None = None
         self.best_due = False
@@ -373,7 +374,8 @@ class Run:
         result, improved, solved = self.evaluator.periodic()
         if time.perf_counter() >= self.next_plot:
             self._plot()
-            self.next_plot = time.perf_counter() + PLOT_EVERY_S
+            self.plot_every = PLOT_EVERY_S  # a population of N draws each agent's every N x this
+        self.next_plot = time.perf_counter() + self.plot_every
         if solved:
             self.solved_at = (self.c.step, time.perf_counter() - self.start)
             self.final_eval, self.best_due = result, improved
