@@ -188,8 +188,9 @@ def _add_tune_parser(sub) -> None:
                                                       "fastdqn)")
     u.add_argument("--objective", default="steps", choices=["steps", "final"],
                    help="steps: mean env steps to solve over the seeds, minimized (an unsolved "
-                        "seed counts as 2 x --total-timesteps); final: mean final evaluation, "
-                        "maximized (default: steps)")
+                        "seed counts as --total-timesteps x (2 - final eval / target), the "
+                        "fraction clamped to [0, 1]); final: mean final evaluation, maximized "
+                        "(default: steps)")
     u.add_argument("--space", default=None, metavar="TOML",
                    help="search space: [tune.NAME] tables with low, high (log, step) or choices "
                         "(default: lr, gamma, tau, batch_size, hidden, learning_starts, "
@@ -292,8 +293,9 @@ def _tune(args: argparse.Namespace) -> int:
     best configuration's preset."""
     import dataclasses
 
-    from fastdqn.runtime.tune import load_space, trials_table, tune
+    from fastdqn.runtime.tune import import_optuna, load_space, trials_table, tune
 
+    import_optuna()  # its absence is one line, before anything is made
     explicit = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if explicit.get("resume"):
         raise ConfigError("fastdqn tune continues its study by itself: drop --resume")

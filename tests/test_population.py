@@ -138,6 +138,17 @@ def test_each_agent_is_its_solo_run(tmp_path, variant):
     assert pop.results[3].summary["learner_route"] == solo.summary["learner_route"]
 
 
+def test_an_envpool_population_is_its_solo_runs(tmp_path):
+    """--vector envpool: each agent's envs are seeded as its solo run's pool seeds them."""
+    pytest.importorskip("envpool")
+    settings = {**SMALL, "vector": "envpool", "env_id": "CartPole-v1", "num_workers": 1}
+    train_population(make_config(seeds="1-2", run_dir=str(tmp_path / "pop"), **settings))
+    solo = train(make_config(seed=2, run_dir=str(tmp_path / "solo"), **settings))
+    got, want = state_of(tmp_path / "pop" / "seed-2"), state_of(solo.run_dir)
+    assert_same(got["buffer"], want["buffer"], "envpool")
+    assert_same(got["weights"], want["weights"], "envpool")
+
+
 def test_the_native_call_for_many_learners_equals_their_separate_steps(tmp_path):
     """steps_many runs each learner's block exactly as its own NativeStep.steps would."""
     from test_native import buffer, learner
@@ -318,3 +329,13 @@ def test_wandb_missing_is_one_line(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match="--wandb-group applies with --wandb"):
         make_config(wandb_group="g")
+
+
+def test_tune_without_optuna_is_one_line(monkeypatch, capsys, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    assert main(["tune", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == 'error: fastdqn tune needs Optuna: pip install "fastdqn[tune]"\n'
+    assert not (tmp_path / "r").exists()

@@ -53,10 +53,15 @@ def test_a_space_file_holds_tune_tables_only(tmp_path):
 
 
 def test_the_score_over_seeds():
-    solved = {"solved": True, "steps_to_solve": 1000, "final_eval": {"mean": 500.0}}
-    unsolved = {"solved": False, "steps_to_solve": None, "final_eval": {"mean": 100.0}}
-    assert trial_score("steps", [solved, unsolved], 5000) == (1000 + 10_000) / 2
-    assert trial_score("final", [solved, unsolved], 5000) == 300.0
+    solved = {"solved": True, "steps_to_solve": 1000, "final_eval": {"mean": 500.0},
+              "target_return": 475.0}
+    close = {"solved": False, "steps_to_solve": None, "final_eval": {"mean": 380.0},
+             "target_return": 475.0}
+    far = {**close, "final_eval": {"mean": -50.0}}
+    assert trial_score("steps", [solved, close], 5000) == (1000 + 5000 * 1.2) / 2
+    assert trial_score("steps", [far], 5000) == 10_000  # no better than returning nothing
+    assert trial_score("steps", [{**far, "target_return": None}], 5000) == 10_000
+    assert trial_score("final", [solved, close], 5000) == 440.0
 
 
 class FakeTrial:

@@ -7,7 +7,7 @@ TensorBoard, summary.json) in RUN/seed-K/, every stream drawn from seed K. What 
 is the process (one start-up, one native build, one import), one vector env of N x --num-envs
 envs stepped in one message per step (an agent's envs are one contiguous block of it, seeded
 from its own TRAIN stream), and the loop, which steps every agent's learner while the envs run
-(the population's learner step, `learners.population`, on the native route). Nothing of one
+(`algos.dqn.population.learn_all`: the native-route agents' steps in one call). Nothing of one
 agent reaches another: no batch mixes their rows, no loss or gradient norm is averaged across
 them, priorities and beta are each agent's. An agent that solves or diverges stops (its envs
 stand still, its learner is left out) and the others go on; Ctrl-C stops them all and
@@ -34,7 +34,7 @@ from fastdqn.algos.contract import divergence_message
 from fastdqn.algos.dqn.agent import DQN
 from fastdqn.algos.dqn.population import learn_all
 from fastdqn.algos.registry import ALGOS
-from fastdqn.config.settings import Config
+from fastdqn.config.settings import Config, parse_seeds
 from fastdqn.core.checkpoint import atomic_write_json
 from fastdqn.core.device import resolve_device
 from fastdqn.core.logger import StageTimer, check_wandb
@@ -59,9 +59,11 @@ from fastdqn.runtime.train import (
 )
 from fastdqn.version import __version__
 
-POPULATION_FILES = ("population.json", "population.png")
 STAGES = ("act", "env_send", "sample", "learn", "target", "env_wait", "add", "hooks")
 """The population loop's stages (hooks: every agent's logging, evaluations and checkpoints)."""
+MAX_SUMMARY_BYTES = 16 << 20
+"""Largest agent summary.json a resume reads to see whether the agent ended (`fastdqn report`'s
+bound too)."""
 MAX_POPULATION_BYTES = 1 << 20
 """Largest population.json a resume reads (it lists the seeds: a few hundred bytes)."""
 
@@ -93,6 +95,10 @@ def read_population(root: Path) -> dict:
         seeds = data["seeds"]
         if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)):
             raise ValueError("no list of seeds")
+        parse_seeds(seeds_text(seeds))  # --seeds' own bounds: range, repeats, how many
+    except ConfigError as e:
+        raise ConfigError(f"{path} is damaged ({e}); start the population again with "
+                          "--overwrite") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is damaged ({e}); start the population again with "
                           "--overwrite") from None
@@ -121,6 +127,7 @@ class Member:
     result: TrainResult | None = None
     error: str | None = None
     stage_us: dict[str, float] = field(default_factory=dict)
+    """The population loop's time per iteration in each stage (all agents together)."""
     prefetched: dict[tuple[int, int], EvalResult] = field(default_factory=dict)
     """Evaluations played on the pool ahead of the evaluator's asking, by (episodes, first)."""
 
@@ -129,7 +136,6 @@ class Member:
         the pool already, else here (`Run._play`)."""
         got = self.prefetched.pop((episodes, first), None)
         return got if got is not None else self.run._play(episodes, first)
-    """The population loop's time per iteration in each stage (all agents together)."""
 
 
 class EnvBlock:
@@ -190,8 +196,11 @@ def slice_infos(infos: dict, lo: int, hi: int, total: int) -> dict:
 def finished(run_dir: Path) -> bool:
     """Whether an agent's run ended for good (solved, budget spent, diverged or stopped):
     summary.json says so and no signal cut it; a resume leaves it as it is."""
+    path = run_dir / "summary.json"
     try:
-        s = json.loads((run_dir / "summary.json").read_text())
+        if path.stat().st_size > MAX_SUMMARY_BYTES:  # no summary fastdqn writes: data, refused
+            return False
+        s = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(s, dict) and s.get("interrupted") is False

@@ -2,8 +2,9 @@
 
 A trial's configuration (train's own settings, with the searched ones drawn by the sampler)
 trains on --seeds (default 1-3) as one population, and is scored by the objective the user
-picks over those seeds: the env steps to solve (minimized; an unsolved seed counts as twice
---total-timesteps) or the final evaluation's mean return (maximized). Wall-clock seconds are no
+picks over those seeds: the env steps to solve (minimized; an unsolved seed counts as the
+budget times 2 - final / target, so closer misses rank better) or the final evaluation's mean
+return (maximized). Wall-clock seconds are no
 objective: they swing +-30% on a shared machine. Up to --concurrent trials train at once, all
 of their agents in one population (each agent has its own settings, so trials can differ in
 anything but the env and the vector env); TPE's `constant_liar` keeps concurrent trials from
@@ -40,8 +41,8 @@ from fastdqn.runtime.run import Signals
 
 INSTALL = 'pip install "fastdqn[tune]"'
 OBJECTIVES = {"steps": "minimize", "final": "maximize"}
-"""--objective: env steps to solve (an unsolved seed: 2 x --total-timesteps), or the final
-evaluation's mean return."""
+"""--objective: env steps to solve (an unsolved seed: between --total-timesteps and twice it,
+by its final evaluation's shortfall; `trial_score`), or the final evaluation's mean return."""
 FIXED = ("algo", "env_id", "vector", "num_workers", "env_timeout", "seed", "seeds", "device",
          "run_dir", "resume", "overwrite", "progress", "total_timesteps", "total_episodes",
          "actors", "ray_address", "wandb", "wandb_group", "target_return", "eval_every",
@@ -177,13 +178,24 @@ class TuneResult:
 
 
 def trial_score(objective: str, summaries: list[dict], budget: int) -> float:
-    """A trial's value over its seeds' summaries: the mean steps to solve (an unsolved seed
-    counts as 2 x the budget), or the mean final evaluation (a seed without one: -inf)."""
+    """A trial's value over its seeds' summaries: the mean steps to solve, or the mean final
+    evaluation (a seed without one: -inf). For steps, an unsolved seed scores between the
+    budget and twice it, by how far its final evaluation fell short of the target:
+    budget x (2 - final / target), the fraction clamped to [0, 1]. It ranks behind every seed
+    that solved, and the sampler still sees which unsolved configuration came closer."""
     if objective == "steps":
-        return float(sum(s["steps_to_solve"] if s.get("solved") else 2 * budget
-                         for s in summaries) / len(summaries))
+        return float(sum(_steps(s, budget) for s in summaries) / len(summaries))
     finals = [s["final_eval"]["mean"] if s.get("final_eval") else -math.inf for s in summaries]
     return float(sum(finals) / len(finals))
+
+
+def _steps(summary: dict, budget: int) -> float:
+    if summary.get("solved"):
+        return float(summary["steps_to_solve"])
+    target, final = summary.get("target_return"), summary.get("final_eval")
+    if not target or target <= 0 or not final:
+        return 2.0 * budget
+    return budget * (2.0 - min(1.0, max(0.0, final["mean"] / target)))
 
 
 class Pruning:
