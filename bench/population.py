@@ -11,8 +11,9 @@ them, the 2-core bound of the population: its agents' env steps times the env's 
 learner's core-time per env step (each measured here, alone, on one core), over 2 cores.
 
 The learner step: N agents' native steps as one call (`native.steps_many`, on 1 thread and on
-one per core) against N separate `NativeStep.steps` calls, and N separate reference-route
-steps (the reference route has no batched step), in microseconds per agent step.
+one per core) against N separate `NativeStep.steps` calls; N separate reference-route steps
+against one vmapped gradient for all of them a step (`learners.stacked`); in microseconds per
+agent step.
 
 Arguments after `--` go to every `fastdqn train` unchanged.
 """
@@ -126,6 +127,7 @@ def one_size(n: int, cores: int, obs: int, actions: int, hidden: tuple[int, ...]
              k: int, repeats: int) -> dict:
     from fastdqn.learners import native
     from fastdqn.learners.reference import ReferenceLearner
+    from fastdqn.learners.stacked import stacked_steps
 
     fixtures = [learner_fixture(obs, actions, hidden, batch, 2000) for _ in range(n)]
     steps = [lr.cpu_step(buf, batch) for lr, buf in fixtures]
@@ -158,6 +160,18 @@ def one_size(n: int, cores: int, obs: int, actions: int, hidden: tuple[int, ...]
     t = time.perf_counter()
     reference()
     row["reference_separate_us"] = (time.perf_counter() - t) / (len(refs) * k) * 1e6
+    every = [ReferenceLearner(lr.net.to_module(lr.params), lr=6.3e-4, gamma=0.99, tau=0.005,
+                              target_update_interval=1, adam_eps=1e-8) for lr, _ in fixtures]
+    stacks: dict = {}
+
+    def stacked() -> None:
+        stacked_steps(every, lambda i, j: fixtures[i][1].gather(torch.from_numpy(blocks[i][j])),
+                      [k] * n, stacks)
+
+    stacked()
+    t = time.perf_counter()
+    stacked()
+    row["reference_one_vmap_us"] = (time.perf_counter() - t) / (n * k) * 1e6
     return {key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}
 
 

@@ -36,6 +36,9 @@ VARIANTS = {
     "per-nstep-dueling": dict(prioritized=True, n_step=3, dueling=True),
     "c51-noisy": dict(distributional="c51", v_min=-10.0, v_max=10.0, atoms=11, noisy=True),
     "qr": dict(distributional="qr", atoms=8),
+    # these two share one vmapped gradient a step (learners/stacked.py)
+    "reference-stacked": dict(learner="reference", dueling=True),
+    "c51-stacked": dict(distributional="c51", atoms=11, n_step=2),
 }
 
 
@@ -169,6 +172,46 @@ def test_the_native_call_for_many_learners_equals_their_separate_steps(tmp_path)
             assert torch.equal(getattr(g, name), getattr(w, name))
         assert_same(g.state_dict(), w.state_dict())
         assert np.array_equal(g.fused_stats, w.fused_stats)
+
+
+@pytest.mark.parametrize("head", ["none", "c51"])
+def test_the_stacked_gradient_equals_each_learners_own_update(head):
+    """One vmapped gradient for 3 learners (their own lr and clipping), then each one's own
+    optimizer step and target update: the same learners as 3 separate `step` calls."""
+    from fastdqn.learners.reference import ReferenceLearner
+    from fastdqn.learners.stacked import stackable, stacked_steps
+    from fastdqn.nets.heads import HeadSpec
+    from fastdqn.nets.mlp import QNetwork
+    from fastdqn.replay.rows import Batch
+
+    spec = HeadSpec("c51", 11, -5.0, 5.0) if head == "c51" else HeadSpec()
+
+    def learners():
+        out = []
+        for i in range(3):
+            torch.manual_seed(i)
+            net = QNetwork(5, 3, (16, 16), dueling=True, head=spec)
+            out.append(ReferenceLearner(net, lr=1e-3 * (i + 1), gamma=0.99, tau=0.1,
+                                        target_update_interval=2, max_grad_norm=(0.5, 10, 0)[i],
+                                        head=head))
+        return out
+
+    g = torch.Generator().manual_seed(3)
+    batches = [[Batch(torch.randn(8, 5, generator=g), torch.randint(3, (8,), generator=g),
+                      torch.randn(8, generator=g), torch.randn(8, 5, generator=g),
+                      (torch.rand(8, generator=g) < 0.3).float(), torch.full((8,), 0.9))
+                for _ in range(3)] for _ in range(3)]  # [learner][step]
+    got, want = learners(), learners()
+    assert all(stackable(lr) is None for lr in got)
+    stacked_steps(got, lambda i, j: batches[i][j], [3, 2, 3], {})
+    for lr, own, k in zip(want, batches, [3, 2, 3]):
+        for j in range(k):
+            lr.step(own[j])
+    for a, b in zip(got, want):
+        assert a.steps == b.steps and a.stat_count == b.stat_count
+        for x, y in zip([*a.params, *a.target_params], [*b.params, *b.target_params]):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        assert a.pop_stats() == pytest.approx(b.pop_stats(), rel=1e-5)
 
 
 def test_a_bad_row_of_one_learner_is_named_and_the_others_stepped(tmp_path):

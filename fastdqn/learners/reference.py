@@ -158,11 +158,15 @@ class ReferenceLearner:
         td = self.graphs(batch, weights) if self.graphs is not None else None
         if td is None:
             td = self.update(batch, weights)
+        self.step_done()
+        return td
+
+    def step_done(self) -> None:
+        """A step's bookkeeping after its update: the count, the target update when due."""
         self.steps += 1
         if self.steps % self.interval == 0:
             self.update_target()
         self.stat_count += 1
-        return td
 
     def update(self, batch: Batch, weights: torch.Tensor | None) -> torch.Tensor:
         """The device work of a step (the target's periodic update aside), with no host sync:
@@ -173,13 +177,19 @@ class ReferenceLearner:
         loss = (per_row * weights).mean() if weights is not None else per_row.mean()
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
+        self.apply_gradients(loss.detach(), out.q_taken.mean())
+        return out.priority
+
+    def apply_gradients(self, loss: torch.Tensor, q_mean: torch.Tensor) -> None:
+        """The update from the gradients in the parameters' .grad: clipping, the optimizer's
+        step, the logged statistics (what `update` does after its backward pass, and
+        `learners.stacked` after its batched one)."""
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
-            self.loss_sum += loss.detach()
-            self.q_sum += out.q_taken.mean()
-        return out.priority
+            self.loss_sum += loss
+            self.q_sum += q_mean
 
     @torch.no_grad()
     def update_target(self) -> None:

@@ -463,6 +463,7 @@ def train_members(members: list[Member], envs, timer: StageTimer,
         m.obs = m.agent.observe(obs[m.lo:m.hi])
     actions = np.zeros(total, dtype=np.int64)
     active = np.ones(total, dtype=bool)
+    stacks: dict = {}  # the vmapped gradient of each kind of reference-route agent
     while True:
         for m in members:
             if m.live and not m.run.running():
@@ -481,7 +482,7 @@ def train_members(members: list[Member], envs, timer: StageTimer,
         lap("act")
         envs.step_async(actions, None if active.all() else active)
         lap("env_send")
-        learn_all([(m.agent, m.run.c) for m in live], lap, _failed(live))
+        learn_all([(m.agent, m.run.c) for m in live], lap, _failed(live), stacks)
         next_obs, rewards, terminated, truncated, infos = envs.step_wait()
         lap("env_wait")
         for m in live:

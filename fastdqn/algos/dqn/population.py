@@ -1,8 +1,10 @@
-"""A population's learner step (--seeds): every live agent's due learner steps, the uniform
-blocks of the agents on the native route in one native call (`native.steps_many`), the rest
-(prioritized replay, Numba, the reference learner, a device) through each agent's own
-`learn`. Either way each agent's steps are its solo run's: its own sampler draws its rows from
-its own replay partition, and its loss, gradient norm, priorities and beta are its own."""
+"""A population's learner step (--seeds): every live agent's due learner steps. The uniform
+blocks of the agents on the native route run in one native call (`native.steps_many`); the
+uniform steps of reference-route agents share one vmapped gradient a step
+(`learners.stacked`); the rest (prioritized replay, Numba, noisy or QR heads, a device) go
+through each agent's own `learn`. Either way each agent's steps are its solo run's: its own
+sampler draws its rows from its own replay partition, and its loss, gradient norm, optimizer
+step, priorities and beta are its own."""
 
 from __future__ import annotations
 
@@ -10,38 +12,73 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from fastdqn.algos.contract import Counters
 from fastdqn.algos.dqn.agent import DQN
 from fastdqn.errors import TrainingDiverged
 from fastdqn.learners import native
+from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.learners.stacked import StackedGradients, signature, stackable, stacked_steps
 from fastdqn.replay.prioritized import beta_at
+from fastdqn.replay.rows import Batch
+from fastdqn.replay.uniform import UniformSampler
 
 
 def learn_all(agents: list[tuple[DQN, Counters]], lap: Callable[[str], None],
-              failed: Callable[[int, BaseException], None]) -> None:
+              failed: Callable[[int, BaseException], None],
+              stacks: dict[tuple, StackedGradients] | None = None) -> None:
     """The learner steps due for each (agent, counters) after one vector step; `failed(i, e)`
-    takes agent i's divergence (the others go on)."""
+    takes agent i's divergence (the others go on). Native-route agents' blocks run in one
+    native call; reference-route agents that can (`stacked.stackable`) share one vmapped
+    gradient a step (`stacks` keeps its compiled functions); the rest step alone."""
     steps: list[native.NativeStep] = []
     blocks: list[np.ndarray] = []
+    stacked: list[tuple[DQN, int]] = []
     for i, (agent, c) in enumerate(agents):
         try:
             k = agent.due_steps(c)
             if not k:
                 continue
             step = agent.native_block_step()
-            if step is None:
+            if step is not None:
+                steps.append(step)
+                blocks.append(agent.sampler.sample(agent.buffer.size, k, agent.cfg.batch_size))
+            elif stacks is not None and _stacks(agent):
+                stacked.append((agent, k))
+            else:
                 beta = beta_at(c.step, agent.cfg.total_timesteps, agent.cfg.per_beta)
                 agent.learner.learn(agent.buffer, agent.sampler, k, agent.cfg.batch_size, beta,
                                     lap)
-                continue
-            steps.append(step)
-            blocks.append(agent.sampler.sample(agent.buffer.size, k, agent.cfg.batch_size))
         except TrainingDiverged as e:
             failed(i, e)
     lap("sample")
     native.steps_many(steps, blocks, learner_threads(len(steps)))
+    if len(stacked) > 1:
+        _stacked(stacked, stacks)
+    elif stacked:
+        agent, k = stacked[0]
+        agent.learner.learn(agent.buffer, agent.sampler, k, agent.cfg.batch_size)
     lap("learn")
+
+
+def _stacks(agent: DQN) -> bool:
+    return (isinstance(agent.learner, ReferenceLearner) and isinstance(agent.sampler, UniformSampler)
+            and stackable(agent.learner) is None)
+
+
+def _stacked(group: list[tuple[DQN, int]], stacks: dict) -> None:
+    """The reference-route agents' steps, one batched gradient per signature a step."""
+    by_kind: dict[tuple, list[tuple[DQN, int]]] = {}
+    for agent, k in group:
+        by_kind.setdefault(signature(agent.learner), []).append((agent, k))
+    for members in by_kind.values():
+        def draw(i: int, j: int, members=members) -> Batch:
+            agent = members[i][0]
+            rows = agent.sampler.sample(agent.buffer.size, 1, agent.cfg.batch_size)[0]
+            return agent.buffer.gather(torch.from_numpy(rows).to(agent.buffer.device))
+
+        stacked_steps([a.learner for a, _ in members], draw, [k for _, k in members], stacks)
 
 
 def learner_threads(agents: int) -> int:

@@ -33,7 +33,8 @@ def project_onto_support(next_probs: torch.Tensor, rewards: torch.Tensor, dones:
     scale = (discounts * (1.0 - dones)).reshape(-1, 1)
     target_atoms = (rewards.reshape(-1, 1) + scale * support).clamp(support[0], support[-1])
     # 1 - |Tz_i - z_j| / dz, clamped at 0, in place: [B, N, N] is the step's largest tensor
-    weights = (target_atoms.unsqueeze(2) - support).abs_().div_(-delta).add_(1.0).clamp_(min=0.0)
+    # (relu_ rather than clamp_: the same values, and vmap has a batching rule for it)
+    weights = (target_atoms.unsqueeze(2) - support).abs_().div_(-delta).add_(1.0).relu_()
     return torch.einsum("bi,bij->bj", next_probs, weights)
 
 
