@@ -130,10 +130,9 @@ def check_frames_fit(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torch
     frame_bytes = frame * torch.empty((), dtype=obs_dtype).element_size()
     nbytes = (frame_slots(capacity, num_envs, k, n_step) * frame_bytes
               + capacity * (2 * k * 8 + ROW_BYTES))
-    each = "" if agents == 1 else f"{agents} agents' "
-    check_fits_memory(agents * nbytes, device, f"{each}frame replay{'s' if agents > 1 else ''} "
-                      f"of {capacity:,d} rows (frames of {list(obs_shape[1:])}, each stored "
-                      "once)", capacity, agents)
+    whose = "a frame replay" if agents == 1 else f"{agents} agents' frame replays"
+    check_fits_memory(agents * nbytes, device, f"{whose} of {capacity:,d} rows (frames of "
+                      f"{list(obs_shape[1:])}, each stored once)", capacity, agents)
 
 
 def _host(x: Array) -> np.ndarray:
