@@ -257,10 +257,13 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
     with torch_settings(first, device):
         members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
         timer = StageTimer(STAGES)
-        evals = eval_pool(base, len(members), eval_env_factory or env_factory, device)
+        # The env workers fork first, while no thread runs (envs/workers.py); the evaluation
+        # pool forks its workers next, before its own handler threads start.
+        envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
+                               base.num_workers, base.env_timeout)
+        evals = None
         try:
-            envs = make_vector_env(base.env_id, members[-1].hi, base.vector, env_factory,
-                                   base.num_workers, base.env_timeout)
+            evals = eval_pool(base, len(members), eval_env_factory or env_factory, device)
             try:
                 for m in members:
                     m.run.envs = EnvBlock(envs, m.lo, m.hi)
@@ -277,6 +280,7 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
                 finish_member(m)
                 m.stage_us = timer.us_per_iteration()
         finally:
+            envs.close()
             if evals is not None:
                 evals.close()
     return members
