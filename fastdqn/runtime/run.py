@@ -374,8 +374,7 @@ class Run:
         result, improved, solved = self.evaluator.periodic()
         if time.perf_counter() >= self.next_plot:
             self._plot()
-            self.plot_every = PLOT_EVERY_S  # a population of N draws each agent's every N x this
-        self.next_plot = time.perf_counter() + self.plot_every
+            self.next_plot = time.perf_counter() + self.plot_every
         if solved:
             self.solved_at = (self.c.step, time.perf_counter() - self.start)
             self.final_eval, self.best_due = result, improved
