@@ -113,6 +113,10 @@ def test_a_study_resumes_from_its_sqlite_file_and_writes_a_preset(tmp_path):
     assert preset["hidden"] in ([8], [16, 16]) and "seeds" not in preset
     with pytest.raises(ConfigError, match="maximizes its objective|minimizes its objective"):
         tune(base, params, trials=1, storage=storage, study="s", objective="final")
+    other = make_config(run_dir=str(tmp_path / "runs"), **{**TINY, "env_id": "Acrobot-v1"})
+    with pytest.raises(ConfigError, match="tunes CartPole-v1, not Acrobot-v1; pass --env "
+                                          "CartPole-v1 or another --study"):
+        tune(other, params, trials=1, storage=storage, study="s")
 
 
 def test_ctrl_c_keeps_completed_trials_and_fails_running_ones(tmp_path, monkeypatch):

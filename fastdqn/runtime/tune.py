@@ -246,7 +246,7 @@ def tune(base: Config, params: list[Param], *, trials: int, storage: str | None,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True),
         pruner=(optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
                 if pruner == "median" else optuna.pruners.NopPruner()))
-    _check_study(study_obj, objective, params, base)
+    _check_study(study_obj, objective, base)
     start, added, sign = time.perf_counter(), 0, (-1.0 if objective == "steps" else 1.0)
     with Signals() as signals:
         while added < trials and signals.received is None:
@@ -295,7 +295,7 @@ def tune(base: Config, params: list[Param], *, trials: int, storage: str | None,
                       signals.received)
 
 
-def _check_study(study, objective: str, params: list[Param], base: Config) -> None:
+def _check_study(study, objective: str, base: Config) -> None:
     """A study continued from storage must be the same search: its direction and env."""
     want = OBJECTIVES[objective]
     got = study.direction.name.lower()
@@ -308,7 +308,7 @@ def _check_study(study, objective: str, params: list[Param], base: Config) -> No
         study.set_user_attr("objective", objective)
     elif env != base.env_id:
         raise ConfigError(f"study {study.study_name!r} tunes {env}, not {base.env_id}; pass "
-                          "--env {env} or another --study")
+                          f"--env {env} or another --study")
 
 
 def trial_config(base: Config, params: list[Param], trial) -> Config:
