@@ -77,12 +77,8 @@ def member_config(cfg: Config, seed: int, root: Path) -> Config:
 
 
 def population_dir(cfg: Config) -> Path:
-    """RUN: --run-dir, else runs/<env>__seeds-<seeds>__<time>."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    default = default_run_dir(cfg)
-    tag = cfg.seeds.replace(",", "_").replace(" ", "")
-    return default.with_name(default.name.replace(f"__{cfg.seed}__", f"__seeds-{tag}__", 1))
+    """RUN: --run-dir, else runs/<env>__seeds-<seeds>__<time> (`default_run_dir`)."""
+    return Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
 
 
 def read_population(root: Path) -> dict:
@@ -125,9 +121,6 @@ class Member:
     actions: torch.Tensor | None = None
     eps: float = 0.0
     result: TrainResult | None = None
-    error: str | None = None
-    stage_us: dict[str, float] = field(default_factory=dict)
-    """The population loop's time per iteration in each stage (all agents together)."""
     prefetched: dict[tuple[int, int], EvalResult] = field(default_factory=dict)
     """Evaluations played on the pool ahead of the evaluator's asking, by (episodes, first)."""
 
@@ -222,9 +215,10 @@ def train_population(cfg: Config | None = None, env_factory: EnvFactory | None =
             if not (cfg.resume and finished(Path(c.run_dir)))}
     with Signals() as signals:
         start = time.perf_counter()
-        members = train_agents(cfg, todo, env, device, signals, env_factory, eval_env_factory)
-        summary = write_population(root, cfg, seeds, members, time.perf_counter() - start,
-                                   env.target_return)
+        members, stage_us = train_agents(cfg, todo, env, device, signals, env_factory,
+                                         eval_env_factory)
+        summary = write_population(root, cfg, seeds, members, stage_us,
+                                   time.perf_counter() - start, env.target_return)
         results = {m.seed: m.result for m in members if m.result is not None}
         return PopulationResult(root, summary, results, signals.received)
 
@@ -244,15 +238,17 @@ def check_population(cfg: Config, env_factory: EnvFactory | None = None
 def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
                  signals: Signals, env_factory: EnvFactory | None = None,
                  eval_env_factory: EnvFactory | None = None,
-                 on_eval: Callable[[dict[str, dict]], set[str]] | None = None) -> list[Member]:
+                 on_eval: Callable[[dict[str, dict]], set[str]] | None = None
+                 ) -> tuple[list[Member], dict[str, float]]:
     """Train the agents `cfgs` (by label; each its own run dir and settings, the vector env's
-    of `base`) in one loop until each ends, and finish each one's run.
+    of `base`) in one loop until each ends, and finish each one's run; returns the agents and
+    the loop's µs per iteration in each stage.
 
     `on_eval(latest)` (`fastdqn tune`'s pruner) is called after a step at which some agent
     evaluated, with each agent's newest evaluation entry by label; the labels it returns stop
     (their runs end as stopped ones do)."""
     if not cfgs:
-        return []
+        return [], {}
     first = next(iter(cfgs.values()))
     with torch_settings(first, device):
         members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
@@ -264,26 +260,22 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
         evals = None
         try:
             evals = eval_pool(base, len(members), eval_env_factory or env_factory, device)
-            try:
-                for m in members:
-                    m.run.envs = EnvBlock(envs, m.lo, m.hi)
-                    m.run.evaluator.play = m.play
-                total = sum(m.cfg.total_timesteps for m in members)
-                train_members(members, envs, timer, on_eval, Progress(base.progress, total),
-                              evals)
-                close_members(members, envs)
-            finally:
-                envs.close()
+            for m in members:
+                m.run.envs = EnvBlock(envs, m.lo, m.hi)
+                m.run.evaluator.play = m.play
+            total = sum(m.cfg.total_timesteps for m in members)
+            train_members(members, envs, timer, on_eval, Progress(base.progress, total), evals)
+            close_members(members, envs)
+            envs.close()  # before the final evaluations and files, as a solo run's `with run:`
             if evals is not None:
-                prefetch_final(members, evals, signals)
+                prefetch_final(members, evals)
             for m in members:
                 finish_member(m)
-                m.stage_us = timer.us_per_iteration()
         finally:
             envs.close()
             if evals is not None:
                 evals.close()
-    return members
+    return members, timer.us_per_iteration()
 
 
 def eval_pool(base: Config, agents: int, make_env: EnvFactory | None, device: torch.device
@@ -300,8 +292,9 @@ def eval_pool(base: Config, agents: int, make_env: EnvFactory | None, device: to
 
 def prefetch_screens(due: list[Member], evals: EvalPool) -> None:
     """The screening evaluations of the agents `due`, all at once on the pool; then, for those
-    whose screen reached the target, the confirming episodes, all at once. Each agent's
-    evaluator then reads its results as if it had played them (`Member.play`)."""
+    whose screen reached the target, the confirming episodes (`Evaluator.confirming`), all at
+    once. Each agent's evaluator then reads its results as if it had played them
+    (`Member.play`)."""
     if len(due) < 2:
         return
     screens = {m.key: evals.submit(m.agent.policy(), m.cfg.eval_episodes,
@@ -309,35 +302,25 @@ def prefetch_screens(due: list[Member], evals: EvalPool) -> None:
     confirms = {}
     for m in due:
         result = m.prefetched[(m.cfg.eval_episodes, 0)] = screens[m.key].get()
-        rest = m.cfg.solve_episodes - m.cfg.eval_episodes
-        target = m.run.target_return
-        if (target is not None and rest > 0 and result.episodes == m.cfg.eval_episodes
-                and result.mean >= target):
-            confirms[m.key] = evals.submit(m.agent.policy(), rest,
-                                           episode_seed(m.seed, SELECT, m.cfg.eval_episodes))
+        rest = m.run.evaluator.confirming(result)
+        if rest:
+            first = m.cfg.eval_episodes
+            confirms[m.key] = (rest, first), evals.submit(m.agent.policy(), rest,
+                                                          episode_seed(m.seed, SELECT, first))
     for m in due:
         if m.key in confirms:
-            rest = m.cfg.solve_episodes - m.cfg.eval_episodes
-            m.prefetched[(rest, m.cfg.eval_episodes)] = confirms[m.key].get()
+            key, job = confirms[m.key]
+            m.prefetched[key] = job.get()
 
 
-def prefetch_final(members: list[Member], evals: EvalPool, signals: Signals) -> None:
-    """The final evaluations `Run.finish` will play, all at once on the pool: --solve-episodes
-    episodes, or the rest of an evaluation made at the last step (`Evaluator.final`)."""
-    if signals.received is not None:
-        return
+def prefetch_final(members: list[Member], evals: EvalPool) -> None:
+    """The final evaluations `Run.finish` will play (`Run.final_due`,
+    `Evaluator.final_episodes`), all at once on the pool."""
     jobs = {}
     for m in members:
-        run = m.run
-        if run.final_eval is not None or run.diverged is not None or run.stopped is not None:
+        if not m.run.final_due():
             continue
-        have, c = run.evaluator.latest, run.c
-        last = c.evals[-1] if c.evals else None
-        first = 0
-        if have is not None and last is not None and last["step"] == c.step and not last.get(
-                "final"):
-            first = have.episodes
-        count = m.cfg.solve_episodes - first
+        count, first = m.run.evaluator.final_episodes()
         if count > 0:
             jobs[m.key] = (m, (count, first), evals.submit(
                 m.agent.policy(), count, episode_seed(m.seed, SELECT, first)))
@@ -398,8 +381,8 @@ def start_members(cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
 
 
 class _NoEnvs:
-    """A Run's envs until the population's vector env exists (it is made after every agent,
-    so that its workers fork before any agent's threads start nowhere else)."""
+    """A Run's envs while it has none of the population's: before the vector env exists (it is
+    made after every agent) and after it closed."""
 
     closed = True
 
@@ -561,12 +544,12 @@ def finish_member(m: Member) -> None:
     divergence is kept as the agent's, not raised."""
     try:
         m.result = m.run.finish(epsilon=m.agent.epsilon(m.run.c))
-    except TrainingDiverged as e:
-        m.error = str(e)
+    except TrainingDiverged:
+        pass  # written: its summary.json says diverged, and the loop logged the line
 
 
 def write_population(root: Path, cfg: Config, seeds: list[int], members: list[Member],
-                     wall: float, target: float | None) -> dict:
+                     stage_us: dict[str, float], wall: float, target: float | None) -> dict:
     """population.json (each seed's outcome, and across seeds `fastdqn report`'s statistics of
     the final evaluation and the steps to solve) and population.png (every seed's evaluation
     curve, their mean and its 95% CI)."""
@@ -593,8 +576,7 @@ def write_population(root: Path, cfg: Config, seeds: list[int], members: list[Me
         "solved": f"{sum(bool(a.get('solved')) for a in agents)}/{len(seeds)}",
         "wall_time_s": round(wall, 3), "env_steps_this_process": steps,
         "sps": round(steps / wall, 1) if wall > 0 else 0.0,
-        "stage_us_per_iter": {k: round(v, 1) for k, v in
-                              (members[0].stage_us if members else {}).items()},
+        "stage_us_per_iter": {k: round(v, 1) for k, v in stage_us.items()},
         "agents": agents, "statistics": None, "config": cfg.to_dict(), "version": __version__,
     }
     if records:

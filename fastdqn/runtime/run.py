@@ -128,12 +128,11 @@ class Evaluator:
         c.next_eval += cfg.eval_every
         result, kind = self.play(cfg.eval_episodes, 0), "screen"
         cut = result.episodes < cfg.eval_episodes  # a signal stopped it
-        if not cut and self.target is not None and result.mean >= self.target:
-            rest = cfg.solve_episodes - cfg.eval_episodes
-            if rest > 0:
-                more = self.play(rest, cfg.eval_episodes)
-                cut = more.episodes < rest
-                result, kind = combine(result, more), "confirm"
+        rest = self.confirming(result)
+        if rest:
+            more = self.play(rest, cfg.eval_episodes)
+            cut = more.episodes < rest
+            result, kind = combine(result, more), "confirm"
         if result.episodes == 0:
             return result, False, False
         self.record(result, kind, cut)
@@ -141,20 +140,38 @@ class Evaluator:
                             f" over {result.episodes} episodes")
         return result, self.select(result, cut), self.solves(result)
 
+    def confirming(self, screen: EvalResult) -> int:
+        """The episodes that confirm a whole screen which reached the target (the rest of
+        --solve-episodes, from episode --eval-episodes on), or 0."""
+        cfg = self.cfg
+        if (screen.episodes < cfg.eval_episodes or self.target is None
+                or screen.mean < self.target):
+            return 0
+        return max(0, cfg.solve_episodes - cfg.eval_episodes)
+
+    def final_episodes(self) -> tuple[int, int]:
+        """(episodes, first) the final evaluation plays: --solve-episodes from episode 0, or
+        the rest of an evaluation made at this step (the loop's last), extended, not replayed."""
+        c, have = self.c, self.latest
+        last = c.evals[-1] if c.evals else None
+        if have is not None and last is not None and last["step"] == c.step and not last.get(
+                "final"):
+            return self.cfg.solve_episodes - have.episodes, have.episodes
+        return self.cfg.solve_episodes, 0
+
     def final(self) -> tuple[EvalResult | None, bool, bool]:
         """--solve-episodes greedy episodes of the final policy, each played once: an evaluation
         already made at this step (the loop's last) is extended, not replayed. Returns (result,
         improved, solved): over --solve-episodes selection episodes it decides solved as a
         confirming evaluation does (a run with --eval-every 0 is judged here). A signal cuts it
         short (the result then covers fewer episodes, or is None when none ended)."""
-        c, last = self.c, self.c.evals[-1] if self.c.evals else None
-        have = self.latest
-        if have is not None and last is not None and last["step"] == c.step and not last.get("final"):
-            c.evals.pop()
-            rest = self.cfg.solve_episodes - have.episodes
-            result = combine(have, self.play(rest, have.episodes)) if rest > 0 else have
+        count, first = self.final_episodes()
+        if first:  # extends the evaluation made at this step
+            self.c.evals.pop()
+            have = self.latest
+            result = combine(have, self.play(count, first)) if count > 0 else have
         else:
-            result = self.play(self.cfg.solve_episodes, 0)
+            result = self.play(count, 0)
         if result.episodes == 0:
             return None, False, False
         cut = result.episodes < self.cfg.solve_episodes
@@ -458,10 +475,15 @@ class Run:
         finally:
             self.signals.__exit__()
 
+    def final_due(self) -> bool:
+        """Whether `finish` plays a final evaluation: not after a solving one, a signal, a
+        divergence or a stop."""
+        return (self.final_eval is None and self.signals.received is None
+                and self.diverged is None and self.stopped is None)
+
     def _finish(self, progress: dict) -> TrainResult:
         cfg, c, agent = self.cfg, self.c, self.agent
-        if (self.final_eval is None and self.signals.received is None and self.diverged is None
-                and self.stopped is None):
+        if self.final_due():
             self.final_eval, self.best_due, solves = self.evaluator.final()
             if solves:
                 self.solved_at = (c.step, time.perf_counter() - self.start)

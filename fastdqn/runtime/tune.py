@@ -269,7 +269,7 @@ def tune(base: Config, params: list[Param], *, trials: int, storage: str | None,
                 continue
             pruning = Pruning(running, keys, sign)
             try:
-                members = train_agents(base, cfgs, env, device, signals, on_eval=pruning)
+                members, _ = train_agents(base, cfgs, env, device, signals, on_eval=pruning)
             except BaseException:
                 for trial in running.values():
                     study_obj.tell(trial, state=TrialState.FAIL)
