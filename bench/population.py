@@ -119,7 +119,9 @@ def step_times(agents: list[int], obs: int = 8, actions: int = 4, hidden=(128, 1
     """Microseconds per agent step: one native call for N agents (1 thread, one per core),
     N separate native calls, N separate reference-route steps."""
     torch.set_num_threads(1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from fastdqn.envs.workers import usable_cores
+
+    cores = usable_cores()
     return [one_size(n, cores, obs, actions, hidden, batch, k, repeats) for n in agents]
 
 

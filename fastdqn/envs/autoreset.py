@@ -8,6 +8,9 @@ that crosses an episode boundary (NEXT_STEP mode would hand us one fake step per
 
 from __future__ import annotations
 
+from typing import Any
+
+import gymnasium as gym
 import numpy as np
 
 
@@ -32,3 +35,16 @@ def life_loss_of(infos: dict) -> np.ndarray | None:
         return lost
     ended = infos["_final_info"] & final.get("_life_loss", True)
     return np.where(ended, final["life_loss"], lost)
+
+
+def step_one(env: gym.Env, action: Any) -> tuple[Any, Any, bool, bool, dict, Any]:
+    """One env's step as a SAME_STEP vector env takes it, for the backends that step only some
+    of their envs (a population's live agents): (obs, reward, terminated, truncated, info,
+    final obs or None). A finished episode is reset at once, `obs` being the reset's and `info`
+    the last step's (its life loss counts)."""
+    obs, reward, terminated, truncated, info = env.step(action)
+    final = None
+    if terminated or truncated:
+        final = obs
+        obs, _ = env.reset()
+    return obs, reward, bool(terminated), bool(truncated), info, final

@@ -14,6 +14,13 @@ def default_workers(num_envs: int) -> int:
     return max(1, min(num_envs, (os.cpu_count() or 2) - 1))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def start_method() -> str | None:
     """fork where the platform has it, else multiprocessing's default.
 

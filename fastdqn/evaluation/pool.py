@@ -14,7 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from fastdqn.envs.workers import become_worker, start_method
+from fastdqn.envs.workers import become_worker, start_method, usable_cores
 from fastdqn.evaluation.episodes import EvalResult, run_episodes
 
 _SETTINGS: dict[str, Any] = {}
@@ -59,5 +59,4 @@ class EvalPool:
 
 def pool_workers(evaluations: int) -> int:
     """Workers for `evaluations` evaluations at once: one per core this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(evaluations, cores or 1))
+    return max(1, min(evaluations, usable_cores()))

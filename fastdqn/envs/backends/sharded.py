@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from fastdqn.envs.atari import reports_life_loss
-from fastdqn.envs.autoreset import life_loss_of
+from fastdqn.envs.autoreset import life_loss_of, step_one
 from fastdqn.envs.make import EnvFactory, env_makers
 from fastdqn.envs.workers import become_worker, close_at_exit, default_workers, start_method
 from fastdqn.errors import EnvError
@@ -97,10 +97,9 @@ def _write_some(env, active: list[int], arrays: dict, lo: int, lives: bool) -> d
     as the whole vector step does; the others stand still, their rows untouched."""
     final = {}
     for i in active:
-        obs, rew, term, trunc, info = env.envs[i].step(arrays["actions"][lo + i])
-        if term or trunc:
-            final[lo + i] = obs
-            obs, _ = env.envs[i].reset()
+        obs, rew, term, trunc, info, last = step_one(env.envs[i], arrays["actions"][lo + i])
+        if last is not None:
+            final[lo + i] = last
         arrays["obs"][lo + i] = obs
         arrays["rewards"][lo + i] = rew
         arrays["terminated"][lo + i] = term

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from fastdqn.envs.autoreset import step_one
 from fastdqn.envs.make import EnvFactory, env_makers
 
 
@@ -23,25 +24,25 @@ class SyncVectorEnv(gym.vector.SyncVectorEnv):
         return self._step_some(self._pending, self._active)
 
     def _step_some(self, actions: np.ndarray, active: np.ndarray):
+        """The envs `active` marks take a step (`step_one`); the others keep their last
+        observation, with no reward and no episode end."""
         n = self.num_envs
+        obs = self._last_obs.copy()
         rewards, term, trunc = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         final_obs, mask = np.empty(n, dtype=object), np.zeros(n, dtype=bool)
-        obs = getattr(self, "_last_obs", None)
-        rows = []
-        for i in range(n):
-            if not active[i]:
-                rows.append(None if obs is None else obs[i])
-                continue
-            o, rewards[i], term[i], trunc[i], _ = self.envs[i].step(actions[i])
-            if term[i] or trunc[i]:
-                final_obs[i], mask[i] = o, True
-                o, _ = self.envs[i].reset()
-            rows.append(o)
-        shape = next(r for r in rows if r is not None)
-        out = np.stack([r if r is not None else np.zeros_like(shape) for r in rows])
-        self._last_obs = out
-        infos = {"final_obs": final_obs, "_final_obs": mask} if mask.any() else {}
-        return out, rewards, term, trunc, infos
+        lost: dict[int, bool] = {}
+        for i in np.flatnonzero(active):
+            obs[i], rewards[i], term[i], trunc[i], info, last = step_one(self.envs[i],
+                                                                         actions[i])
+            if last is not None:
+                final_obs[i], mask[i] = last, True
+            if "life_loss" in info:
+                lost[i] = bool(info["life_loss"])
+        self._last_obs = obs
+        infos: dict = {"final_obs": final_obs, "_final_obs": mask} if mask.any() else {}
+        if lost:
+            infos["life_loss"] = np.array([lost.get(i, False) for i in range(n)])
+        return obs, rewards, term, trunc, infos
 
     def reset(self, *, seed=None, options=None):
         obs, info = super().reset(seed=seed, options=options)
