@@ -30,7 +30,6 @@ from fastdqn.config.settings import (
     coerce,
     field_docs,
     field_names,
-    parse_seeds,
     reads,
 )
 from fastdqn.core.checkpoint import (
@@ -278,8 +277,6 @@ def _resumed_population(args: argparse.Namespace, explicit: dict) -> Config:
 
     root = Path(explicit["run_dir"])
     seeds = read_population(root)["seeds"]
-    if explicit.get("seeds") and explicit["seeds"] != seeds_text(seeds):
-        parse_seeds(explicit["seeds"])
     todo = [k for k in seeds if not finished(root / f"seed-{k}")] or seeds
     member = {**explicit, "run_dir": str(root / f"seed-{todo[0]}"), "seeds": ""}
     cfg = _resumed_config(args, member)

@@ -69,6 +69,12 @@ examples/dqn.py: SQUARED_GRAD_MOMENTUM 0.95, MIN_SQUARED_GRAD 0.01, centered, no
 OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop"}
 
 
+def uniform_batch(buffer: ReplayBuffer, sampler: UniformSampler, batch_size: int) -> Batch:
+    """One step's batch of uniformly drawn rows (the sampler's next draw)."""
+    idx = torch.from_numpy(sampler.sample(buffer.size, 1, batch_size)[0])
+    return buffer.gather(idx.to(buffer.device))
+
+
 class ReferenceLearner:
     """Online and target copies of a module, its optimizer, and `step(batch, weights)`."""
 
@@ -113,8 +119,7 @@ class ReferenceLearner:
         back after every step, for exactly the rows it sampled)."""
         for _ in range(k):
             if isinstance(sampler, UniformSampler):
-                idx = torch.from_numpy(sampler.sample(buffer.size, 1, batch_size)[0])
-                self.step(buffer.gather(idx.to(buffer.device)))
+                self.step(uniform_batch(buffer, sampler, batch_size))
             elif isinstance(sampler, PrioritizedSampler):
                 idx_np = np.empty(batch_size, dtype=np.int64)
                 w_np = np.empty(batch_size, dtype=np.float32)

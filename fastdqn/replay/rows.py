@@ -180,11 +180,10 @@ def check_replay_fits(capacity: int, obs_shape: tuple[int, ...], obs_dtype: torc
     `agents` of a population (one partition each), against what `device` has free; a one-line
     ConfigError before anything is allocated otherwise."""
     obs_bytes = int(np.prod(obs_shape)) * torch.empty((), dtype=obs_dtype).element_size()
-    what = (f"a replay buffer of {capacity:,d} rows (obs and next_obs of "
-            f"{list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)")
-    if agents > 1:
-        what = f"{agents} agents' replay buffers of {capacity:,d} rows each (obs and next_obs " \
-               f"of {list(obs_shape)} {str(obs_dtype).replace('torch.', '')}, stored apart)"
+    whose = "a replay buffer" if agents == 1 else f"{agents} agents' replay buffers"
+    each = "" if agents == 1 else " each"
+    what = (f"{whose} of {capacity:,d} rows{each} (obs and next_obs of {list(obs_shape)} "
+            f"{str(obs_dtype).replace('torch.', '')}, stored apart)")
     check_fits_memory(agents * capacity * (2 * obs_bytes + ROW_BYTES), device, what, capacity,
                       agents)
 

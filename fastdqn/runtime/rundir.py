@@ -17,8 +17,10 @@ the `.NAME.*.tmp` files an interrupted atomic write leaves."""
 
 
 def default_run_dir(cfg: Config) -> Path:
+    """runs/<env>__<seed>__<time>; a population's runs/<env>__seeds-<seeds>__<time>."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.env_id.replace('/', '_')}__{cfg.seed}__{stamp}"
+    who = f"seeds-{cfg.seeds.replace(',', '_').replace(' ', '')}" if cfg.seeds else cfg.seed
+    return Path("runs") / f"{cfg.env_id.replace('/', '_')}__{who}__{stamp}"
 
 
 def resume_checkpoint(run_dir: str | Path) -> Path:

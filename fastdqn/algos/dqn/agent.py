@@ -244,8 +244,12 @@ class DQN:
         step's): --gradient-steps per --train-every transitions, K per call."""
         k = self.due_steps(c, new)
         if k:
-            beta = beta_at(c.step, self.cfg.total_timesteps, self.cfg.per_beta)
-            self.learner.learn(self.buffer, self.sampler, k, self.cfg.batch_size, beta, lap)
+            self.learn_steps(k, c, lap)
+
+    def learn_steps(self, k: int, c: Counters, lap) -> None:
+        """K learner steps on its own route, with prioritized replay's beta at step `c.step`."""
+        beta = beta_at(c.step, self.cfg.total_timesteps, self.cfg.per_beta)
+        self.learner.learn(self.buffer, self.sampler, k, self.cfg.batch_size, beta, lap)
 
     def due_steps(self, c: Counters, new: int | None = None) -> int:
         """How many learner steps the `new` transitions just collected make due (none before

@@ -8,19 +8,17 @@ step, priorities and beta are its own."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from fastdqn.algos.contract import Counters
 from fastdqn.algos.dqn.agent import DQN
+from fastdqn.envs.workers import usable_cores
 from fastdqn.errors import TrainingDiverged
 from fastdqn.learners import native
-from fastdqn.learners.reference import ReferenceLearner
+from fastdqn.learners.reference import ReferenceLearner, uniform_batch
 from fastdqn.learners.stacked import StackedGradients, signature, stackable, stacked_steps
-from fastdqn.replay.prioritized import beta_at
 from fastdqn.replay.rows import Batch
 from fastdqn.replay.uniform import UniformSampler
 
@@ -34,7 +32,7 @@ def learn_all(agents: list[tuple[DQN, Counters]], lap: Callable[[str], None],
     gradient a step (`stacks` keeps its compiled functions); the rest step alone."""
     steps: list[native.NativeStep] = []
     blocks: list[np.ndarray] = []
-    stacked: list[tuple[DQN, int]] = []
+    stacked: list[tuple[DQN, Counters, int]] = []
     for i, (agent, c) in enumerate(agents):
         try:
             k = agent.due_steps(c)
@@ -45,20 +43,18 @@ def learn_all(agents: list[tuple[DQN, Counters]], lap: Callable[[str], None],
                 steps.append(step)
                 blocks.append(agent.sampler.sample(agent.buffer.size, k, agent.cfg.batch_size))
             elif stacks is not None and _stacks(agent):
-                stacked.append((agent, k))
+                stacked.append((agent, c, k))
             else:
-                beta = beta_at(c.step, agent.cfg.total_timesteps, agent.cfg.per_beta)
-                agent.learner.learn(agent.buffer, agent.sampler, k, agent.cfg.batch_size, beta,
-                                    lap)
+                agent.learn_steps(k, c, lap)
         except TrainingDiverged as e:
             failed(i, e)
     lap("sample")
     native.steps_many(steps, blocks, learner_threads(len(steps)))
     if len(stacked) > 1:
-        _stacked(stacked, stacks)
-    elif stacked:
-        agent, k = stacked[0]
-        agent.learner.learn(agent.buffer, agent.sampler, k, agent.cfg.batch_size)
+        _stacked([(agent, k) for agent, _, k in stacked], stacks)
+    elif stacked:  # a vmap of one costs more than the step itself
+        agent, c, k = stacked[0]
+        agent.learn_steps(k, c, lap)
     lap("learn")
 
 
@@ -75,8 +71,7 @@ def _stacked(group: list[tuple[DQN, int]], stacks: dict) -> None:
     for members in by_kind.values():
         def draw(i: int, j: int, members=members) -> Batch:
             agent = members[i][0]
-            rows = agent.sampler.sample(agent.buffer.size, 1, agent.cfg.batch_size)[0]
-            return agent.buffer.gather(torch.from_numpy(rows).to(agent.buffer.device))
+            return uniform_batch(agent.buffer, agent.sampler, agent.cfg.batch_size)
 
         stacked_steps([a.learner for a, _ in members], draw, [k for _, k in members], stacks)
 
@@ -86,5 +81,4 @@ def learner_threads(agents: int) -> int:
     one per agent). A solo run's learner takes one core while the env workers step on the
     others; a population's learner work is N times as large, and on a 2-core machine one
     thread left the second core idle most of each step (the envs' share of it is small)."""
-    return max(1, min(agents, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1))
+    return max(1, min(agents, usable_cores()))
