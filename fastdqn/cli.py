@@ -38,6 +38,7 @@ from fastdqn.core.checkpoint import (
     load_checkpoint,
     settings_from_file,
 )
+from fastdqn.core.clock import process_start
 from fastdqn.errors import CheckpointError, ConfigError, RouteFallbackWarning
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ def _train(args: argparse.Namespace) -> int:
     if not cfg.run_dir:  # fixed here so that every message can name it
         cfg.run_dir = str(default_run_dir(cfg))
     try:
-        result = train(cfg)
+        result = train(cfg, started=process_start())
     except (EnvError, TrainingDiverged) as e:
         return _fail(f"{e}; stopped, {_kept(cfg, 'good')}", 1)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
@@ -348,7 +349,7 @@ def _train_population(cfg: Config) -> int:
 
     cfg.run_dir = str(population_dir(cfg))
     try:
-        result = train_population(cfg)
+        result = train_population(cfg, started=process_start())
     except KeyboardInterrupt:
         sys.stderr.write(f"interrupted: stopped at once; resume with: "
                          f"{_resume_command(cfg.run_dir, cfg.env_id)}\n")

@@ -41,7 +41,7 @@ class Script:
     def __init__(self, returns: list[float], cut_at: int | None = None) -> None:
         self.returns, self.calls, self.cut_at = returns, [], cut_at
 
-    def __call__(self, episodes: int, first: int) -> EvalResult:
+    def __call__(self, episodes: int, first: int, policy=None) -> EvalResult:
         """(A signal at episode `cut_at` ends the play with the episodes before it.)"""
         self.calls.append((episodes, first))
         end = first + episodes if self.cut_at is None else min(first + episodes, self.cut_at)

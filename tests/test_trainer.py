@@ -79,20 +79,25 @@ def test_every_evaluation_records_its_episodes_and_seeds_and_writes_checkpoint_p
 
 
 def test_checkpoint_every_zero_still_checkpoints_at_each_evaluation(tmp_path, monkeypatch):
-    """--checkpoint-every 0 promises checkpoints at evaluations and the end: both must happen."""
-    import fastdqn.runtime.run as run_module
+    """--checkpoint-every 0 promises checkpoints at evaluations (when each one's result is in:
+    a screen plays beside the training) and the end: both must happen."""
+    from fastdqn.runtime.run import Run
 
     written = []
-    real = run_module.save_checkpoint
+    real = Run.save
 
-    def spy(path, state):
-        written.append((Path(path).name, state["counters"]["step"]))
-        real(path, state)
+    def spy(self, name, with_buffer=False, state=None):
+        written.append((name, self.c.step))
+        real(self, name, with_buffer, state)
 
-    monkeypatch.setattr(run_module, "save_checkpoint", spy)
-    train(env_id="CartPole-v1", **TINY, learning_starts=8, eval_every=16, eval_episodes=1,
-          solve_episodes=1, total_timesteps=40, target_return=1e9, run_dir=str(tmp_path / "r"))
-    assert [s for name, s in written if name == "checkpoint.pt"] == [16, 32, 40]
+    monkeypatch.setattr(Run, "save", spy)
+    result = train(env_id="CartPole-v1", **TINY, learning_starts=8, eval_every=16,
+                   eval_episodes=1, solve_episodes=1, total_timesteps=40, target_return=1e9,
+                   run_dir=str(tmp_path / "r"))
+    evals = result.summary["evals"]
+    assert [e["step"] for e in evals if e["kind"] == "screen"] == [16, 32]
+    known = [e.get("known_at_step", e["step"]) for e in evals if e["kind"] == "screen"]
+    assert [s for name, s in written if name == "checkpoint.pt"] == [*known, 40]
 
 
 def test_a_default_run_killed_after_its_first_evaluation_resumes(tmp_path):

@@ -257,7 +257,12 @@ class Config:
     """Boltzmann exploration temperature (higher is more random)."""
 
     eval_every: int = 10_000
-    """Env steps between greedy evaluations (each also writes checkpoint.pt); 0 disables them."""
+    """Env steps between greedy screening evaluations of a snapshot of the policy; 0 disables
+    them. On the CPU a screen plays on a worker process while training goes on, and its result
+    counts once training has played as many env steps as the screen did (or at the next screen
+    at the latest): the trainer waits only when the screen falls behind that pace. A screen that
+    reaches the target is confirmed at once, its episodes split across the cores. When a
+    result counts, checkpoint.pt is written, and best.pt (the snapshot) when it is the best."""
     eval_episodes: int = 10
     """Episodes per periodic (screening) evaluation: the same selection seeds every time, so
     best.pt is the policy with the highest mean over them."""

@@ -67,11 +67,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Serialize `state` (tensors, numbers, strings, lists, dicts only) atomically."""
+def checkpoint_bytes(state: dict) -> bytes:
+    """`state` (tensors, numbers, strings, lists, dicts only) as a checkpoint file's bytes: a
+    snapshot that later training cannot change."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Serialize `state` (tensors, numbers, strings, lists, dicts only) atomically."""
+    atomic_write_bytes(path, checkpoint_bytes(state))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

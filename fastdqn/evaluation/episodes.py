@@ -47,7 +47,8 @@ class EvalResult:
 def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
                  seed: int, num_envs: int = 16, env_kwargs: dict | None = None,
                  make_env: Callable[[], gym.Env] | None = None,
-                 epsilon: float = 0.0, stop: Callable[[], bool] | None = None) -> EvalResult:
+                 epsilon: float = 0.0, stop: Callable[[], bool] | None = None,
+                 on_steps: Callable[[int], None] | None = None) -> EvalResult:
     """Play `episodes` episodes, episode j reset with seed+j, `num_envs` stepped together.
 
     Each episode's seed is fixed whatever num_envs is, so a deterministic policy always gets
@@ -62,7 +63,8 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
 
     `stop` is asked before every step (a run's signal cuts its evaluation short): once it says
     True, play ends and the result covers the episodes 0..m-1 that all ended (m may be 0,
-    then every statistic is NaN), so its seeds are still seed..seed+m-1.
+    then every statistic is NaN), so its seeds are still seed..seed+m-1. `on_steps(n)` hears
+    of every vector step's n env steps (a screen played beside training paces on it).
     """
     k = max(1, min(num_envs, episodes))
     if make_env is None:
@@ -109,6 +111,8 @@ def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episod
                     start(i)
                 else:
                     obs[i] = o
+            if on_steps is not None:
+                on_steps(len(active))
     finally:
         for env in envs:
             env.close()

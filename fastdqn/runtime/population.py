@@ -46,7 +46,7 @@ from fastdqn.envs.make import EnvFactory
 from fastdqn.errors import ConfigError, TrainingDiverged
 from fastdqn.evaluation.episodes import EvalResult
 from fastdqn.evaluation.pool import EvalPool, pool_workers
-from fastdqn.runtime.run import PLOT_EVERY_S, Run, Signals, TrainResult
+from fastdqn.runtime.run import PLOT_EVERY_S, Run, Signals, TrainResult, evaluates_alongside
 from fastdqn.runtime.rundir import default_run_dir
 from fastdqn.runtime.train import (
     EnvProbe,
@@ -124,11 +124,11 @@ class Member:
     prefetched: dict[tuple[int, int], EvalResult] = field(default_factory=dict)
     """Evaluations played on the pool ahead of the evaluator's asking, by (episodes, first)."""
 
-    def play(self, episodes: int, first: int) -> EvalResult:
+    def play(self, episodes: int, first: int, policy: Callable | None = None) -> EvalResult:
         """The evaluator's episodes first .. first+episodes-1 of the SELECT stream: played on
-        the pool already, else here (`Run._play`)."""
+        the pool already, else now (`Run._play`)."""
         got = self.prefetched.pop((episodes, first), None)
-        return got if got is not None else self.run._play(episodes, first)
+        return got if got is not None else self.run._play(episodes, first, policy)
 
 
 class EnvBlock:
@@ -200,10 +200,10 @@ def finished(run_dir: Path) -> bool:
 
 
 def train_population(cfg: Config | None = None, env_factory: EnvFactory | None = None,
-                     eval_env_factory: EnvFactory | None = None, **overrides
-                     ) -> PopulationResult:
+                     eval_env_factory: EnvFactory | None = None, started: float | None = None,
+                     **overrides) -> PopulationResult:
     """Train one agent per seed of `cfg.seeds` in this process and sum them up (RUN is
-    cfg.run_dir, else a new dir under runs/)."""
+    cfg.run_dir, else a new dir under runs/); `started` as `train`'s."""
     cfg = settings_of(cfg, overrides)
     seeds = cfg.population()
     if not seeds:
@@ -216,7 +216,7 @@ def train_population(cfg: Config | None = None, env_factory: EnvFactory | None =
     with Signals() as signals:
         start = time.perf_counter()
         members, stage_us = train_agents(cfg, todo, env, device, signals, env_factory,
-                                         eval_env_factory)
+                                         eval_env_factory, started=started)
         summary = write_population(root, cfg, seeds, members, stage_us,
                                    time.perf_counter() - start, env.target_return)
         results = {m.seed: m.result for m in members if m.result is not None}
@@ -238,8 +238,8 @@ def check_population(cfg: Config, env_factory: EnvFactory | None = None
 def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
                  signals: Signals, env_factory: EnvFactory | None = None,
                  eval_env_factory: EnvFactory | None = None,
-                 on_eval: Callable[[dict[str, dict]], set[str]] | None = None
-                 ) -> tuple[list[Member], dict[str, float]]:
+                 on_eval: Callable[[dict[str, dict]], set[str]] | None = None,
+                 started: float | None = None) -> tuple[list[Member], dict[str, float]]:
     """Train the agents `cfgs` (by label; each its own run dir and settings, the vector env's
     of `base`) in one loop until each ends, and finish each one's run; returns the agents and
     the loop's µs per iteration in each stage.
@@ -251,7 +251,8 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
         return [], {}
     first = next(iter(cfgs.values()))
     with torch_settings(first, device):
-        members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals)
+        members = start_members(cfgs, env, device, env_factory, eval_env_factory, signals,
+                                started)
         timer = StageTimer(STAGES)
         # The env workers fork first, while no thread runs (envs/workers.py); the evaluation
         # pool forks its workers next, before its own handler threads start.
@@ -260,13 +261,16 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
         evals = None
         try:
             evals = eval_pool(base, len(members), eval_env_factory or env_factory, device)
-            for m in members:
+            for i, m in enumerate(members):
                 m.run.envs = EnvBlock(envs, m.lo, m.hi)
                 m.run.evaluator.play = m.play
+                m.run.use_pool(evals, i)
             total = sum(m.cfg.total_timesteps for m in members)
-            train_members(members, envs, timer, on_eval, Progress(base.progress, total), evals)
+            train_members(members, envs, timer, on_eval, Progress(base.progress, total))
             close_members(members, envs)
             envs.close()  # before the final evaluations and files, as a solo run's `with run:`
+            for m in members:
+                m.run.settle()
             if evals is not None:
                 prefetch_final(members, evals)
             for m in members:
@@ -280,37 +284,14 @@ def train_agents(base: Config, cfgs: dict[str, Config], env: EnvProbe, device: t
 
 def eval_pool(base: Config, agents: int, make_env: EnvFactory | None, device: torch.device
               ) -> EvalPool | None:
-    """Worker processes for the agents' evaluations, where there are several agents and cores
-    (each agent's evaluation is one task; they run side by side). On a GPU the agents evaluate
-    in this process, one after another: a forked worker cannot use CUDA."""
-    workers = pool_workers(agents)
-    if agents < 2 or workers < 2 or device.type != "cpu":
+    """Worker processes for the agents' evaluations, one per core: each agent's screens ride
+    along beside the training there (paced on its own slot, `Run.maybe_evaluate`), side by
+    side with the others'. On a GPU the agents evaluate in this process, one after another:
+    a forked worker cannot use CUDA."""
+    if not evaluates_alongside(device):
         return None
-    return EvalPool(workers, base.env_id, base.eval_envs, make_env,
-                    eval_epsilon(base.eval_epsilon, base.env_id))
-
-
-def prefetch_screens(due: list[Member], evals: EvalPool) -> None:
-    """The screening evaluations of the agents `due`, all at once on the pool; then, for those
-    whose screen reached the target, the confirming episodes (`Evaluator.confirming`), all at
-    once. Each agent's evaluator then reads its results as if it had played them
-    (`Member.play`)."""
-    if len(due) < 2:
-        return
-    screens = {m.key: evals.submit(m.agent.policy(), m.cfg.eval_episodes,
-                                   episode_seed(m.seed, SELECT, 0)) for m in due}
-    confirms = {}
-    for m in due:
-        result = m.prefetched[(m.cfg.eval_episodes, 0)] = screens[m.key].get()
-        rest = m.run.evaluator.confirming(result)
-        if rest:
-            first = m.cfg.eval_episodes
-            confirms[m.key] = (rest, first), evals.submit(m.agent.policy(), rest,
-                                                          episode_seed(m.seed, SELECT, first))
-    for m in due:
-        if m.key in confirms:
-            key, job = confirms[m.key]
-            m.prefetched[key] = job.get()
+    return EvalPool(pool_workers(agents), base.env_id, base.eval_envs, make_env,
+                    eval_epsilon(base.eval_epsilon, base.env_id), slots=agents)
 
 
 def prefetch_final(members: list[Member], evals: EvalPool) -> None:
@@ -357,7 +338,7 @@ def prepare_population(cfg: Config, seeds: list[int]) -> Path:
 
 def start_members(cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
                   env_factory: EnvFactory | None, eval_env_factory: EnvFactory | None,
-                  signals: Signals) -> list[Member]:
+                  signals: Signals, started: float | None = None) -> list[Member]:
     """Each agent and its run (run dir, resumed checkpoint), its block of the envs in order."""
     algo, members, lo = ALGOS["dqn"], [], 0
     for key, c in cfgs.items():
@@ -367,7 +348,7 @@ def start_members(cfgs: dict[str, Config], env: EnvProbe, device: torch.device,
                   obs_space=env.obs_space, act_space=env.act_space, ckpt=ckpt,
                   timer=StageTimer(("log",)), env_factory=env_factory,
                   eval_env_factory=eval_env_factory or env_factory, envs=_NoEnvs(),
-                  signals=SharedSignals(signals))  # type: ignore[arg-type]
+                  signals=SharedSignals(signals), started=started)  # type: ignore[arg-type]
         run.attach(agent)
         run.logger.label = f"{key}: "
         run.logger.progress_on = False  # the population prints one line for all (Progress)
@@ -441,7 +422,7 @@ class Progress:
 
 def train_members(members: list[Member], envs, timer: StageTimer,
                   on_eval: Callable[[dict[str, dict]], set[str]] | None,
-                  progress: Progress | None = None, evals: EvalPool | None = None) -> None:
+                  progress: Progress | None = None) -> None:
     """The population's loop: every live agent acts, the envs step (only live agents' blocks)
     while every live agent learns, then each adds its transitions and runs its run's hooks."""
     lap, total = timer.lap, envs.num_envs
@@ -476,8 +457,6 @@ def train_members(members: list[Member], envs, timer: StageTimer,
             if m.live:  # else its learner diverged
                 guarded(m, add_member, m, next_obs, rewards, terminated, truncated, infos, total)
         lap("add")
-        if evals is not None:
-            prefetch_screens([m for m in live if m.live and m.run.evaluator.due()], evals)
         evaluated = False
         for m in live:
             if m.live:

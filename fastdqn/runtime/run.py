@@ -25,15 +25,17 @@ import torch
 
 from fastdqn.algos.contract import Agent, Counters, EpisodeTally, divergence_message
 from fastdqn.config.settings import Config
-from fastdqn.core.checkpoint import atomic_write_json, save_checkpoint
+from fastdqn.core.checkpoint import atomic_write_bytes, atomic_write_json, checkpoint_bytes
 from fastdqn.core.logger import RunLogger, StageTimer, WandbTracker, plot_returns
 from fastdqn.core.seeds import SELECT, TRAIN, episode_seed
 from fastdqn.envs.atari import eval_epsilon
 from fastdqn.envs.backends import make_vector_env
 from fastdqn.envs.make import EnvFactory
+from fastdqn.envs.workers import start_method, usable_cores
 from fastdqn.errors import TrainingDiverged
 from fastdqn.evaluation.episodes import EvalResult, run_episodes
 from fastdqn.evaluation.policies import Policy
+from fastdqn.evaluation.pool import EvalPool, PendingScreen
 from fastdqn.version import __version__
 
 STAT_LABELS = {"losses/td_loss": "TD loss", "losses/q_values": "mean Q"}
@@ -112,7 +114,7 @@ class Evaluator:
     """
 
     def __init__(self, cfg: Config, counters: Counters, target_return: float | None,
-                 play: Callable[[int, int], EvalResult], logger: RunLogger,
+                 play: Callable[..., EvalResult], logger: RunLogger,
                  elapsed: Callable[[], float]) -> None:
         self.cfg, self.c, self.target, self.play, self.logger = (
             cfg, counters, target_return, play, logger)
@@ -122,23 +124,35 @@ class Evaluator:
     def due(self) -> bool:
         return bool(self.cfg.eval_every) and self.c.step >= self.c.next_eval
 
+    def start(self) -> None:
+        """A screen is starting: the next is due --eval-every steps on."""
+        self.c.next_eval += self.cfg.eval_every
+
     def periodic(self) -> tuple[EvalResult, bool, bool]:
-        """Screen (and confirm when it reaches the target); returns (result, improved, solved)."""
-        cfg, c = self.cfg, self.c
-        c.next_eval += cfg.eval_every
-        result, kind = self.play(cfg.eval_episodes, 0), "screen"
+        """Screen the agent now, here (and confirm when it reaches the target); returns
+        (result, improved, solved)."""
+        self.start()
+        return self.screened(self.play(self.cfg.eval_episodes, 0), self.c.step)
+
+    def screened(self, screen: EvalResult, step: int, policy: Callable | None = None
+                 ) -> tuple[EvalResult, bool, bool]:
+        """A screen of the policy of `step` (`policy`: its snapshot; None: the agent's own) is
+        in: confirm it when it reaches the target, record it; returns (result, improved,
+        solved)."""
+        cfg = self.cfg
+        result, kind = screen, "screen"
         cut = result.episodes < cfg.eval_episodes  # a signal stopped it
         rest = self.confirming(result)
         if rest:
-            more = self.play(rest, cfg.eval_episodes)
+            more = self.play(rest, cfg.eval_episodes, policy)
             cut = more.episodes < rest
             result, kind = combine(result, more), "confirm"
         if result.episodes == 0:
             return result, False, False
-        self.record(result, kind, cut)
-        self.logger.message(f"eval at {c.step:,d} steps: {result.mean:.1f} ± {result.std:.1f}"
+        self.record(result, kind, cut, step)
+        self.logger.message(f"eval at {step:,d} steps: {result.mean:.1f} ± {result.std:.1f}"
                             f" over {result.episodes} episodes")
-        return result, self.select(result, cut), self.solves(result)
+        return result, self.select(result, cut, step), self.solves(result)
 
     def confirming(self, screen: EvalResult) -> int:
         """The episodes that confirm a whole screen which reached the target (the rest of
@@ -184,30 +198,36 @@ class Evaluator:
         return (self.target is not None and result.episodes >= self.cfg.solve_episodes
                 and result.mean >= self.target)
 
-    def record(self, result: EvalResult, kind: str, cut: bool = False) -> dict:
-        """An eval's entry in summary.json: what was measured, on how many episodes, which seeds
-        (and `interrupted` when a signal cut it short)."""
-        entry = {"step": self.c.step, "wall_time_s": round(self.elapsed(), 3),
+    def record(self, result: EvalResult, kind: str, cut: bool = False,
+               step: int | None = None) -> dict:
+        """An eval's entry in summary.json: the policy of which step was measured, at what
+        wall time (and step) its result was known, on how many episodes, which seeds (and
+        `interrupted` when a signal cut it short)."""
+        step = self.c.step if step is None else step
+        entry = {"step": step, "wall_time_s": round(self.elapsed(), 3),
                  "kind": kind, **result.to_dict(), "seeds": self.seeds(result.episodes)}
+        if step != self.c.step:
+            entry["known_at_step"] = self.c.step
         if cut:
             entry["interrupted"] = True
         self.c.evals.append(entry)
         self.latest = result
-        self.logger.scalar("eval/mean_return", result.mean, self.c.step)
-        self.logger.scalar("eval/std_return", result.std, self.c.step)
+        self.logger.scalar("eval/mean_return", result.mean, step)
+        self.logger.scalar("eval/std_return", result.std, step)
         return entry
 
     def seeds(self, count: int) -> dict:
         return {"stream": "select", "first": episode_seed(self.cfg.seed, SELECT), "count": count}
 
-    def select(self, result: EvalResult, cut: bool = False) -> bool:
+    def select(self, result: EvalResult, cut: bool = False, step: int | None = None) -> bool:
         """Is this the best policy so far (by its screening episodes)? An evaluation a signal
         cut short before its screening episodes ended competes with none."""
         if cut and result.episodes < self.cfg.eval_episodes:
             return False
         score = float(np.mean(result.returns[:self.cfg.eval_episodes]))
         if score > self.c.best_eval:
-            self.c.best_eval, self.c.best_step = score, self.c.step
+            self.c.best_eval = score
+            self.c.best_step = self.c.step if step is None else step
             return True
         return False
 
@@ -244,7 +264,9 @@ class Run:
                  target_return: float | None, obs_space, act_space, ckpt: dict | None,
                  timer: StageTimer, env_factory: EnvFactory | None,
                  eval_env_factory: EnvFactory | None, envs=None,
-                 signals: Signals | None = None) -> None:
+                 signals: Signals | None = None, started: float | None = None) -> None:
+        """`started`: when the run's clock starts on perf_counter's scale (the command's
+        process start, so that its set-up counts); now by default."""
         self.cfg, self.run_dir, self.device, self.timer = cfg, run_dir, device, timer
         self.target_return, self.ckpt = target_return, ckpt
         self.obs_space, self.act_space = obs_space, act_space
@@ -259,12 +281,20 @@ class Run:
         # Envs first: async workers are forked, which must happen before any thread starts.
         self.envs = envs if envs is not None else make_vector_env(
             cfg.env_id, cfg.num_envs, cfg.vector, env_factory, cfg.num_workers, cfg.env_timeout)
+        # The evaluation worker next, before a thread starts (the logger's writer).
+        self.pool: EvalPool | None = None
+        self.slot, self.owns_pool = 0, envs is None and evaluates_alongside(device)
+        if self.owns_pool:
+            self.pool = EvalPool(1, cfg.env_id, cfg.eval_envs, eval_env_factory,
+                                 eval_epsilon(cfg.eval_epsilon, cfg.env_id))
+        self.pending: PendingScreen | None = None
+        self.best_state: bytes | None = None  # best.pt's bytes when a snapshot was the best
         resumed_at = self.c.step if ckpt is not None else None
         tracker = (WandbTracker(cfg.wandb, run_dir, cfg.to_dict(), cfg.wandb_group or None,
                                 resumed_at) if cfg.wandb else None)
         self.logger = RunLogger(run_dir, cfg.total_timesteps, cfg.progress,
                                 purge_step=resumed_at, tracker=tracker)
-        self.start = time.perf_counter() - self.c.wall_time
+        self.start = (time.perf_counter() if started is None else started) - self.c.wall_time
         self.evaluator = Evaluator(cfg, self.c, target_return, self._play, self.logger,
                                    lambda: time.perf_counter() - self.start)
         # the caller's handlers when it installed them before the agent's set-up and the envs
@@ -282,6 +312,15 @@ class Run:
 
     def attach(self, agent: Agent) -> None:
         self.agent = agent
+
+    def use_pool(self, pool: EvalPool | None, slot: int) -> None:
+        """Evaluate on a pool the caller owns (a population's), pacing screens on `slot`."""
+        self.pool, self.slot = pool, slot
+
+    def close_pool(self) -> None:
+        if self.owns_pool and self.pool is not None:
+            self.pool.close()
+        self.pool = self.pending = None
 
     # -- the loop's hooks ----------------------------------------------------------------------
 
@@ -305,6 +344,7 @@ class Run:
             finishing = exc_type in (None, TrainingDiverged)
         finally:
             if not finishing:
+                self.close_pool()
                 self.signals.__exit__()
         if exc_type is TrainingDiverged:
             self.diverged = exc
@@ -385,35 +425,83 @@ class Run:
         self.timer.iteration_done(c.step)
 
     def maybe_evaluate(self) -> bool:
-        """Evaluate when due; True when the run is solved (the loop stops)."""
+        """Screen when due: beside the training on the pool (its result counts some steps
+        later, `PendingScreen`), else here and now. True when the run is solved (the loop
+        stops)."""
+        cfg, c = self.cfg, self.c
+        if self.pending is not None:
+            # counted by the next screen's step at the latest, so the cadence stays the same
+            screen = self.pending.taken(c.step, wait=self.evaluator.due())
+            if screen is None:
+                return False
+            if self._screened(screen):
+                return True
         if not self.evaluator.due():
             return False
-        result, improved, solved = self.evaluator.periodic()
+        if self.pool is None:
+            return self._concluded(c.step, None, *self.evaluator.periodic())
+        self.evaluator.start()
+        self.pending = PendingScreen(self.pool, self.slot, c.step, self.agent.policy(),
+                                     cfg.eval_episodes, episode_seed(cfg.seed, SELECT, 0),
+                                     checkpoint_bytes(self.state()))
+        return False
+
+    def settle(self) -> None:
+        """The screen in flight as the loop ends: its result counts now (waited for), unless
+        a signal, a divergence or a stop ended the loop (then it is dropped)."""
+        if self.pending is not None:
+            if self.final_due():
+                self._screened(self.pending.taken(self.c.step, wait=True))
+            self.pending = None
+
+    def _screened(self, screen: EvalResult) -> bool:
+        """The result of the screen in flight is in: confirm and record it (of its snapshot)."""
+        pending, self.pending = self.pending, None
+        return self._concluded(pending.step, pending.state,
+                               *self.evaluator.screened(screen, pending.step, pending.policy))
+
+    def _concluded(self, step: int, best: bytes | None, result: EvalResult, improved: bool,
+                   solved: bool) -> bool:
+        """An evaluation of the policy of `step` is recorded: write checkpoint.pt, and best.pt
+        (`best`: the snapshot's bytes, else the run now) when it is the best; True when it
+        solves the run."""
         if time.perf_counter() >= self.next_plot:
             self._plot()
             self.next_plot = time.perf_counter() + self.plot_every
         if solved:
-            self.solved_at = (self.c.step, time.perf_counter() - self.start)
+            self.solved_at = (step, time.perf_counter() - self.start)
             self.final_eval, self.best_due = result, improved
+            self.best_state = best if improved else None
             return True
         # Every evaluation writes checkpoint.pt (resumable from the first one on), and before
         # best.pt, so a kill -9 between the two leaves a checkpoint to resume.
         self.save("checkpoint.pt", self.cfg.save_buffer)
         if improved:
-            self.save("best.pt")
+            self.save("best.pt", state=best)
         if self.cfg.checkpoint_every and self.c.step >= self.c.next_checkpoint:
             self.c.next_checkpoint += self.cfg.checkpoint_every
         return False
 
     def maybe_checkpoint(self) -> None:
+        """checkpoint.pt every --checkpoint-every steps; while a screen is in flight, when its
+        result is in (which writes one), so that no checkpoint forgets a screen."""
+        if self.pending is not None:
+            return
         if self.cfg.checkpoint_every and self.c.step >= self.c.next_checkpoint:
             self.c.next_checkpoint += self.cfg.checkpoint_every
             self.save("checkpoint.pt", self.cfg.save_buffer)
 
     # -- files ---------------------------------------------------------------------------------
 
-    def save(self, name: str, with_buffer: bool = False) -> None:
-        """Write a checkpoint, never a non-finite one (TrainingDiverged instead)."""
+    def save(self, name: str, with_buffer: bool = False, state: bytes | None = None) -> None:
+        """Write a checkpoint of the run now (or `state`, a snapshot's bytes), never a
+        non-finite one (TrainingDiverged instead)."""
+        atomic_write_bytes(self.run_dir / name,
+                           state if state is not None else checkpoint_bytes(self.state(with_buffer)))
+
+    def state(self, with_buffer: bool = False) -> dict:
+        """What a checkpoint of the run now holds; TrainingDiverged when the network is not
+        finite."""
         cfg, agent = self.cfg, self.agent
         if not agent.all_finite():
             raise TrainingDiverged(divergence_message(cfg, self.c.step, "NaN or inf in the network"))
@@ -428,16 +516,30 @@ class Run:
             "env_starts": list(self.env_starts),
         }
         state["rng"] = {**state.get("rng", {}), "torch": torch.get_rng_state()}
-        save_checkpoint(self.run_dir / name, state)
+        return state
 
-    def _play(self, episodes: int, first: int) -> EvalResult:
+    def _play(self, episodes: int, first: int, policy: Callable | None = None) -> EvalResult:
         """Greedy (--eval-epsilon: epsilon-greedy) episodes first .. first+episodes-1 of the
-        SELECT seed stream; a signal ends it early, with the episodes that ended before it."""
-        return run_episodes(self.agent.greedy, self.cfg.env_id, episodes,
-                            episode_seed(self.cfg.seed, SELECT, first), self.cfg.eval_envs,
-                            make_env=self.eval_env_factory,
-                            epsilon=eval_epsilon(self.cfg.eval_epsilon, self.cfg.env_id),
-                            stop=lambda: self.signals.received is not None)
+        SELECT seed stream, of `policy` (a snapshot) or of the agent now. With a pool, the
+        later half plays there meanwhile (each episode's result is the same wherever it
+        plays). A signal ends it early, with the episodes that ended before it."""
+        cfg = self.cfg
+
+        def play(policy: Callable, count: int, first: int) -> EvalResult:
+            return run_episodes(policy, cfg.env_id, count, episode_seed(cfg.seed, SELECT, first),
+                                cfg.eval_envs, make_env=self.eval_env_factory,
+                                epsilon=eval_epsilon(cfg.eval_epsilon, cfg.env_id),
+                                stop=lambda: self.signals.received is not None)
+        if self.pool is None or episodes < 2:
+            return play(self.agent.greedy if policy is None else policy, episodes, first)
+        policy = self.agent.policy() if policy is None else policy
+        half = episodes // 2
+        later = self.pool.submit(policy, episodes - half, episode_seed(cfg.seed, SELECT,
+                                                                        first + half))
+        mine = play(policy, half, first)
+        if mine.episodes < half:  # a signal cut it short: no later episode counts
+            return mine
+        return combine(mine, later.get())
 
     def _log_episodes(self) -> None:
         """Write finished episodes to TensorBoard in one batch at log time, not as each one ends
@@ -473,6 +575,7 @@ class Run:
         try:
             return self._finish(progress)
         finally:
+            self.close_pool()
             self.signals.__exit__()
 
     def final_due(self) -> bool:
@@ -483,14 +586,16 @@ class Run:
 
     def _finish(self, progress: dict) -> TrainResult:
         cfg, c, agent = self.cfg, self.c, self.agent
+        self.settle()
         if self.final_due():
             self.final_eval, self.best_due, solves = self.evaluator.final()
+            self.best_state = None
             if solves:
                 self.solved_at = (c.step, time.perf_counter() - self.start)
         if self.diverged is None:
             self.save("checkpoint.pt", cfg.save_buffer)
             if self.best_due or not (self.run_dir / "best.pt").exists():
-                self.save("best.pt")
+                self.save("best.pt", state=self.best_state if self.best_due else None)
         wall = time.perf_counter() - self.start
         self._log_episodes()
         self.logger.progress(c.step, self.sps, mean100(c.returns), progress.get("epsilon"),
@@ -521,6 +626,12 @@ class Run:
             raise self.diverged
         return TrainResult(self.run_dir, summary, agent.policy(), c.returns, c.end_steps,
                            received)
+
+
+def evaluates_alongside(device: torch.device) -> bool:
+    """Whether a run's evaluations play on a worker process beside its training: on the CPU
+    (a forked worker cannot use CUDA), with fork, and with a second core to play on."""
+    return device.type == "cpu" and start_method() == "fork" and usable_cores() >= 2
 
 
 def mean100(returns: list[float]) -> float | None:

@@ -185,7 +185,8 @@ def drive(run: Run, agent: Agent, loop: Callable) -> TrainResult:
 
 def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
           timer: StageTimer | None = None, eval_env_factory: EnvFactory | None = None,
-          q_network: torch.nn.Module | None = None, **overrides) -> TrainResult:
+          q_network: torch.nn.Module | None = None, started: float | None = None,
+          **overrides) -> TrainResult:
     """Train an agent as `cfg` says and return the run's summary and greedy policy.
 
     `env_factory` replaces `gymnasium.make(cfg.env_id)` for the training envs (tests use it for
@@ -193,7 +194,9 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     same factory: a run is judged on what it was trained on. `q_network` is your own
     `torch.nn.Module` (float observations in, one Q-value per action out), trained on the
     reference route (--algo dqn only). `timer` receives the per-stage timings (the benchmark
-    passes a syncing one); `overrides` are Config fields, applied on top of `cfg`.
+    passes a syncing one); `started` is where the run's clock (wall time, time to solve)
+    starts on `time.perf_counter()`'s scale: the CLI passes its process's start, by default
+    it is the moment the run begins. `overrides` are Config fields, applied on top of `cfg`.
     """
     cfg = settings_of(cfg, overrides)
     algo = ALGOS[cfg.algo]
@@ -222,7 +225,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
                       obs_space=env.obs_space, act_space=env.act_space, ckpt=ckpt,
                       timer=timer or StageTimer(stages), env_factory=env_factory,
                       eval_env_factory=eval_env_factory or env_factory, envs=cluster.fleet,
-                      signals=signals)
+                      signals=signals, started=started)
             return drive(run, agent, loop)
     finally:
         signals.__exit__()  # restored already, unless the run failed before finish()

@@ -53,6 +53,10 @@ yardstick every trial is scored by, and where and how the run is kept."""
 MAX_CHOICES = 64
 MAX_PARAMS = 64
 
+WARMUP = 5
+"""The pruner judges no trial before a 1/WARMUP of the budget: a 10-episode screen at 10 000
+LunarLander steps says nothing of the end (a study pruned 9 trials of 14 there, 2026-12-07)."""
+
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"low": 1e-4, "high": 3e-3, "log": True},
     "gamma": {"low": 0.95, "high": 0.999},
@@ -244,7 +248,8 @@ def tune(base: Config, params: list[Param], *, trials: int, storage: str | None,
     study_obj = optuna.create_study(
         storage=storage, study_name=study, direction=OBJECTIVES[objective], load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True),
-        pruner=(optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+        pruner=(optuna.pruners.MedianPruner(n_startup_trials=5,
+                                            n_warmup_steps=base.total_timesteps // WARMUP)
                 if pruner == "median" else optuna.pruners.NopPruner()))
     _check_study(study_obj, objective, base)
     start, added, sign = time.perf_counter(), 0, (-1.0 if objective == "steps" else 1.0)
