@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compare", action="store_true",
                    help="also run a random policy and gymnasium's heuristic controller (LunarLander) "
                         "on the same seeds; prints a table and writes a histogram (--plot)")
+    e.add_argument("--success-return", default=None, metavar="R",
+                   help="the return --compare counts an episode a success at (default: the "
+                        "run's --target-return; lunarlander-expert's 250 is a stopping rule, "
+                        "the env's own bar is 200)")
     e.add_argument("--plot", default=None, metavar="FILE",
                    help="where --compare writes its histogram (default: compare.png next to the "
                         "checkpoint)")
@@ -499,6 +503,12 @@ def _check_eval_flags(args: argparse.Namespace) -> Path | None:
         args.seed = check_episode_seed(args.seed, args.episodes)
     if args.plot and not args.compare:
         raise ConfigError("--plot names the --compare histogram; add --compare or drop --plot")
+    if args.success_return is not None:
+        if not args.compare:
+            raise ConfigError("--success-return is --compare's success bar; add --compare or "
+                              "drop --success-return")
+        args.success_return = check_value("target_return", args.success_return,
+                                          "--success-return")
     return _output(args.gif, "--gif", ["gif"]) if args.gif else None
 
 
@@ -531,11 +541,13 @@ def _eval_seed_and_epsilon(args: argparse.Namespace, ckpt: dict, env_id: str
 
 
 def _compare_settings(args: argparse.Namespace, ckpt: dict) -> tuple[float | None, Path]:
-    """--compare's success threshold (the run's --target-return) and the file its histogram
-    goes to (--plot, else compare.png next to the checkpoint), checked before any episode."""
+    """--compare's success threshold (--success-return, else the run's --target-return) and
+    the file its histogram goes to (--plot, else compare.png next to the checkpoint), checked
+    before any episode."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    target = _run_setting(args.checkpoint, ckpt, "target_return", "a finite number or none")
+    target = (args.success_return if args.success_return is not None else
+              _run_setting(args.checkpoint, ckpt, "target_return", "a finite number or none"))
     formats = ["png", "svg", "pdf", *FigureCanvasBase.get_supported_filetypes()]
     plot = _output(args.plot or str(Path(args.checkpoint).parent / "compare.png"), "--plot",
                    list(dict.fromkeys(formats)))

@@ -916,3 +916,20 @@ def test_a_config_file_is_utf8_text_a_bom_allowed_and_a_broken_link_named(tmp_pa
     assert err.startswith("error: config file settings is a broken symlink (to "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bom.toml", "latin.toml", "settings", "wide.toml"]
+
+
+def test_eval_compare_success_return_sets_the_bar(lunar_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """--success-return replaces the run's --target-return as --compare's success bar (a run
+    whose target is a stopping rule, lunarlander-expert's 250, is compared on the env's 200)."""
+    rates = {}
+    for bar in ("-1000", "1000"):
+        assert main(["eval", str(lunar_ckpt), "--episodes", "2", "--compare", "--json",
+                     "--success-return", bar, "--plot", str(tmp_path / "c.png")]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["success_threshold"] == float(bar)
+        rates[bar] = [out[p]["success_rate"] for p in ("greedy", "random", "heuristic")]
+    assert rates == {"-1000": [1.0, 1.0, 1.0], "1000": [0.0, 0.0, 0.0]}
+    assert main(["eval", str(lunar_ckpt), "--success-return", "200"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --success-return is --compare's success bar; add --compare or drop "
+        "--success-return")

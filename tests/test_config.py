@@ -33,7 +33,7 @@ RULES = [
     *[({name: 0}, f"--{name.replace('_', '-')} must be >= 1") for name in POSITIVE_INTS],
     *[({name: -1}, f"--{name.replace('_', '-')} must be >= 0") for name in NON_NEGATIVE_INTS],
     ({"num_threads": 0}, "--num-threads must be >= 1, got 0"),
-    ({"vector": "foo"}, "--vector must be one of sharded, async, sync, envpool, got 'foo'"),
+    ({"vector": "foo"}, "--vector must be one of auto, sharded, async, sync, envpool, got 'foo'"),
     ({"loss": "l1"}, "--loss must be one of huber, mse"),
     ({"exploration": "ucb"}, "--exploration must be one of egreedy, boltzmann"),
     ({"eps_schedule": "cosine"}, "--eps-schedule must be one of linear, exponential, per_episode"),

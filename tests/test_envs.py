@@ -201,7 +201,8 @@ def test_real_next_obs_replaces_only_finished_rows():
 def test_the_backends_are_configs_vector_choices():
     """A backend is one module and one BACKENDS entry; config's choices, and the settings it
     reads only with some backends, must say what the entries say."""
-    assert list(BACKENDS) == CHOICES["vector"]
+    assert ["auto", *BACKENDS] == CHOICES["vector"]
+    make_config(vector="auto", num_workers=3, env_timeout=3)  # read where it picks sharded
     for name, backend in BACKENDS.items():
         for setting, reads in (("num_workers", backend.workers), ("env_timeout", backend.replies)):
             if reads:
@@ -685,3 +686,23 @@ def test_an_apex_actor_sends_its_actions_shifted():
         actor.close()
     assert set(block["actions"]) == {0, 1, 2}
     assert list(shifted_by_env(block["next_obs"])) == list(block["actions"] + ACTION_START)
+
+
+def test_auto_picks_envpool_only_where_it_was_measured_faster_and_records_the_choice(tmp_path):
+    from fastdqn import train
+    from fastdqn.envs.backends import ENVPOOL_FIRST, pick_vector
+
+    assert pick_vector("sync", "LunarLander-v3", False) == "sync"  # a choice is kept
+    assert pick_vector("auto", "CartPole-v1", False) == "sharded"  # not measured: workers
+    assert pick_vector("auto", "LunarLander-v3", True) == "sharded"  # the caller's factory
+    try:
+        import envpool  # noqa: F401
+        expected = "envpool"
+    except ImportError:
+        expected = "sharded"
+    assert ENVPOOL_FIRST == ("LunarLander-v3",)
+    assert pick_vector("auto", "LunarLander-v3", False) == expected
+    result = train(env_id="LunarLander-v3", num_envs=2, hidden=(8,), batch_size=8, buffer_size=64,
+                   learning_starts=16, total_timesteps=32, eval_every=0, solve_episodes=1,
+                   eval_envs=1, progress=False, run_dir=str(tmp_path / "r"))
+    assert result.summary["config"]["vector"] == expected

@@ -15,7 +15,7 @@ or noisy head (--network mlp with --distributional or --noisy), which has no fla
 CHOICES: dict[str, list[str]] = {
     "algo": list(ALGOS),
     "reinforce_baseline": ["none", "normalize", "value"],
-    "vector": ["sharded", "async", "sync", "envpool"],
+    "vector": ["auto", "sharded", "async", "sync", "envpool"],
     "learner": ["auto", "numba", "reference"],
     "frame_replay": ["auto", "on", "off"],
     "loss": ["huber", "mse"],

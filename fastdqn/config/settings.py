@@ -64,12 +64,14 @@ class Config:
     """gymnasium environment id (Discrete actions, Box observations)."""
     num_envs: int = 16
     """Number of environments stepped in parallel."""
-    vector: str = "sharded"
+    vector: str = "auto"
     """Vector env: sharded (worker processes each stepping a shard of the envs), async
     (gymnasium AsyncVectorEnv, one process per env), sync (in-process, no overlap) or envpool
     (EnvPool's C++ envs for the ids it has, e.g. LunarLander-v3 and Atari; pip install -e
     ".[envpool]"). envpool seeds each env once per run, not each episode, and a resumed run
-    starts fresh episodes; evaluations always play gymnasium's env."""
+    starts fresh episodes; evaluations always play gymnasium's env. auto: envpool where it is
+    installed and was measured faster for the env id (LunarLander-v3), else sharded; the run's
+    config records the choice."""
     num_workers: int = _reads(0, when=("workers",))
     """sharded: env worker processes; envpool: EnvPool threads; 0 means one per CPU core beyond
     the learner's."""
@@ -628,10 +630,11 @@ CONDITIONS: dict[str, Condition] = {
                                "--eps-schedule per_episode",
                                "applies to --eps-schedule per_episode only; drop it or pass "
                                "--eps-schedule per_episode"),
-    "workers": Condition(lambda c: c.vector in ("sharded", "envpool"), "--vector sharded or envpool",
+    "workers": Condition(lambda c: c.vector in ("auto", "sharded", "envpool"),
+                         "--vector sharded or envpool",
                          "applies to --vector sharded (worker processes) and envpool (threads) "
                          "only; drop it or pass --vector sharded"),
-    "worker_replies": Condition(lambda c: c.vector in ("sharded", "async"),
+    "worker_replies": Condition(lambda c: c.vector in ("auto", "sharded", "async"),
                                 "--vector sharded or async",
                                 "applies to env worker processes (--vector sharded or async) "
                                 "only; drop it or pass --vector sharded"),

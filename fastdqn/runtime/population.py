@@ -204,7 +204,7 @@ def train_population(cfg: Config | None = None, env_factory: EnvFactory | None =
                      **overrides) -> PopulationResult:
     """Train one agent per seed of `cfg.seeds` in this process and sum them up (RUN is
     cfg.run_dir, else a new dir under runs/); `started` as `train`'s."""
-    cfg = settings_of(cfg, overrides)
+    cfg = settings_of(cfg, overrides, env_factory)
     seeds = cfg.population()
     if not seeds:
         raise ConfigError("train_population needs --seeds (e.g. 1-8)")

@@ -6,6 +6,7 @@ checkpoint a resumed run continues from, the agent started, then the run's lifec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from fastdqn.core.checkpoint import load_checkpoint
 from fastdqn.core.device import resolve_device
 from fastdqn.core.logger import StageTimer, check_wandb
 from fastdqn.core.seeds import Purpose, generator_seed
-from fastdqn.envs.backends import BACKENDS
+from fastdqn.envs.backends import BACKENDS, pick_vector
 from fastdqn.envs.make import EnvFactory, probe_env
 from fastdqn.envs.make import env_factory as envs_factory
 from fastdqn.envs.spaces import check_spaces, zero_based
@@ -43,15 +44,18 @@ class EnvProbe:
     target_return: float | None
 
 
-def settings_of(cfg: Config | None, overrides: dict) -> Config:
-    """`cfg` with `overrides` on top (the defaults without a `cfg`), validated."""
+def settings_of(cfg: Config | None, overrides: dict, env_factory: EnvFactory | None = None
+                ) -> Config:
+    """`cfg` with `overrides` on top (the defaults without a `cfg`), validated, and
+    `--vector auto` made the backend it picks (`pick_vector`), which the run records."""
     from fastdqn.config.files import make_config
 
     if cfg is None or overrides:
         base = cfg.to_dict() if cfg is not None else {}
         cfg = make_config(**{**base, **overrides})
     cfg.validate()
-    return cfg
+    vector = pick_vector(cfg.vector, cfg.env_id, env_factory is not None)
+    return cfg if vector == cfg.vector else dataclasses.replace(cfg, vector=vector)
 
 
 def check_custom_network(cfg: Config, algo: Algorithm, q_network: torch.nn.Module | None) -> None:
@@ -198,7 +202,7 @@ def train(cfg: Config | None = None, env_factory: EnvFactory | None = None,
     starts on `time.perf_counter()`'s scale: the CLI passes its process's start, by default
     it is the moment the run begins. `overrides` are Config fields, applied on top of `cfg`.
     """
-    cfg = settings_of(cfg, overrides)
+    cfg = settings_of(cfg, overrides, env_factory)
     algo = ALGOS[cfg.algo]
     check_custom_network(cfg, algo, q_network)
     if cfg.wandb:

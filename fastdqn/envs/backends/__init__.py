@@ -65,7 +65,27 @@ BACKENDS: dict[str, Backend] = {
     "sync": Backend(sync.make),
     "envpool": Backend(envpool.make, envpool.check_envpool, takes_factory=False, workers=True),
 }
-"""The `--vector` choices (config's CHOICES["vector"], in the same order)."""
+"""The `--vector` choices (config's CHOICES["vector"], in the same order, after `auto`)."""
+
+ENVPOOL_FIRST = ("LunarLander-v3",)
+"""The ids `--vector auto` steps on EnvPool when it is installed: where EnvPool was measured
+faster than the sharded workers (LunarLander-v3, 2026-12-07, bench/README.md "The env
+backend for the default env"). Other ids stay on sharded until measured."""
+
+
+def pick_vector(mode: str, env_id: str, custom_factory: bool) -> str:
+    """The backend `--vector mode` runs: `mode` itself, or for auto EnvPool where it is
+    installed, has the id and was measured faster (ENVPOOL_FIRST), else sharded (which also
+    plays an env factory of the caller's)."""
+    if mode != "auto":
+        return mode
+    if custom_factory or env_id not in ENVPOOL_FIRST:
+        return "sharded"
+    try:
+        envpool.envpool_task(env_id)
+    except ConfigError:
+        return "sharded"
+    return "envpool"
 
 
 def make_vector_env(env_id: str, num_envs: int, mode: str = "async",
