@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for name, checkout in checkouts.items():
                 try:
-                    run = train_one(seed, root / name / f"seed_{seed}", train_args, checkout)
+                    where = root / name if args.against else root
+                    run = train_one(seed, where / f"seed_{seed}", train_args, checkout)
                 except KeyboardInterrupt:
                     print(f"interrupted during seed {seed}; no results written", file=sys.stderr)
                     return 130

@@ -100,8 +100,28 @@ def test_time_to_solve_smoke_reports_every_field(tmp_path) -> None:
     assert res["max_steps_to_solve"] == (solved[-1] if len(solved) == 2 else None)
     table = r.stdout.splitlines()
     assert table[0].split() == ["seed", "solved", "steps_to_solve", "time_to_solve_s", "wall_time_s",
-                                "final", "eval", "mean"]
-    assert table[-4].startswith("solve rate")
+                                "command_s", "final", "eval", "mean"]
+    assert table[-5].startswith("solve rate") and table[-3].startswith("median command")
+    for s in res["seeds"]:  # the command holds the run, whose clock starts with the process
+        assert s["command_s"] >= s["wall_time_s"] > 0
+
+
+def test_time_to_solve_against_another_checkout_alternates_and_gives_ratios(tmp_path) -> None:
+    out = tmp_path / "tts.json"
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "time_to_solve.py"), "--smoke",
+                        "--seeds", "1", "--against", str(ROOT), "--json", str(out),
+                        "--runs-dir", str(runs), "--", "--vector", "sync"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert [ln.split(" seed")[0] for ln in r.stderr.splitlines()] == ["against", "this"]
+    assert (runs / "against" / "seed_1" / "summary.json").is_file()
+    assert (runs / "this" / "seed_1" / "summary.json").is_file()
+    assert res["against"]["dir"] == str(ROOT) and res["against"]["seeds"][0]["seed"] == 1
+    assert res["ratio_command"] == round(res["median_command_s"]
+                                         / res["against"]["median_command_s"], 3)
+    assert r.stdout.splitlines()[-1].startswith("ratio (this / against): time to solve ")
 
 
 def test_time_to_solve_refuses_flags_it_sets_itself() -> None:
