@@ -98,3 +98,18 @@ def test_the_cli_clock_counts_from_the_process_start():
             "print(process_age() >= time.perf_counter() - t0 > 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_a_run_solved_by_a_snapshot_returns_that_snapshot(tmp_path):
+    """Training goes on while the solving screen plays; the policy handed back (and best.pt)
+    is the snapshot that solved, not the policy training went on to."""
+    cfg = {**RUN, "target_return": 5.0, "total_timesteps": 4_000}
+    result = train(**cfg, run_dir=str(tmp_path / "r"))
+    s = result.summary
+    assert s["solved"] and s["steps_to_solve"] == 400
+    assert s["total_env_steps"] > 400  # the result counted later; training went on meanwhile
+    snapshot, _ = load_policy(str(tmp_path / "r" / "best.pt"))
+    later, _ = load_policy(str(tmp_path / "r" / "checkpoint.pt"))
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    assert np.array_equal(result.policy.q_values(obs).numpy(), snapshot.q_values(obs).numpy())
+    assert not np.array_equal(later.q_values(obs).numpy(), snapshot.q_values(obs).numpy())

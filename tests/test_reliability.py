@@ -182,21 +182,23 @@ def test_a_signal_during_the_final_evaluation_still_writes_the_checkpoint_and_su
 
 def test_a_signal_while_a_screen_plays_beside_the_training_drops_it(tmp_path):
     """SIGTERM on the first step of the step-16 screen's second episode, which plays on the
-    evaluation worker while training goes on: the trainer, pacing on the screen, is at step 20
-    when it comes (the screen's 4-step first episode is as far as step 20 may run ahead); the
-    run stops after that iteration, and the screen in flight is dropped (never recorded, never
-    best.pt)."""
+    evaluation worker while training goes on: the trainer, pacing on the screen, cannot pass
+    step 20 before it comes (the screen's 4-step first episode is as far as it may run ahead;
+    a fast worker sends it sooner); the run stops after that iteration, and the screen in
+    flight is dropped (never recorded, never best.pt)."""
     tag = uuid.uuid4().hex
     run_dir = tmp_path / "run"
     proc = start_train(run_dir, *FINAL_EVAL, "--eval-every", "16", "--eval-episodes", "2",
                        tag=tag, **signal_env("SIGTERM", seed=str(episode_seed(4, SELECT, 1))))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("interrupted at 20 steps; checkpoint saved.")
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["interrupted"] is True and s["total_env_steps"] == 20 and s["final_eval"] is None
+    stop = s["total_env_steps"]
+    assert stop in (16, 18, 20), stop
+    assert err.strip().splitlines()[-1].startswith(f"interrupted at {stop} steps; checkpoint saved.")
+    assert s["interrupted"] is True and s["final_eval"] is None
     assert s["evals"] == [] and s["best_eval"] is None
-    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == 20
+    assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["step"] == stop
 
 
 def test_a_second_signal_during_the_final_evaluation_exits_at_once(tmp_path):

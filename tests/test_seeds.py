@@ -56,15 +56,20 @@ def test_fastdqn_eval_defaults_to_the_held_out_test_stream():
 
 
 class SeedLog(gym.Env):
-    """A 3-step env that logs every reset seed into its class's list (in-process envs only)."""
+    """A 3-step env that logs every reset seed into its class's list, or into its class's
+    `log_file` where it plays in other processes too (evaluations play on the worker)."""
 
     observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
     action_space = gym.spaces.Discrete(2)
     seeds: list[int] = []
+    log_file = None
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        if seed is not None:
+        if seed is not None and type(self).log_file is not None:
+            with open(type(self).log_file, "a") as f:
+                f.write(f"{int(seed)}\n")
+        elif seed is not None:
             type(self).seeds.append(int(seed))
         self.t = 0
         return np.zeros(2, np.float32), {}
@@ -86,7 +91,10 @@ def test_the_trainer_draws_each_purpose_from_its_own_stream_also_after_a_resume(
     """Training resets come from TRAIN at the step they happen (env i adds i), every evaluation
     from SELECT starting at episode 0, and a resume with another --num-envs stays in TRAIN."""
     TrainLog.seeds.clear()
-    EvalLog.seeds.clear()
+    EvalLog.log_file = tmp_path / "eval_seeds"
+
+    def eval_seeds() -> list[int]:
+        return [int(x) for x in EvalLog.log_file.read_text().split()]
     common = dict(env_id="CartPole-v1", vector="sync", seed=9, hidden=(8,), batch_size=8,
                   buffer_size=64, learning_starts=8, eval_every=24, eval_episodes=2,
                   solve_episodes=3, eval_envs=1, checkpoint_every=0, progress=False,
@@ -95,12 +103,13 @@ def test_the_trainer_draws_each_purpose_from_its_own_stream_also_after_a_resume(
           eval_env_factory=EvalLog)
     assert TrainLog.seeds == [episode_seed(9, TRAIN, 0), episode_seed(9, TRAIN, 1)]
     # one screening eval at step 24, extended (not replayed) by the final eval at that step
-    assert EvalLog.seeds == [episode_seed(9, SELECT, j) for j in range(3)]
+    assert eval_seeds() == [episode_seed(9, SELECT, j) for j in range(3)]
     train(**common, num_envs=3, total_timesteps=48, env_factory=TrainLog,
           eval_env_factory=EvalLog, resume=True)
     assert TrainLog.seeds[2:] == [episode_seed(9, TRAIN, 24 + i) for i in range(3)]
     assert {describe(s)[1] for s in TrainLog.seeds} == {"train"}
-    assert {describe(s)[1] for s in EvalLog.seeds} == {"select"}
+    assert {describe(s)[1] for s in eval_seeds()} == {"select"}
+    EvalLog.log_file = None
 
 
 # -- the run's generators: each a distinct child of the run seed ------------------------------

@@ -48,7 +48,8 @@ end): one redraw costs ~0.5 s of matplotlib here, which at every eval was a fift
 
 @dataclass
 class TrainResult:
-    """What `train` hands back: where the run lives, its summary, and the greedy policy."""
+    """What `train` hands back: where the run lives, its summary, and the greedy policy (the
+    snapshot that solved the run, when one did; else the policy at the end)."""
 
     run_dir: Path
     summary: dict
@@ -289,6 +290,7 @@ class Run:
                                  eval_epsilon(cfg.eval_epsilon, cfg.env_id))
         self.pending: PendingScreen | None = None
         self.best_state: bytes | None = None  # best.pt's bytes when a snapshot was the best
+        self.solved_policy: Policy | None = None  # the snapshot that solved the run
         resumed_at = self.c.step if ckpt is not None else None
         tracker = (WandbTracker(cfg.wandb, run_dir, cfg.to_dict(), cfg.wandb_group or None,
                                 resumed_at) if cfg.wandb else None)
@@ -439,7 +441,7 @@ class Run:
         if not self.evaluator.due():
             return False
         if self.pool is None:
-            return self._concluded(c.step, None, *self.evaluator.periodic())
+            return self._concluded(c.step, None, None, *self.evaluator.periodic())
         self.evaluator.start()
         self.pending = PendingScreen(self.pool, self.slot, c.step, self.agent.policy(),
                                      cfg.eval_episodes, episode_seed(cfg.seed, SELECT, 0),
@@ -457,14 +459,15 @@ class Run:
     def _screened(self, screen: EvalResult) -> bool:
         """The result of the screen in flight is in: confirm and record it (of its snapshot)."""
         pending, self.pending = self.pending, None
-        return self._concluded(pending.step, pending.state,
+        return self._concluded(pending.step, pending.state, pending.policy,
                                *self.evaluator.screened(screen, pending.step, pending.policy))
 
-    def _concluded(self, step: int, best: bytes | None, result: EvalResult, improved: bool,
-                   solved: bool) -> bool:
-        """An evaluation of the policy of `step` is recorded: write checkpoint.pt, and best.pt
-        (`best`: the snapshot's bytes, else the run now) when it is the best; True when it
-        solves the run."""
+    def _concluded(self, step: int, best: bytes | None, policy: Policy | None,
+                   result: EvalResult, improved: bool, solved: bool) -> bool:
+        """An evaluation of the policy of `step` (`policy`, `best`: its snapshot and its
+        checkpoint's bytes; None: the run now) is recorded: write checkpoint.pt, and best.pt
+        when it is the best; True when it solves the run (whose policy is then the one that
+        solved it, not the one training went on to)."""
         if time.perf_counter() >= self.next_plot:
             self._plot()
             self.next_plot = time.perf_counter() + self.plot_every
@@ -472,6 +475,7 @@ class Run:
             self.solved_at = (step, time.perf_counter() - self.start)
             self.final_eval, self.best_due = result, improved
             self.best_state = best if improved else None
+            self.solved_policy = policy
             return True
         # Every evaluation writes checkpoint.pt (resumable from the first one on), and before
         # best.pt, so a kill -9 between the two leaves a checkpoint to resume.
@@ -624,8 +628,8 @@ class Run:
         self.logger.close(summary)
         if self.diverged is not None:
             raise self.diverged
-        return TrainResult(self.run_dir, summary, agent.policy(), c.returns, c.end_steps,
-                           received)
+        policy = self.solved_policy if self.solved_policy is not None else agent.policy()
+        return TrainResult(self.run_dir, summary, policy, c.returns, c.end_steps, received)
 
 
 def evaluates_alongside(device: torch.device) -> bool:
