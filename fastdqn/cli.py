@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the same seeds; prints a table and writes a histogram (--plot)")
     e.add_argument("--success-return", default=None, metavar="R",
                    help="the return --compare counts an episode a success at (default: the "
-                        "run's --target-return; lunarlander-expert's 250 is a stopping rule, "
-                        "the env's own bar is 200)")
+                        "run's --target-return; set it where that target was a stopping rule "
+                        "above the env's own bar, e.g. 200 for LunarLander)")
     e.add_argument("--plot", default=None, metavar="FILE",
                    help="where --compare writes its histogram (default: compare.png next to the "
                         "checkpoint)")

@@ -920,7 +920,7 @@ def test_a_config_file_is_utf8_text_a_bom_allowed_and_a_broken_link_named(tmp_pa
 
 def test_eval_compare_success_return_sets_the_bar(lunar_ckpt: Path, tmp_path: Path, capsys) -> None:
     """--success-return replaces the run's --target-return as --compare's success bar (a run
-    whose target is a stopping rule, lunarlander-expert's 250, is compared on the env's 200)."""
+    whose target was a stopping rule above the env's own bar is compared on that bar)."""
     rates = {}
     for bar in ("-1000", "1000"):
         assert main(["eval", str(lunar_ckpt), "--episodes", "2", "--compare", "--json",

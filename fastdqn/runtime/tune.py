@@ -35,10 +35,10 @@ from typing import Any
 from fastdqn.config.coerce import show_value
 from fastdqn.config.files import load_toml_table, make_config
 from fastdqn.config.settings import Config
-from fastdqn.envs.backends import pick_vector
 from fastdqn.errors import ConfigError
 from fastdqn.runtime.population import check_population, member_config, train_agents
 from fastdqn.runtime.run import Signals
+from fastdqn.runtime.train import settings_of
 
 INSTALL = 'pip install "fastdqn[tune]"'
 OBJECTIVES = {"steps": "minimize", "final": "maximize"}
@@ -243,7 +243,7 @@ def tune(base: Config, params: list[Param], *, trials: int, storage: str | None,
     from optuna.trial import TrialState
 
     seeds = base.population()
-    base = dataclasses.replace(base, vector=pick_vector(base.vector, base.env_id, False))
+    base = settings_of(base, {})  # --vector auto made the backend it picks, as train's
     # memory for every agent of `concurrent` trials at once
     env, device = check_population(dataclasses.replace(base, seeds=f"0-{concurrent * len(seeds) - 1}"))
     root = Path(base.run_dir)
