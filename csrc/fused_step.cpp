@@ -14,11 +14,22 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+#include <pthread.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#endif
 
 // The calling thread's OpenMP team size, where torch's BLAS threads with OpenMP (weak: null
 // where no OpenMP runtime is loaded).
@@ -30,7 +41,7 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 namespace {
 
-constexpr int64_t kAbi = 4;
+constexpr int64_t kAbi = 5;
 constexpr int kMaxLayers = 8;
 constexpr int kNarrow = 16;  // products with a side this small are loops, not sgemm_ calls
 
@@ -139,12 +150,37 @@ void matmul_tn(int64_t O, int64_t I, int64_t R, const float* D, const float* X, 
   sgemm_(&ta, &tb, &m, &n, &k, &one, X, &m, D, &n, &zero, G, &m);
 }
 
+// One step's batch, copied out of the replay: the step reads nothing of the buffer but this.
+struct Rows {
+  float* x;        // [2B, in]: obs rows then next_obs rows
+  int64_t* acts;   // [B]: the checked actions
+  float *rew, *disc, *done;  // [B] each: the TD target's scalars
+};
+
 struct Step {
   Spec s;
-  std::vector<float> x;                        // [2B, in]: obs rows then next_obs rows
+  std::vector<float> x;                        // [2B, in]: the step's obs then next_obs rows
   std::vector<std::vector<float>> h, ht, d;    // online [rows, n], target [B, n], grads [B, n]
   std::vector<float> q_next, q_choose, scratch;
   std::vector<int64_t> acts;                   // [B]: the checked actions of the gathered rows
+  std::vector<float> rew, disc, done;          // [B]: the gathered rows' scalars
+  // A detached block (fdqn_steps_start) runs on `worker`, a thread started with the first
+  // block that then waits for the next (a thread per block cost ~150 us). It copies each step's
+  // rows out of the replay just before the step, as fdqn_steps does, and says when it has
+  // copied the last (`copied`): the caller writes the replay only after that.
+  struct Worker {
+    std::thread thread;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool running = false, copied = true, quit = false;  // under mu
+    int64_t pid = 0;                                    // the process that started it
+  };
+  std::unique_ptr<Worker> w;                   // null until the first detached block
+  bool pending = false;                        // a block was started and not yet waited for
+  std::vector<int64_t> block_idx;              // [K, B]: the block's rows (a copy)
+  int64_t block_k = 0, block_steps = 0, block_rows = 0, block_done = 0;
+  float* block_td = nullptr;
+  double* block_stats = nullptr;
   std::vector<float> act_x;                    // the acting batch: [n, in] and its layers
   std::vector<std::vector<float>> act_h;
 
@@ -152,6 +188,9 @@ struct Step {
     const int64_t b = s.batch, rows = s.double_dqn ? 2 * b : b;
     x.resize(2 * b * s.sizes[0]);
     acts.resize(b);
+    rew.resize(b);
+    disc.resize(b);
+    done.resize(b);
     for (int64_t l = 0; l < s.n_layers; ++l) {
       h.emplace_back(rows * s.sizes[l + 1]);
       ht.emplace_back(b * s.sizes[l + 1]);
@@ -162,6 +201,10 @@ struct Step {
     int64_t widest = 0;
     for (int64_t l = 0; l < s.n_layers; ++l) widest = std::max(widest, s.sizes[l] * s.sizes[l + 1]);
     scratch.resize(widest);
+  }
+
+  Rows gathered() {
+    return {x.data(), acts.data(), rew.data(), disc.data(), done.data()};
   }
 
   int64_t w_off(int64_t l) const {
@@ -192,20 +235,23 @@ struct Step {
 
   int64_t n_actions() const { return s.sizes[s.n_layers] - (s.dueling ? 1 : 0); }
 
-  // The rows `idx` names into x. The indices and the actions those rows hold are data (a replay
-  // buffer can come from a file), and td_grad writes drow[a]: each is checked here, one compare
-  // per row, before anything outside this object's scratch is read or written. False when one
-  // is out of range ([0, rows) and [0, n_actions)).
-  bool gather(const int64_t* idx, int64_t rows) {
+  // The rows `idx` names into `out`. The indices and the actions those rows hold are data (a
+  // replay buffer can come from a file), and td_grad writes drow[a]: each is checked here, one
+  // compare per row, before anything outside this object's scratch is read or written. False
+  // when one is out of range ([0, rows) and [0, n_actions)).
+  bool gather(const int64_t* idx, int64_t rows, const Rows& out) {
     const int64_t b = s.batch, dim = s.sizes[0], n_act = n_actions();
     for (int64_t i = 0; i < b; ++i) {
       const int64_t r = idx[i];
       if (r < 0 || r >= rows) return false;
       const int64_t a = s.actions[r];
       if (a < 0 || a >= n_act) return false;
-      acts[i] = a;  // td_grad uses this checked copy, never a second read of the buffer
-      read_obs(s.obs, s.obs_kind, r, dim, x.data() + i * dim);
-      read_obs(s.next_obs, s.obs_kind, r, dim, x.data() + (b + i) * dim);
+      out.acts[i] = a;  // td_grad uses this checked copy, never a second read of the buffer
+      out.rew[i] = s.rewards[r];
+      out.disc[i] = s.discounts[r];
+      out.done[i] = s.dones[r];
+      read_obs(s.obs, s.obs_kind, r, dim, out.x + i * dim);
+      read_obs(s.next_obs, s.obs_kind, r, dim, out.x + (b + i) * dim);
     }
     return true;
   }
@@ -242,7 +288,7 @@ struct Step {
   }
 
   // dLoss/d(last outputs) into d.back(), its bias gradient, |TD| and the loss / Q sums.
-  void td_grad(const int64_t* idx, const float* weights, float* grad_bias, float* td_abs,
+  void td_grad(const Rows& in, const float* weights, float* grad_bias, float* td_abs,
                double* stats) {
     const int64_t b = s.batch, last = s.n_layers - 1, n_out = s.sizes[s.n_layers];
     const int64_t n_actions = s.dueling ? n_out - 1 : n_out, first = s.dueling ? 1 : 0;
@@ -261,9 +307,8 @@ struct Step {
       int64_t best = 0;
       for (int64_t j = 1; j < n_actions; ++j)
         if (q_choose[j] > q_choose[best]) best = j;
-      const int64_t r = idx[i];
-      const float y = s.rewards[r] + s.discounts[r] * (1.0f - s.dones[r]) * q_next[best];
-      const int64_t a = acts[i];
+      const float y = in.rew[i] + in.disc[i] * (1.0f - in.done[i]) * q_next[best];
+      const int64_t a = in.acts[i];
       float q_a = out[i * n_out + first + a];
       if (s.dueling) {
         float mean_adv = 0.0f;
@@ -298,11 +343,11 @@ struct Step {
     stats[2] += 1.0;
   }
 
-  void backward() {
+  void backward(const float* x0) {
     const int64_t b = s.batch;
     for (int64_t l = s.n_layers - 1; l >= 0; --l) {
       const int64_t fi = s.sizes[l], fo = s.sizes[l + 1];
-      const float* in = l == 0 ? x.data() : h[l - 1].data();  // first B rows: the obs half
+      const float* in = l == 0 ? x0 : h[l - 1].data();  // first B rows: the obs half
       float* gw = s.grad + w_off(l);
       matmul_tn(fo, fi, b, d[l].data(), in, gw, scratch.data());
       if (l == 0) break;
@@ -391,22 +436,139 @@ struct Step {
     for (int64_t i = 0; i < n; ++i) s.target[i] += tau * (s.params[i] - s.target[i]);
   }
 
-  // One step on rows idx (each below `rows`); `steps` counts learner steps before it (for a
-  // hard target's period). False, with nothing changed, when gather refuses a row.
-  bool step(const int64_t* idx, int64_t rows, const float* weights, float* td_abs, double* stats,
-            int64_t steps) {
+  // One step on gathered rows; `steps` counts learner steps before it (for a hard target's
+  // period).
+  void step(const Rows& in, const float* weights, float* td_abs, double* stats, int64_t steps) {
     const int64_t b = s.batch;
-    if (!gather(idx, rows)) return false;
-    forward(s.params, x.data(), s.double_dqn ? 2 * b : b, h);
-    forward(s.target, x.data() + b * s.sizes[0], b, ht);
+    forward(s.params, in.x, s.double_dqn ? 2 * b : b, h);
+    forward(s.target, in.x + b * s.sizes[0], b, ht);
     const int64_t last = s.n_layers - 1;
-    td_grad(idx, weights, s.grad + w_off(last) + s.sizes[last] * s.sizes[last + 1], td_abs, stats);
-    backward();
+    td_grad(in, weights, s.grad + w_off(last) + s.sizes[last] * s.sizes[last + 1], td_abs, stats);
+    backward(in.x);
     const bool soft = s.interval == 1 && s.tau < 1.0;
     clip_adam(soft);
     if (!soft && (steps + 1) % s.interval == 0) update_target();
+  }
+
+  void mark_copied() {
+    if (!w) return;  // the block runs on the caller's thread
+    {
+      std::lock_guard<std::mutex> lock(w->mu);
+      w->copied = true;
+    }
+    w->cv.notify_all();
+  }
+
+  // The block: step j's rows are gathered after step j - 1 (whose compute hid their prefetch);
+  // the rows are released to the caller once the last step's are copied, or at a refused row.
+  void run_block() {
+    const int64_t b = s.batch;
+    const int64_t* idx = block_idx.data();
+    const Rows in = gathered();
+    block_done = block_k;
+    if (block_k > 0) prefetch(idx);
+    for (int64_t j = 0; j < block_k; ++j) {
+      const bool ok = gather(idx + j * b, block_rows, in);
+      if (!ok) block_done = j;
+      if (!ok || j + 1 == block_k) mark_copied();
+      if (!ok) return;  // this step and the ones after it change nothing
+      if (j + 1 < block_k) prefetch(idx + (j + 1) * b);
+      step(in, nullptr, block_td, block_stats, block_steps + j);
+    }
+    if (block_k == 0) mark_copied();
+  }
+
+  // The worker yields its core to the loop's short bursts (acting, sending actions, storing
+  // transitions): SCHED_BATCH (it never preempts a thread it wakes beside) and nice +5. On two
+  // cores the loop, the env worker and this thread take turns, and a loop that waits for a
+  // core holds up the envs.
+  static void yield_to_the_loop() {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "fastdqn-learner");  // as `top -H` and /proc show it
+    sched_param none{};
+    sched_setscheduler(0, SCHED_BATCH, &none);
+    const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+    setpriority(PRIO_PROCESS, tid, getpriority(PRIO_PROCESS, tid) + 5);
+#endif
+  }
+
+  void serve(Worker* wk) {
+    if (omp_set_num_threads) omp_set_num_threads(1);  // see fdqn_steps_many
+    yield_to_the_loop();
+    std::unique_lock<std::mutex> lock(wk->mu);
+    for (;;) {
+      wk->cv.wait(lock, [wk] { return wk->running || wk->quit; });
+      if (wk->quit) return;
+      lock.unlock();
+      run_block();
+      lock.lock();
+      wk->running = false;
+      wk->cv.notify_all();
+    }
+  }
+
+  // Waits until the block in flight has copied all its rows (at once if none is in flight).
+  void wait_copied() {
+    if (!w) return;
+    std::unique_lock<std::mutex> lock(w->mu);
+    w->cv.wait(lock, [this] { return w->copied; });
+  }
+
+  // Hands the block to the worker (started on first use); false if no thread could start (the
+  // caller then runs the block itself).
+  bool launch() {
+    if (!w) {
+      try {
+        auto wk = std::make_unique<Worker>();
+        wk->pid = static_cast<int64_t>(getpid());
+        wk->thread = std::thread(&Step::serve, this, wk.get());
+        w = std::move(wk);
+      } catch (...) {
+        return false;
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(w->mu);
+      w->running = true;
+      w->copied = false;
+    }
+    w->cv.notify_all();
     return true;
   }
+
+  // Waits for the detached block, if one runs; returns the steps it ran (-1: none was started).
+  int64_t join() {
+    if (!pending) return -1;
+    if (w) {
+      std::unique_lock<std::mutex> lock(w->mu);
+      w->cv.wait(lock, [this] { return !w->running; });
+    }
+    pending = false;
+    return block_done;
+  }
+
+  // Waits for the block in flight, then ends the worker thread (the next block starts another).
+  // In a process forked from the one that started it the thread does not exist, and its mutex
+  // and condition variable may be held or waited on by it: all of them are dropped untouched
+  // (joining, or destroying the condition variable, would wait forever).
+  void stop() {
+    if (!w) return;
+    if (static_cast<int64_t>(getpid()) != w->pid) {
+      w.release();
+      pending = false;
+      return;
+    }
+    join();
+    {
+      std::lock_guard<std::mutex> lock(w->mu);
+      w->quit = true;
+    }
+    w->cv.notify_all();
+    w->thread.join();
+    w.reset();
+  }
+
+  ~Step() { stop(); }  // a block in flight writes the learner's tensors: never outlive it
 };
 
 // Whether this build can run `s`: every dimension fits the int that sgemm_ takes (rows are up
@@ -479,15 +641,62 @@ int64_t fdqn_steps(void* handle, const int64_t* idx, int64_t k, const float* wei
                    float* td_abs, double* stats, int64_t steps, int64_t rows) {
   Step* st = static_cast<Step*>(handle);
   if (!st || st->s.capacity < 1 || k < 0 || (k > 0 && (!idx || !td_abs || !stats))) return -1;
+  st->join();  // a detached block before it, if the caller did not wait for it
   rows = std::min(rows, st->s.capacity);
   const int64_t b = st->s.batch;
+  const Rows in = st->gathered();
   if (k > 0) st->prefetch(idx);
   for (int64_t j = 0; j < k; ++j) {
     if (j + 1 < k) st->prefetch(idx + (j + 1) * b);
-    if (!st->step(idx + j * b, rows, weights ? weights + j * b : nullptr, td_abs, stats, steps + j))
-      return j;
+    if (!st->gather(idx + j * b, rows, in)) return j;  // this step changes nothing
+    st->step(in, weights ? weights + j * b : nullptr, td_abs, stats, steps + j);
   }
   return k;
+}
+
+// fdqn_steps(handle, idx, k, null, td_abs, stats, steps, rows) detached: the steps run on a
+// thread of the step's own while the caller goes on. The block reads the replay until
+// fdqn_steps_copied returns: the caller writes no row before that. The learner's tensors, td_abs
+// and stats belong to the block until fdqn_steps_wait, which returns what fdqn_steps would (the
+// steps before the first refused row). Returns 0 when the block runs on its thread, 1 when no
+// thread could start and it ran here, -1 for arguments it cannot take.
+int64_t fdqn_steps_start(void* handle, const int64_t* idx, int64_t k, float* td_abs,
+                         double* stats, int64_t steps, int64_t rows) {
+  Step* st = static_cast<Step*>(handle);
+  if (!st || st->s.capacity < 1 || k < 0 || (k > 0 && (!idx || !td_abs || !stats))) return -1;
+  st->join();
+  try {
+    st->block_idx.assign(idx, idx + k * st->s.batch);
+  } catch (...) {
+    return -1;
+  }
+  st->block_k = k;
+  st->block_steps = steps;
+  st->block_rows = std::min(rows, st->s.capacity);
+  st->block_td = td_abs;
+  st->block_stats = stats;
+  st->pending = true;
+  if (st->launch()) return 0;
+  st->run_block();
+  return 1;
+}
+
+// Waits until the block in flight has copied the last of its rows out of the replay (at once
+// if none is in flight): from then on the caller may write any row.
+void fdqn_steps_copied(void* handle) {
+  if (handle) static_cast<Step*>(handle)->wait_copied();
+}
+
+// Waits for the block in flight, if any, then ends the step's thread: a process that forks
+// (env workers, the next run's) must have no thread of its own running.
+void fdqn_steps_stop(void* handle) {
+  if (handle) static_cast<Step*>(handle)->stop();
+}
+
+// Waits for the block fdqn_steps_start began; returns the steps it ran, or -1 if none was begun.
+int64_t fdqn_steps_wait(void* handle) {
+  Step* st = static_cast<Step*>(handle);
+  return st ? st->join() : -1;
 }
 
 // The uniform steps of n learners in one call (a population's agents): learner i runs k[i]

@@ -132,3 +132,30 @@ def test_a_0_1_checkpoint_with_its_buffer_gets_a_one_line_refusal(tmp_path):
               buffer_size=64, learning_starts=8, total_timesteps=48, eval_every=0,
               solve_episodes=1, eval_envs=1, progress=False, run_dir=str(tmp_path / "old"),
               resume=True, save_buffer=True)
+
+
+def test_a_run_with_its_learner_beside_the_loop_is_the_in_line_run(tmp_path, monkeypatch):
+    """With two usable cores the native blocks run beside the loop (route.py); the run is the
+    one-core run bit for bit: its evaluations, its learner's parameters and its stats, with a
+    64-row ring the envs overwrite while the blocks read it."""
+    import fastdqn.algos.dqn.agent as agent_module
+
+    def run(cores: int, name: str):
+        monkeypatch.setattr(agent_module, "usable_cores", lambda: cores)
+        r = train(env_id="CartPole-v1", vector="sync", num_envs=4, hidden=(16,), batch_size=16,
+                  buffer_size=64, learning_starts=32, total_timesteps=1200, eval_every=400,
+                  eval_episodes=2, solve_episodes=2, eval_envs=1, log_every=200, progress=False,
+                  run_dir=str(tmp_path / name))
+        ckpt = load_checkpoint(tmp_path / name / "checkpoint.pt")
+        return r.summary, ckpt
+
+    (inline, inline_ckpt), (beside, beside_ckpt) = run(1, "inline"), run(2, "beside")
+    assert "blocks beside the loop" not in inline["learner_route"]
+    assert "blocks beside the loop" in beside["learner_route"]
+    assert inline["learner_steps"] == beside["learner_steps"] > 250
+    strip = ("wall_time_s", "time_to_solve_s", "known_at_step")
+    assert ([{k: v for k, v in e.items() if k not in strip} for e in inline["evals"]]
+            == [{k: v for k, v in e.items() if k not in strip} for e in beside["evals"]])
+    a, b = inline_ckpt["learner"], beside_ckpt["learner"]
+    for key in ("params", "target"):
+        assert torch.equal(a[key], b[key]), key

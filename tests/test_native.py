@@ -4,6 +4,7 @@ one line. That it equals the reference for every option is in test_routes.py."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -753,3 +754,165 @@ def test_the_console_shows_a_fallback_as_one_line(tmp_path):
     assert "self._native_unavailable" not in out.stderr and "warnings.warn" not in out.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert "numba" in summary["learner_route"].lower()
+
+
+def full_buffer(capacity: int = 256) -> ReplayBuffer:
+    """A ring that has wrapped: the next rows added overwrite the oldest, which a block samples."""
+    g = torch.Generator().manual_seed(7)
+    buf = ReplayBuffer(capacity, (5,), torch.float32)
+    for n in (capacity, 40):
+        buf.add(torch.randn(n, 5, generator=g), torch.randint(3, (n,), generator=g),
+                torch.randn(n, generator=g), torch.randn(n, 5, generator=g),
+                (torch.rand(n, generator=g) < 0.2).float(), torch.full((n,), 0.99))
+    return buf
+
+
+def overwrite(buf: ReplayBuffer, rows: int, seed: int) -> None:
+    """`rows` new transitions, unlike any before: they land on the rows the ring writes next."""
+    g = torch.Generator().manual_seed(seed)
+    buf.add(torch.randn(rows, 5, generator=g) * 50, torch.randint(3, (rows,), generator=g),
+            torch.randn(rows, generator=g) * 50, torch.randn(rows, 5, generator=g) * 50,
+            torch.ones(rows), torch.full((rows,), 0.5))
+
+
+def test_a_detached_block_reads_the_rows_it_was_given_while_the_ring_takes_new_ones(cache):
+    """learn_block(detach=True) returns before its steps run; once `wait_rows_copied` returns,
+    the rows the ring overwrites (the oldest, sampled on purpose) no longer reach it: after
+    `settle` the learner is the in-line block's bit for bit, stats and step count included."""
+    inline_buf, detached_buf = full_buffer(), full_buffer()
+    inline, detached = learner(), learner()
+    rng = np.random.default_rng(2)
+    for round_ in range(4):
+        idx = rng.integers(0, inline_buf.size, (4, 32))
+        idx[:, :16] = (inline_buf.pos + np.arange(16)) % inline_buf.capacity  # next overwritten
+        inline.learn_block(inline_buf, idx)
+        detached.learn_block(detached_buf, idx, detach=True)
+        assert isinstance(detached._cpu, native.NativeStep) and detached._cpu.busy
+        detached.wait_rows_copied()
+        overwrite(inline_buf, 16, round_)
+        overwrite(detached_buf, 16, round_)
+        detached.settle()
+        assert not detached._cpu.busy
+    assert inline.steps == detached.steps == 16
+    for name, value in inline.snapshot().items():
+        assert torch.equal(detached.snapshot()[name], value), name
+    assert np.array_equal(inline.fused_stats, detached.fused_stats)
+
+
+def test_a_bad_row_in_a_detached_block_raises_at_settle_after_the_steps_before_it(cache):
+    """As in line: the steps before the bad row run, the one with it changes nothing, and
+    ReplayCorrupt names the row, raised where the caller settles."""
+    buf, ref_buf = full_buffer(), full_buffer()
+    got, want = learner(), learner()
+    idx = np.random.default_rng(4).integers(0, buf.size, (3, 32))
+    idx[2, 5] = buf.size
+    got.learn_block(buf, idx, detach=True)
+    with pytest.raises(native.ReplayCorrupt, match=f"sampled replay row {buf.size} is outside"):
+        got.settle()
+    want.learn_block(ref_buf, idx[:2])
+    assert got.steps == want.steps == 2
+    for name, value in want.snapshot().items():
+        assert torch.equal(got.snapshot()[name], value), name
+    got.settle()  # nothing left to wait for
+
+
+def test_a_learner_freed_with_a_block_in_flight_waits_for_it(cache):
+    """The native Step joins its thread before it frees anything, so dropping a learner (an
+    exception unwinding the loop) never leaves a thread writing freed memory. Run in a
+    subprocess: a use-after-free would be an exit code here."""
+    native.load()
+    code = """
+import gc, numpy as np
+from tests.test_native import full_buffer, learner
+for _ in range(20):
+    lr, buf = learner(hidden=(256, 256)), full_buffer()
+    lr.learn_block(buf, np.random.default_rng(0).integers(0, buf.size, (8, 32)), detach=True)
+    del lr, buf
+    gc.collect()
+print("ok")
+"""
+    out = in_subprocess(code, cache)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_child_forked_while_the_block_thread_lives_can_free_the_learner(cache):
+    """The learner's thread does not exist in a forked child (an env worker): freeing the
+    learner there must not wait for it. Run in a subprocess: a hang is its timeout here."""
+    native.load()
+    code = """
+import gc, os, numpy as np
+from tests.test_native import full_buffer, learner, learner_threads
+lr, buf = learner(), full_buffer()
+lr.learn_block(buf, np.random.default_rng(0).integers(0, buf.size, (4, 32)), detach=True)
+lr.settle()  # the block is done; its thread waits for the next one
+assert learner_threads() == 1
+pid = os.fork()
+if pid == 0:
+    del lr, buf
+    gc.collect()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+lr.settle(stop=True)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    out = in_subprocess(code, cache)
+    assert out.returncode == 0 and out.stdout.strip() == "child 0", out.stderr[-2000:]
+
+
+def learner_threads() -> int:
+    """This process's threads named as the native step names its block thread."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            count += Path(f"/proc/self/task/{task}/comm").read_text().strip() == "fastdqn-learner"
+        except OSError:  # a thread that ended while we looked
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_run_ends_with_no_thread_of_its_own(tmp_path, monkeypatch):
+    """Env and evaluation workers are forked, so a run leaves no thread running behind it: the
+    learner's thread ends with the loop (the next run in this process forks its workers)."""
+    import fastdqn.algos.dqn.agent as agent_module
+    from fastdqn import train as train_run
+
+    monkeypatch.setattr(agent_module, "usable_cores", lambda: 2)
+    gc.collect()  # earlier tests' learners, and the threads they leave waiting, go first
+    before = learner_threads()
+    s = train_run(env_id="CartPole-v1", vector="sync", num_envs=4, hidden=(16,), batch_size=16,
+                  buffer_size=256, learning_starts=32, total_timesteps=600, eval_every=0,
+                  solve_episodes=1, eval_envs=1, progress=False, run_dir=str(tmp_path)).summary
+    assert "blocks beside the loop" in s["learner_route"]
+    assert learner_threads() == before
+
+
+def test_without_the_native_step_the_loop_learns_in_line_while_the_envs_step(cache, tmp_path,
+                                                                            monkeypatch):
+    """Two cores, but no compiler: the Numba step runs in line, where it overlaps the env
+    workers (a block begun before acting would leave them idle), and the run is unchanged."""
+    import fastdqn.algos.dqn.agent as agent_module
+    from fastdqn import train as train_run
+
+    monkeypatch.setenv("CXX", str(cache.parent / "no-such-compiler"))
+    calls = []
+    real = agent_module.DQN.learn
+    monkeypatch.setattr(agent_module.DQN, "learn", lambda self, *a, **k: (calls.append(1),
+                                                                          real(self, *a, **k)))
+
+    def run(cores: int, name: str) -> dict:
+        monkeypatch.setattr(agent_module, "usable_cores", lambda: cores)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RouteFallbackWarning)
+            return train_run(env_id="CartPole-v1", vector="sync", num_envs=4, hidden=(16,),
+                             batch_size=16, buffer_size=64, learning_starts=32,
+                             total_timesteps=400, eval_every=0, solve_episodes=2, eval_envs=1,
+                             progress=False, run_dir=str(tmp_path / name)).summary
+
+    beside = run(2, "two")
+    in_line_calls = len(calls)
+    one = run(1, "one")
+    assert "numba" in beside["learner_route"] and "beside the loop" not in beside["learner_route"]
+    assert in_line_calls > 50  # the iterations after the buffer filled learned in line
+    assert beside["learner_steps"] == one["learner_steps"] and beside["evals"][-1]["mean"] == (
+        one["evals"][-1]["mean"])

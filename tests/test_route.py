@@ -14,6 +14,7 @@ import torch
 
 from fastdqn import make_config
 from fastdqn.algos.dqn.agent import DQN
+from fastdqn.envs.workers import usable_cores
 from fastdqn.learners.flat import Learner
 from fastdqn.learners.reference import ReferenceLearner
 from fastdqn.learners.route import Route, choose_route
@@ -162,7 +163,7 @@ def test_the_agent_builds_the_learner_its_route_names(settings, learner):
     agent = DQN(cfg, gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2),
                 torch.device("cpu"))
     assert agent.route == choose_route(cfg.learner, cfg.optimizer, "mlp", False,
-                                       torch.device("cpu"), cfg.cuda_graphs)
+                                       torch.device("cpu"), cfg.cuda_graphs, cores=usable_cores())
     assert agent.route.learner == learner
     assert isinstance(agent.learner, Learner if learner == "flat" else ReferenceLearner)
     if learner == "flat":
@@ -225,7 +226,8 @@ def test_the_agent_trains_a_headed_mlp_on_the_route_it_names(settings, head):
                 torch.device("cpu"))
     assert agent.kind == "mlp_module"
     assert agent.route == choose_route(cfg.learner, cfg.optimizer, "mlp_module", False,
-                                       torch.device("cpu"), cfg.cuda_graphs, cfg.noisy)
+                                       torch.device("cpu"), cfg.cuda_graphs, cfg.noisy,
+                                       usable_cores())
     assert isinstance(agent.learner, ReferenceLearner)
     assert agent.learner.head == cfg.distributional
     assert agent.summary()["learner_route"] == (
@@ -298,3 +300,17 @@ def test_one_support_end_set_leaves_the_other_automatic_or_is_refused(tmp_path):
     agent = DQN(cfg, gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2),
                 torch.device("cpu"))
     assert (agent.head.v_min, agent.head.v_max) == (-5.0, 100.0)
+
+
+@pytest.mark.parametrize(("args", "cores", "overlap", "why"), [
+    (("mlp", "adam", "auto", False, "cpu", True), 2, True, "a thread of their own"),
+    (("mlp", "adam", "auto", False, "cpu", True), 1, False, "one usable core"),
+    (("mlp", "adam", "numba", False, "cpu", True), 2, False, "no native step"),
+    (("mlp", "adam", "auto", False, "cuda", True), 8, False, "no native step"),
+    (("cnn", "adam", "auto", False, "cpu", True), 2, False, "no native step"),
+])
+def test_the_learner_runs_beside_the_loop_on_the_native_step_with_two_cores(args, cores, overlap,
+                                                                             why):
+    kind, optimizer, learner, frames, device, graphs = args
+    r = choose_route(learner, optimizer, kind, frames, torch.device(device), graphs, cores=cores)
+    assert r.overlap is overlap and why in r.overlap_why

@@ -188,17 +188,18 @@ class Learner:
         return f"{route} (Adam: {self.adam_kind})"
 
     def learn(self, buffer: ReplayBuffer, sampler, k: int, batch_size: int, beta: float = 1.0,
-              lap: Callable[[str], None] = _no_lap) -> None:
+              lap: Callable[[str], None] = _no_lap, detach: bool = False) -> None:
         """K learner steps on batches `sampler` draws from `buffer`, each followed by the target
         update when it is due; `lap` marks the stages for the trainer's timer.
 
-        A uniform sampler draws the whole [K, B] block at once (`learn_block`). A prioritized
+        A uniform sampler draws the whole [K, B] block at once (`learn_block`; `detach`: see
+        there). A prioritized
         one draws step by step, since each step's |TD errors| become the priorities the next
         step samples from: the Numba sum tree (`PrioritizedSampler`) on a CPU buffer, the
         device-resident `TorchPrioritized` elsewhere (inside the CUDA graph on CUDA).
         """
         if isinstance(sampler, UniformSampler):
-            self.learn_block(buffer, sampler.sample(buffer.size, k, batch_size), lap)
+            self.learn_block(buffer, sampler.sample(buffer.size, k, batch_size), lap, detach)
         elif isinstance(sampler, TorchPrioritized):
             self.learn_prioritized_on_device(buffer, sampler, k, batch_size, beta, lap)
         else:
@@ -252,6 +253,27 @@ class Learner:
         self._cpu = CpuStep(self, buffer, batch_size)
         return self._cpu
 
+    @property
+    def detached_blocks(self) -> int:
+        """How many blocks ran beside the caller (`learn_block(detach=True)` on the native step)."""
+        return self._cpu.detached if isinstance(self._cpu, native.NativeStep) else 0
+
+    def wait_rows_copied(self) -> None:
+        """Wait until a detached block has copied the rows it reads out of the replay: the
+        replay takes no new row before this."""
+        if isinstance(self._cpu, native.NativeStep):
+            self._cpu.wait_copied()
+
+    def settle(self, stop: bool = False) -> None:
+        """Wait for a detached block (`learn_block(detach=True)`), if one runs: after this the
+        parameters, Adam's state, the stats and `steps` are the learner's again. `stop`: also
+        end the thread the blocks run on (a run ends with none, since processes fork after it)."""
+        if isinstance(self._cpu, native.NativeStep):
+            if stop:
+                self._cpu.stop()
+            else:
+                self._cpu.wait()
+
     def native_block(self, buffer: ReplayBuffer, batch_size: int) -> native.NativeStep | None:
         """The native step that uniform [K, B] blocks on `buffer` run on here, or None where
         they take another route (Numba, a device, torch ops)."""
@@ -260,14 +282,16 @@ class Learner:
         step = self.cpu_step(buffer, batch_size)
         return step if isinstance(step, native.NativeStep) else None
 
-    def native_actor(self, obs_dtype: torch.dtype) -> native.NativeActor | None:
-        """The native actor for observations of `obs_dtype` on the live parameters, or None
-        where the native route is off or unavailable (that warns once, as for the step)."""
+    def native_actor(self, obs_dtype: torch.dtype, params: torch.Tensor | None = None
+                     ) -> native.NativeActor | None:
+        """The native actor for observations of `obs_dtype` on the live parameters (or on
+        `params`, a copy of them), or None where the native route is off or unavailable (that
+        warns once, as for the step)."""
         if not (self.native and self.native_off is None and self.fused
                 and self.device.type == "cpu"):
             return None
         try:
-            return native.NativeActor(self, obs_dtype)
+            return native.NativeActor(self, obs_dtype, params)
         except native.NativeUnavailable as e:
             self._native_unavailable(e)
             return None
@@ -325,19 +349,26 @@ class Learner:
         sampler.update(idx, td_abs)
 
     def learn_block(self, buffer: ReplayBuffer, idx: np.ndarray,
-                    lap: Callable[[str], None] = _no_lap) -> None:
+                    lap: Callable[[str], None] = _no_lap, detach: bool = False) -> None:
         """K = len(idx) learner steps on a sampled [K, B] index block of uniform draws.
 
         Three routes to the same math: on a CPU the numba-fused step (`CpuStep`), on CUDA the K
         steps replayed as one CUDA graph (`GraphedSteps`), elsewhere (MPS, or with both turned
         off) the torch ops of `step` on batches gathered in one index_select per field.
+
+        `detach`: on the native step the block runs on a thread of its own while the caller
+        goes on; the caller writes the replay only after `wait_rows_copied`, and acts, logs,
+        evaluates or saves only after `settle`. Every other route runs in line.
         """
         route = self._route(buffer.device)
         if route == "cpu-fused":
             step = self.cpu_step(buffer, idx.shape[1])
             lap("sample")
             if isinstance(step, native.NativeStep):
-                step.steps(idx)  # K steps, target updates included, in one call
+                if detach:
+                    step.start(idx)  # same steps as step.steps(idx), bit for bit
+                else:
+                    step.steps(idx)  # K steps, target updates included, in one call
                 lap("learn")
                 return
             for row in idx:

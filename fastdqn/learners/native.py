@@ -54,7 +54,7 @@ SOURCE = next((p for p in (_HERE / "_csrc" / "fused_step.cpp",
               _HERE.parent / "csrc" / "fused_step.cpp")
 """The C++ source: inside the package in a wheel (fastdqn/_csrc), `csrc/` at the repository
 root in a checkout or an editable install."""
-ABI = 4
+ABI = 5
 MAX_LAYERS = 8
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread",
          "-Wl,-z,defs"]
@@ -504,6 +504,16 @@ def load() -> ctypes.CDLL:
     lib.fdqn_steps.restype = ctypes.c_int64
     lib.fdqn_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.fdqn_steps_start.restype = ctypes.c_int64
+    lib.fdqn_steps_start.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_int64]
+    lib.fdqn_steps_copied.restype = None
+    lib.fdqn_steps_copied.argtypes = [ctypes.c_void_p]
+    lib.fdqn_steps_stop.restype = None
+    lib.fdqn_steps_stop.argtypes = [ctypes.c_void_p]
+    lib.fdqn_steps_wait.restype = ctypes.c_int64
+    lib.fdqn_steps_wait.argtypes = [ctypes.c_void_p]
     lib.fdqn_steps_many.restype = ctypes.c_int64
     lib.fdqn_steps_many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 8 + [ctypes.c_int64]
     lib.fdqn_act.restype = ctypes.c_int64
@@ -519,10 +529,11 @@ def reset() -> None:
     _build = _library = _error = None
 
 
-def _spec(learner, obs_dtype: torch.dtype, batch_size: int,
-          buffer=None) -> tuple[Spec, tuple[torch.Tensor, ...]]:
+def _spec(learner, obs_dtype: torch.dtype, batch_size: int, buffer=None,
+          params: torch.Tensor | None = None) -> tuple[Spec, tuple[torch.Tensor, ...]]:
     """The Spec of `learner` (and `buffer`'s storage, if given), and the tensors it points into,
-    each checked to hold the dtype and element count the native side reads and writes."""
+    each checked to hold the dtype and element count the native side reads and writes;
+    `params` in place of the learner's (an actor on a copy of them)."""
     net, opt = learner.net, learner.optimizer
     sizes = [net.in_dim, *net.hidden, net.n_out]
     if len(sizes) - 1 > MAX_LAYERS:
@@ -537,7 +548,8 @@ def _spec(learner, obs_dtype: torch.dtype, batch_size: int,
     spec.sizes[:len(sizes)] = sizes
     n = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
     f32 = torch.float32
-    fields = {"params": (learner.params, f32, n), "grad": (learner.grad, f32, n),
+    params = learner.params if params is None else params
+    fields = {"params": (params, f32, n), "grad": (learner.grad, f32, n),
               "target": (learner.target, f32, n), "exp_avg": (opt.exp_avg, f32, n),
               "exp_avg_sq": (opt.exp_avg_sq, f32, n), "step_count": (opt.step_count, f32, 1)}
     if buffer is not None:
@@ -578,10 +590,12 @@ class _Handle:
 
 class NativeActor(_Handle):
     """Q-values and epsilon-greedy actions of the acting batch under the learner's live
-    parameters, in one native call (the plain forward pass is about ten torch ops)."""
+    parameters (or `params`, a copy of them), in one native call (the plain forward pass is
+    about ten torch ops)."""
 
-    def __init__(self, learner, obs_dtype: torch.dtype) -> None:
-        super().__init__(*_spec(learner, obs_dtype, 1))
+    def __init__(self, learner, obs_dtype: torch.dtype, params: torch.Tensor | None = None
+                 ) -> None:
+        super().__init__(*_spec(learner, obs_dtype, 1, params=params))
         self.n_actions, self.in_dim = learner.net.n_actions, learner.net.in_dim
         self.obs_dtype = obs_dtype
 
@@ -625,14 +639,72 @@ class NativeStep(_Handle):
         super().__init__(*_spec(learner, buffer.obs.dtype, batch_size, buffer))
         self.learner, self.buffer, self.b = learner, buffer, batch_size
         self.td_abs = np.empty(batch_size, dtype=np.float32)
+        self._block: tuple[np.ndarray, int, int] | None = None  # started: idx, k, rows
+        self.detached = 0  # blocks that ran beside the caller (summary.json reports it)
 
-    def steps(self, idx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """The steps of a [K, B] int64 index block (or one [B] row), each with its target update
-        when due; returns |TD error| of the last step's rows (a view the next call overwrites)."""
+    def _block_of(self, idx: np.ndarray) -> tuple[np.ndarray, int]:
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         k = 1 if idx.ndim == 1 else idx.shape[0]
         if idx.size != k * self.b:
             raise ValueError(f"an index block of {self.b} columns, got {list(idx.shape)}")
+        return idx, k
+
+    @property
+    def busy(self) -> bool:
+        """Whether a block `start` began has not been waited for: until `wait`, the learner's
+        tensors and stats are the block's."""
+        return self._block is not None
+
+    def start(self, idx: np.ndarray) -> None:
+        """`steps(idx)` on a thread of the library's own, returning at once: the caller writes
+        the replay only after `wait_copied` (each step copies its rows out just before it
+        runs), and acts, logs or saves only after `wait`. The result is `steps(idx)`'s bit for
+        bit."""
+        self.wait()
+        idx, k = self._block_of(idx)
+        size = self.buffer.size
+        code = self.lib.fdqn_steps_start(self.handle, idx.ctypes.data, k, self.td_abs.ctypes.data,
+                                         self.learner.fused_stats.ctypes.data,
+                                         self.learner.steps, size)
+        if code < 0:
+            raise RuntimeError("the native step refused its arguments")
+        self._block = (idx, k, size)
+        self.detached += code == 0
+
+    def wait_copied(self) -> None:
+        """Wait until the block in flight has copied the last of its rows out of the replay
+        (at once if none is): from then on the replay may take new rows."""
+        if self._block is not None:
+            self.lib.fdqn_steps_copied(self.handle)
+
+    def wait(self) -> None:
+        """Wait for the block `start` began (nothing if none): count its steps, raise
+        ReplayCorrupt as `steps` would if it found a bad row."""
+        if self._block is None:
+            return
+        idx, k, size = self._block
+        self._block = None
+        done = self.lib.fdqn_steps_wait(self.handle)
+        if done < 0:
+            raise RuntimeError("the native step lost its block")
+        self.learner.steps += done
+        if done < k:
+            raise replay_fault(idx.reshape(k, self.b)[done], size, self.buffer.actions.numpy(),
+                               self.learner.net.n_actions)
+
+    def stop(self) -> None:
+        """`wait`, then end the thread the blocks ran on (the next `start` begins another): a
+        process must have no thread of its own running when it forks."""
+        try:
+            self.wait()
+        finally:
+            self.lib.fdqn_steps_stop(self.handle)
+
+    def steps(self, idx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """The steps of a [K, B] int64 index block (or one [B] row), each with its target update
+        when due; returns |TD error| of the last step's rows (a view the next call overwrites)."""
+        self.wait()
+        idx, k = self._block_of(idx)
         if weights is not None:
             weights = np.ascontiguousarray(weights, dtype=np.float32)
             if weights.size != idx.size:

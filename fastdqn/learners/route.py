@@ -2,7 +2,8 @@
 
 `choose_route` takes the settings that decide the route: --learner (auto | numba | reference),
 --optimizer (adam | rmsprop), the network kind (mlp | rbf | cnn | custom, a module passed from
-Python), whether the replay stores frames (--frame-replay), the device and --cuda-graphs. It
+Python), whether the replay stores frames (--frame-replay), the device, --cuda-graphs and the
+cores the process may use. It
 returns the choices, and the agent, the env checks and the acting path read them without
 deciding again. For each choice, the first rule that applies wins:
 
@@ -19,6 +20,15 @@ deciding again. For each choice, the first rule that applies wins:
 |                | no        | --learner numba                                                 |
 |                | yes       | otherwise: tried first, the Numba step where it does not build, |
 |                |           | load or pass its self-check                                     |
+| overlap        | no        | no native step                                                  |
+|                | no        | one usable core (a detached block would take turns with the     |
+|                |           | loop on it)                                                     |
+|                | yes       | otherwise: a uniform block's native steps run on a thread of    |
+|                |           | their own while the loop steps the envs; the loop stores the    |
+|                |           | transitions once the block has copied its rows out of the       |
+|                |           | replay, and acts once the block is done, so the result is the   |
+|                |           | in-line call's bit for bit (prioritized replay and --seeds      |
+|                |           | populations step in line)                                       |
 | update graphs  | no        | a device other than CUDA; --no-cuda-graphs                      |
 |                | no        | --learner reference (the reference is never graphed)            |
 |                | no        | a custom network (its forward may not be capturable)            |
@@ -58,15 +68,18 @@ class Route:
     acting_graphs: bool
     acting_graphs_why: str
     refusal: str | None = None
+    overlap: bool = False
+    overlap_why: str = "one usable core: a detached block would take turns with the loop on it"
 
 
 def choose_route(learner: str, optimizer: str, kind: str, frames: bool, device: torch.device,
-                 cuda_graphs: bool, noisy: bool = False) -> Route:
+                 cuda_graphs: bool, noisy: bool = False, cores: int = 1) -> Route:
     """The route for these settings, by the rules table in this module's docstring (deciding
-    needs no CUDA: only `device.type` is read)."""
+    needs no CUDA: only `device.type` is read); `cores`: the CPUs the process may run on."""
     which, learner_why = _learner(learner, optimizer, kind, frames)
     flat = which == FLAT
     native, native_why = _native(flat, learner, device)
+    overlap, overlap_why = _overlap(native, cores)
     update, update_why = _update_graphs(learner, kind, device, cuda_graphs, noisy)
     if flat:
         acting, acting_why = _graphs_on(device, cuda_graphs, "the acting forward pass is captured "
@@ -74,7 +87,7 @@ def choose_route(learner: str, optimizer: str, kind: str, frames: bool, device: 
     else:
         acting, acting_why = False, "the reference learner acts with its module's forward pass"
     return Route(which, learner_why, native, native_why, update, update_why, acting, acting_why,
-                 _refusal(learner, device, flat, learner_why))
+                 _refusal(learner, device, flat, learner_why), overlap, overlap_why)
 
 
 def _learner(learner: str, optimizer: str, kind: str, frames: bool) -> tuple[str, str]:
@@ -99,6 +112,16 @@ def _native(flat: bool, learner: str, device: torch.device) -> tuple[bool, str]:
         return False, "--learner numba"  # summary.json's route quotes it
     return True, ("tried first, the Numba step where it does not build, load or pass its "
                   "self-check")
+
+
+def _overlap(native: bool, cores: int) -> tuple[bool, str]:
+    if not native:
+        return False, "no native step: the learner steps in line"
+    if cores < 2:
+        return False, "one usable core: a detached block would take turns with the loop on it"
+    return True, ("a uniform block's native steps run on a thread of their own while the loop "
+                  "steps the envs, stores the transitions once the block has copied its rows, "
+                  "and logs")
 
 
 def _graphs_on(device: torch.device, cuda_graphs: bool, why: str) -> tuple[bool, str]:

@@ -22,6 +22,7 @@ from fastdqn.envs.atari import auto_on, is_minatar, sign_rewards
 from fastdqn.envs.autoreset import life_loss_of
 from fastdqn.envs.make import EnvFactory, env_factory
 from fastdqn.envs.spaces import zero_based
+from fastdqn.envs.workers import usable_cores
 from fastdqn.errors import CheckpointError, ConfigError, OldBufferError, TrainingDiverged
 from fastdqn.evaluation.policies import Policy
 from fastdqn.learners.acting import ActingQ
@@ -96,7 +97,7 @@ class DQN:
         self.frames = uses_frame_replay(cfg.frame_replay, self.kind, self.obs_shape,
                                         obs_space.dtype, self.net_kind.replays_observations)
         self.route = choose_route(cfg.learner, cfg.optimizer, self.kind, self.frames, device,
-                                  cfg.cuda_graphs, cfg.noisy)
+                                  cfg.cuda_graphs, cfg.noisy, usable_cores())
         model = q_network if self.custom else self.build_model(obs_space, int(act_space.n),
                                                                 env_factory, resuming)
         self.learner: Learner | ReferenceLearner = self.learner_of(model, int(act_space.n))
@@ -111,6 +112,11 @@ class DQN:
         self.learning_starts = max(cfg.learning_starts, cfg.batch_size)  # a batch first
         self.make_staging(obs_space)
         self.acting_q: ActingQ | None = None
+        # While a block runs beside the loop (`learn_beside`), acting reads `frozen`: the
+        # parameters the block started from, copied, with an acting Q of its own.
+        self.frozen: torch.Tensor | None = None
+        self.frozen_q: ActingQ | None = None
+        self.frozen_for_acting = False
         self.clip_rewards = auto_on(cfg.clip_rewards, cfg.env_id)
         self.life_loss_terminal = auto_on(cfg.life_loss_terminal, cfg.env_id)
 
@@ -217,7 +223,13 @@ class DQN:
 
     def acting(self, obs: torch.Tensor) -> ActingQ:
         """The flat MLP's acting Q (built on the first batch: a CUDA graph on CUDA, the native
-        actor on a CPU where it builds, each proved against the plain forward pass)."""
+        actor on a CPU where it builds, each proved against the plain forward pass); while a
+        block runs beside the loop (`learn_beside`), the one on the parameters it started from."""
+        if self.frozen_for_acting:
+            if self.frozen_q is None:
+                actor = self.learner.native_actor(obs.dtype, self.frozen)
+                self.frozen_q = ActingQ(self.net, self.net.views(self.frozen), obs, False, actor)
+            return self.frozen_q
         if self.acting_q is None:
             actor = self.learner.native_actor(obs.dtype) if self.route.native else None
             self.acting_q = ActingQ(self.net, self.learner.online_views, obs,
@@ -226,7 +238,8 @@ class DQN:
 
     def act(self, obs: torch.Tensor, eps: float, step: int) -> torch.Tensor:
         """Batched epsilon-greedy or Boltzmann actions on the device (epsilon-greedy as one
-        native call where the native actor runs)."""
+        native call where the native actor runs), under the parameters as the last learner
+        block left them."""
         if self.cfg.exploration == "egreedy" and not isinstance(self.learner, ReferenceLearner):
             actor = self.acting(obs).native
             if actor is not None:
@@ -250,6 +263,38 @@ class DQN:
         """K learner steps on its own route, with prioritized replay's beta at step `c.step`."""
         beta = beta_at(c.step, self.cfg.total_timesteps, self.cfg.per_beta)
         self.learner.learn(self.buffer, self.sampler, k, self.cfg.batch_size, beta, lap)
+
+    def learn_beside(self, c: Counters, lap) -> bool:
+        """Where the route overlaps (route.py: the native step, two cores), the sampler is
+        uniform and the native step is in use: start the steps `learn` would take now on a
+        thread of their own and return True; the caller then acts (on a copy of the parameters
+        the block starts from, so the actions are those it would take before learning), writes
+        the replay only through `add` (which waits until the block has copied its rows), and
+        calls `settle` before anything else reads the learner. False, with nothing done,
+        elsewhere (the Numba step that stands in for a native step that did not build
+        included): the caller learns in line, while the envs step."""
+        if not (self.route.overlap and isinstance(self.learner, Learner)
+                and isinstance(self.sampler, UniformSampler)):
+            return False
+        if self.buffer.size >= self.learning_starts and self.native_block_step() is None:
+            return False
+        k = self.due_steps(c)
+        if k:
+            if self.frozen is None:
+                self.frozen = torch.empty_like(self.learner.params)
+            self.frozen.copy_(self.learner.params)
+            self.frozen_for_acting = True
+            self.learner.learn(self.buffer, self.sampler, k, self.cfg.batch_size, lap=lap,
+                               detach=True)
+        return True
+
+    def settle(self, stop: bool = False) -> None:
+        """Wait for a learner block that `learn_beside` left running, if any; acting reads
+        the live parameters again. `stop` (the loop's end): also end the thread the blocks ran
+        on, since env and evaluation workers are forked and a fork wants no thread running."""
+        if isinstance(self.learner, Learner):
+            self.learner.settle(stop)
+        self.frozen_for_acting = False
 
     def due_steps(self, c: Counters, new: int | None = None) -> int:
         """How many learner steps the `new` transitions just collected make due (none before
@@ -277,6 +322,8 @@ class DQN:
         whose `infos["life_loss"]` is set is stored as terminated (no bootstrap, and an n-step
         window ends there; the frame replay finds its stacks from the frames, so a life loss
         does not break them). The caller's arrays are not modified."""
+        if isinstance(self.learner, Learner):
+            self.learner.wait_rows_copied()  # a detached block may still read the replay
         rewards, terminated = training_signal(rewards, terminated, infos, self.clip_rewards,
                                               self.life_loss_terminal)
         if isinstance(self.buffer, FrameReplay):
@@ -418,9 +465,13 @@ class DQN:
         if isinstance(self.buffer, FrameReplay):
             replay = {"kind": "frames", "frame_slots": len(self.buffer.frames),
                       "frame_store_grew": self.buffer.generation}
+        detached = getattr(self.learner, "detached_blocks", 0)
+        if detached:
+            route += f"; {detached} blocks beside the loop ({self.route.overlap_why})"
+        acting = [q for q in (self.acting_q, self.frozen_q) if q is not None]
         return {"learner_steps": self.learner.steps, "learner_route": route, "replay": replay,
                 "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
-                + list(getattr(self.acting_q, "fallbacks", []) if self.acting_q else [])}
+                + [line for q in acting for line in q.fallbacks]}
 
     def net_spec(self) -> dict:
         """The checkpoint's "net" entry, as the network's kind writes it: of the flat MLP's
