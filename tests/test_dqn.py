@@ -150,8 +150,10 @@ def test_a_run_with_its_learner_beside_the_loop_is_the_in_line_run(tmp_path, mon
         return r.summary, ckpt
 
     (inline, inline_ckpt), (beside, beside_ckpt) = run(1, "inline"), run(2, "beside")
-    assert "blocks beside the loop" not in inline["learner_route"]
-    assert "blocks beside the loop" in beside["learner_route"]
+    assert inline["learner_beside_loop"]["blocks"] == 0
+    assert "one usable core" in inline["learner_beside_loop"]["why"]
+    assert beside["learner_beside_loop"]["blocks"] > 50
+    assert inline["learner_route"] == beside["learner_route"]
     assert inline["learner_steps"] == beside["learner_steps"] > 250
     strip = ("wall_time_s", "time_to_solve_s", "known_at_step")
     assert ([{k: v for k, v in e.items() if k not in strip} for e in inline["evals"]]

@@ -883,7 +883,7 @@ def test_a_run_ends_with_no_thread_of_its_own(tmp_path, monkeypatch):
     s = train_run(env_id="CartPole-v1", vector="sync", num_envs=4, hidden=(16,), batch_size=16,
                   buffer_size=256, learning_starts=32, total_timesteps=600, eval_every=0,
                   solve_episodes=1, eval_envs=1, progress=False, run_dir=str(tmp_path)).summary
-    assert "blocks beside the loop" in s["learner_route"]
+    assert s["learner_beside_loop"]["blocks"] > 0
     assert learner_threads() == before
 
 
@@ -912,7 +912,7 @@ def test_without_the_native_step_the_loop_learns_in_line_while_the_envs_step(cac
     beside = run(2, "two")
     in_line_calls = len(calls)
     one = run(1, "one")
-    assert "numba" in beside["learner_route"] and "beside the loop" not in beside["learner_route"]
+    assert "numba" in beside["learner_route"] and beside["learner_beside_loop"]["blocks"] == 0
     assert in_line_calls > 50  # the iterations after the buffer filled learned in line
     assert beside["learner_steps"] == one["learner_steps"] and beside["evals"][-1]["mean"] == (
         one["evals"][-1]["mean"])

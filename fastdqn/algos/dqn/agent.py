@@ -465,11 +465,11 @@ class DQN:
         if isinstance(self.buffer, FrameReplay):
             replay = {"kind": "frames", "frame_slots": len(self.buffer.frames),
                       "frame_store_grew": self.buffer.generation}
-        detached = getattr(self.learner, "detached_blocks", 0)
-        if detached:
-            route += f"; {detached} blocks beside the loop ({self.route.overlap_why})"
         acting = [q for q in (self.acting_q, self.frozen_q) if q is not None]
+        beside = {"blocks": getattr(self.learner, "detached_blocks", 0),
+                  "why": self.route.overlap_why}
         return {"learner_steps": self.learner.steps, "learner_route": route, "replay": replay,
+                "learner_beside_loop": beside,
                 "route_fallbacks": list(getattr(self.learner, "fallbacks", []))
                 + [line for q in acting for line in q.fallbacks]}
 
