@@ -113,3 +113,28 @@ def test_a_run_solved_by_a_snapshot_returns_that_snapshot(tmp_path):
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     assert np.array_equal(result.policy.q_values(obs).numpy(), snapshot.q_values(obs).numpy())
     assert not np.array_equal(later.q_values(obs).numpy(), snapshot.q_values(obs).numpy())
+
+
+def test_a_policy_of_tensors_reaches_the_worker_without_a_thread_in_the_trainer():
+    """The policy goes to the worker pickled by value: multiprocessing's own pickler would share
+    its tensors through a file-descriptor server, a thread of the trainer's (a later fork would
+    copy it mid-work, and at a signal's exit it printed a traceback after the one-line message).
+    Run in a subprocess, whose threads are its own."""
+    code = """
+import threading, torch
+from fastdqn.evaluation.episodes import run_episodes
+from fastdqn.evaluation.policies import Policy
+from fastdqn.evaluation.pool import EvalPool
+from fastdqn.nets.mlp import MLP
+net = MLP(4, 2, (8,))
+policy = Policy(net, torch.randn(net.num_params, generator=torch.Generator().manual_seed(0)))
+pool = EvalPool(1, "CartPole-v1", 2, None, 0.0)
+got = pool.submit(policy, 3, seed=11).get()
+want = run_episodes(policy, "CartPole-v1", 3, 11, 2)
+pool.close()
+print(threading.active_count(), list(got.returns) == list(want.returns))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "True"], out.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -42,10 +43,10 @@ def _serve(conn: Connection, trainer: int, env_id: str, num_envs: int,
     torch.set_num_threads(1)
     while True:
         try:
-            task = conn.recv()
+            task = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        policy, episodes, seed, slot = task
+        policy, episodes, seed, slot = pickle.loads(task)
         on_steps = None
         if slot is not None:
             def on_steps(n: int, slot: int = slot) -> None:
@@ -109,7 +110,10 @@ class EvalPool:
     env settings every evaluation shares, and `slots` progress counters (one per run that
     paces a screen on them). No thread of the trainer's serves them (a fork stays safe), and
     the policy is pickled as `submit` is called: what plays is the snapshot of that moment.
-    The workers leave signals to the trainer and die with it."""
+    It is pickled by value, with the plain pickler: multiprocessing's would hand its tensors
+    over as shared memory through a file-descriptor server, a thread in the trainer (which
+    printed a ConnectionResetError at exit when a signal ended the run mid-handshake). The
+    workers leave signals to the trainer and die with it."""
 
     def __init__(self, workers: int, env_id: str, num_envs: int,
                  make_env: Callable[[], gym.Env] | None, epsilon: float, slots: int = 1) -> None:
@@ -125,7 +129,8 @@ class EvalPool:
             self.progress[slot] = 0
         worker = min(self.workers, key=lambda w: len(w.jobs))
         job = Job(worker)
-        worker.conn.send((policy, episodes, seed, slot))
+        worker.conn.send_bytes(pickle.dumps((policy, episodes, seed, slot),
+                                            pickle.HIGHEST_PROTOCOL))
         worker.jobs.append(job)
         return job
 
