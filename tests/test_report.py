@@ -57,6 +57,7 @@ def summary(env: str = "CartPole-v1", evals: list[tuple[int, float]] = ((1000, 2
         "final_eval": final, "best_eval": None, "target_return": target, "episodes": 10,
         "train_mean_return_100": 1.0, "interrupted": interrupted, "diverged": False,
         "stopped": None, "device": "cpu", "learner_steps": 10, "learner_route": "reference",
+        "learner_beside_loop": {"blocks": 0, "why": "no native step: the learner steps in line"},
         "replay": {"kind": "rows"}, "route_fallbacks": [], "stage_us_per_iter": {},
         "evals": entries, "config": {"algo": algo, "env_id": env}, "version": "0.1.0",
     }
